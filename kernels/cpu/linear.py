@@ -1,0 +1,301 @@
+"""Fused linear-model kernels on the CPU (numba).
+
+Backend contract: see :mod:`mithridate.reference.linear`. Each call makes ONE
+pass over X: rows are taken in blocks small enough to stay in L2, the block's
+z = X w + b is computed, the loss terms are evaluated on the whole block with
+vectorised exp/log1p, and the block is read again from cache to accumulate
+X^T c. Work is split into a fixed number of row chunks that depends on the
+shape only (not on the thread count), each with its own float64 accumulator,
+and the chunks are summed in order: results are deterministic.
+
+Many parameter vectors against one X take a matrix-matrix route instead
+(``_gemm_*``): per row block, Z^T = Theta X_blk^T and G += C X_blk by BLAS,
+so the B x n matrix is never stored whole.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._math import FASTMATH, exp_neg_abs, log1p_unit
+
+LOSS_CODES = {"logistic": 0, "squared": 1, "absolute": 2}
+GEMM_MIN_BATCH = 4        # shared X with at least this many thetas: matrix-matrix route
+L2_BLOCK_BYTES = 1 << 17  # rows per block so that a block stays in L2
+GEMM_BLOCK_ROWS = 2048
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _terms(code, z, y, s, m, c1, c2, t, bits):
+    """Loss terms on z[:m] with labels y[:m] and weights s[:m] (or None).
+
+    Returns sum_i s_i l(z_i, y_i); writes c1 = s l'(z) and c2 = s l''(z) when
+    those arrays are given (None skips them).
+    """
+    total = 0.0
+    if code == 0:
+        exp_neg_abs(z, t, bits, m)  # t = exp(-|z|) in (0, 1]
+        for i in range(m):
+            zi = z[i]
+            ti = t[i]
+            yi = np.float64(y[i])
+            si = 1.0 if s is None else np.float64(s[i])
+            inv = 1.0 / (1.0 + ti)
+            total += si * (max(zi, 0.0) + log1p_unit(ti) - yi * zi)
+            if c1 is not None:
+                c1[i] = si * ((inv if zi >= 0.0 else ti * inv) - yi)
+            if c2 is not None:
+                c2[i] = si * ti * inv * inv
+    elif code == 1:
+        for i in range(m):
+            r = z[i] - np.float64(y[i])
+            si = 1.0 if s is None else np.float64(s[i])
+            total += si * 0.5 * r * r
+            if c1 is not None:
+                c1[i] = si * r
+            if c2 is not None:
+                c2[i] = si
+    else:
+        for i in range(m):
+            r = z[i] - np.float64(y[i])
+            si = 1.0 if s is None else np.float64(s[i])
+            total += si * abs(r)
+            if c1 is not None:
+                c1[i] = si * ((r > 0.0) - (r < 0.0))
+            if c2 is not None:
+                c2[i] = 0.0
+    return total
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _dot_rows(X, r0, m, w, b, out):
+    """out[:m] = X[r0:r0+m] @ w[:d] + b, accumulated in float64."""
+    d = X.shape[1]
+    for i in range(m):
+        acc = 0.0
+        for j in range(d):
+            acc += X[r0 + i, j] * w[j]
+        out[i] = acc + b
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _axpy_rows(X, r0, m, c, g, fit_b):
+    """g[:d] += X[r0:r0+m]^T c[:m]; g[d] += sum(c) when fitting an intercept."""
+    d = X.shape[1]
+    for i in range(m):
+        ci = c[i]
+        for j in range(d):
+            g[j] += ci * X[r0 + i, j]
+        if fit_b:
+            g[d] += ci
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _rows_kernel(X, Y, S, W, V, fit_b, code, want_hvp, n_chunks, block, out_loss, out_g):
+    """Streaming pass for B problems x n_chunks row chunks.
+
+    X (P, n, d) with P == 1 (shared) or P == B; Y, S (P, n); W, V (B, p).
+    loss_grad (want_hvp False): out_loss[b, c], out_g[b, c] = chunk sums of
+    s l and X^T (s l'). hvp: out_g[b, c] = chunk sum of X^T (s l''(z) (X v)).
+    """
+    P, n, d = X.shape
+    B = W.shape[0]
+    for job in prange(B * n_chunks):
+        b = job // n_chunks
+        c = job % n_chunks
+        p = 0 if P == 1 else b
+        Xp = X[p]
+        Yp = Y[p]
+        i0 = c * n // n_chunks
+        i1 = (c + 1) * n // n_chunks
+        w = W[b].astype(np.float64)
+        bias = w[d] if fit_b else 0.0
+        g = np.zeros(d + 1)
+        z = np.empty(block)
+        coef = np.empty(block)
+        t = np.empty(block)
+        bits = np.empty(block, dtype=np.int64)
+        total = 0.0
+        if want_hvp:
+            v = V[b].astype(np.float64)
+            vb = v[d] if fit_b else 0.0
+            u = np.empty(block)
+        for r0 in range(i0, i1, block):
+            m = min(block, i1 - r0)
+            ys = Yp[r0:r0 + m]
+            ss = None if S is None else S[p, r0:r0 + m]
+            if want_hvp:
+                _dot_rows(Xp, r0, m, v, vb, u)
+                if code == 0:
+                    _dot_rows(Xp, r0, m, w, bias, z)
+                    _terms(code, z, ys, ss, m, None, coef, t, bits)
+                    for i in range(m):
+                        coef[i] *= u[i]
+                else:  # squared: l'' = 1, no need for z
+                    for i in range(m):
+                        coef[i] = u[i] if ss is None else ss[i] * u[i]
+            else:
+                _dot_rows(Xp, r0, m, w, bias, z)
+                total += _terms(code, z, ys, ss, m, coef, None, t, bits)
+            _axpy_rows(Xp, r0, m, coef, g, fit_b)
+        out_loss[b, c] = total
+        out_g[b, c, :] = g
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _block_terms(code, Z, y, s, want_hvp, out_loss, C):
+    """Loss terms for a (B, m) block Z^T, one row per theta.
+
+    loss_grad: out_loss[b] += sum s l, C = s l'. hvp: C (holding X v) *= s l''.
+    """
+    B, m = Z.shape
+    for b in prange(B):
+        t = np.empty(m)
+        bits = np.empty(m, dtype=np.int64)
+        z = Z[b].astype(np.float64)
+        c = np.empty(m)
+        if want_hvp:
+            _terms(code, z, y, s, m, None, c, t, bits)
+            for i in range(m):
+                C[b, i] *= c[i]
+        else:
+            out_loss[b] += _terms(code, z, y, s, m, c, None, t, bits)
+            for i in range(m):
+                C[b, i] = c[i]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _mixed_kernel(X, Y, S, W, V, rows, fit_b, code, n, out):
+    """out[b, k] = d/dx_rows[k] (grad_theta L . v) for problem b (data term)."""
+    P = X.shape[0]
+    d = X.shape[2]
+    B = W.shape[0]
+    K = rows.shape[0]
+    for job in prange(B * K):
+        b = job // K
+        k = job % K
+        p = 0 if P == 1 else b
+        i = rows[k]
+        x = X[p, i]
+        w = W[b]
+        v = V[b]
+        z = w[d] if fit_b else 0.0
+        u = v[d] if fit_b else 0.0
+        for j in range(d):
+            z += np.float64(x[j]) * w[j]
+            u += np.float64(x[j]) * v[j]
+        zs = np.array([z])
+        c1 = np.empty(1)
+        c2 = np.empty(1)
+        _terms(code, zs, Y[p, i:i + 1], None, 1, c1, c2, np.empty(1), np.empty(1, dtype=np.int64))
+        si = 1.0 if S is None else np.float64(S[p, i])
+        a = si * c2[0] * u / n
+        e = si * c1[0] / n
+        for j in range(d):
+            out[b, k, j] = a * w[j] + e * v[j]
+
+
+def _n_chunks(n, d):
+    # Fixed by the shape alone, so sums do not depend on the thread count.
+    return int(min(64, max(1, n * d // 32768), n))
+
+
+def _block_rows(d, itemsize):
+    return int(max(8, min(512, L2_BLOCK_BYTES // (d * itemsize))))
+
+
+def _as3(X, Y, S):
+    if X.ndim == 2:
+        return X[None], Y[None], None if S is None else S[None]
+    return X, Y, S
+
+
+def _reg(theta, lam, d, penalize_b):
+    """exp(lam) * theta with the intercept masked unless penalised: (B, p)."""
+    r = theta.astype(np.float64) * np.exp(lam)[:, None]
+    if not penalize_b and theta.shape[1] > d:
+        r[:, d] = 0.0
+    return r
+
+
+def _gemm_loop(theta, X, y, s, code, want_hvp, V):
+    """Shared X, many thetas: per row block, Z^T by BLAS, terms, G += C X_blk."""
+    n, d = X.shape
+    B, p = theta.shape
+    fit_b = p > d
+    Wt = np.ascontiguousarray(theta[:, :d])
+    if want_hvp:
+        Vt = np.ascontiguousarray(V[:, :d])
+    out_loss = np.zeros(B)
+    G = np.zeros((B, p))
+    for r0 in range(0, n, GEMM_BLOCK_ROWS):
+        Xb = X[r0:r0 + GEMM_BLOCK_ROWS]
+        yb = y[r0:r0 + GEMM_BLOCK_ROWS]
+        sb = None if s is None else s[r0:r0 + GEMM_BLOCK_ROWS]
+        Z = Wt @ Xb.T
+        if fit_b:
+            Z += theta[:, d:]
+        if want_hvp:
+            U = Vt @ Xb.T
+            if fit_b:
+                U += V[:, d:]
+            if code == 0:
+                _block_terms(code, Z, yb, sb, True, out_loss, U)
+            elif sb is not None:
+                U *= sb
+            C = U
+        else:
+            C = np.empty_like(Z)
+            _block_terms(code, Z, yb, sb, False, out_loss, C)
+        G[:, :d] += C @ Xb
+        if fit_b:
+            G[:, d] += C.sum(axis=1)
+    return out_loss, G
+
+
+def _data_terms(theta, X, y, s, code, want_hvp, V):
+    """Sums over rows (not yet divided by n): loss (B,), X^T c (B, p)."""
+    n, d = X.shape[-2:]
+    B, p = theta.shape
+    if X.ndim == 2 and B >= GEMM_MIN_BATCH:
+        return _gemm_loop(theta, X, y, s, code, want_hvp, V)
+    X3, Y3, S3 = _as3(X, y, s)
+    n_chunks = _n_chunks(n, d)
+    out_loss = np.zeros((B, n_chunks))
+    out_g = np.zeros((B, n_chunks, d + 1))
+    _rows_kernel(X3, Y3, S3, theta, theta if V is None else V, p > d, code, want_hvp,
+                 n_chunks, _block_rows(d, X.itemsize), out_loss, out_g)
+    return out_loss.sum(axis=1), out_g.sum(axis=1)[:, :p]
+
+
+def loss_grad(theta, X, y, sample_weight, lam, loss, fit_intercept, penalize_intercept):
+    n, d = X.shape[-2:]
+    total, g = _data_terms(theta, X, y, sample_weight, LOSS_CODES[loss], False, None)
+    value, grad = total / n, g / n
+    if lam is not None:
+        reg = _reg(theta, lam, d, penalize_intercept)
+        value = value + 0.5 * (reg * theta).sum(axis=1)
+        grad = grad + reg
+    return value.astype(X.dtype), grad.astype(X.dtype)
+
+
+def hvp(theta, v, X, y, sample_weight, lam, loss, fit_intercept, penalize_intercept):
+    n, d = X.shape[-2:]
+    if loss == "absolute":  # piecewise linear: the data term has zero curvature
+        out = np.zeros(theta.shape)
+    else:
+        out = _data_terms(theta, X, y, sample_weight, LOSS_CODES[loss], True, v)[1] / n
+    if lam is not None:
+        out = out + _reg(v, lam, d, penalize_intercept)
+    return out.astype(X.dtype)
+
+
+def mixed(theta, v, X, y, sample_weight, lam, rows, loss, fit_intercept, penalize_intercept):
+    n, d = X.shape[-2:]
+    X3, Y3, S3 = _as3(X, y, sample_weight)
+    out = np.empty((theta.shape[0], rows.shape[0], d))
+    _mixed_kernel(X3, Y3, S3, theta.astype(np.float64), v.astype(np.float64), rows,
+                  fit_intercept, LOSS_CODES[loss], n, out)
+    if lam is None:
+        dlam = np.zeros(theta.shape[0])
+    else:
+        dlam = (_reg(theta, lam, d, penalize_intercept) * v).sum(axis=1)
+    return out.astype(X.dtype), dlam.astype(X.dtype)

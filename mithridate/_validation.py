@@ -1,0 +1,72 @@
+"""Input checks shared by the public API. Every check runs before any kernel
+and raises a TypeError/ValueError that names the argument and the fix."""
+import numpy as np
+
+LOSSES = ("logistic", "squared", "absolute")
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def is_torch(a):
+    # Detect torch tensors without importing torch (import mithridate stays light).
+    return type(a).__module__.split(".")[0] == "torch"
+
+
+def dtype_name(a):
+    return str(a.dtype).replace("torch.", "")
+
+
+def check_array(name, a, ndims, dtype=None):
+    """A float array/tensor of one of `ndims` dimensions, C-contiguous, non-empty."""
+    if not (isinstance(a, np.ndarray) or is_torch(a)):
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(a).__name__}; "
+                        f"convert it with numpy.asarray({name}).")
+    dt = dtype_name(a)
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {dt}; use float32 or float64 "
+                        f"(e.g. {name}.astype(numpy.float64)).")
+    if dtype is not None and dt != dtype:
+        raise TypeError(f"{name} has dtype {dt} but X has dtype {dtype}; cast {name} to {dtype}.")
+    if a.ndim not in ndims:
+        want = " or ".join(f"{k}-D" for k in ndims)
+        raise ValueError(f"{name} must be {want}, got shape {tuple(a.shape)}.")
+    contiguous = a.is_contiguous() if is_torch(a) else a.flags.c_contiguous
+    if not contiguous:
+        raise ValueError(f"{name} is not C-contiguous; pass numpy.ascontiguousarray({name}) "
+                         f"(or {name}.contiguous() for a tensor).")
+    if any(s == 0 for s in a.shape):
+        raise ValueError(f"{name} is empty (shape {tuple(a.shape)}); it needs at least one element per axis.")
+    return a
+
+
+def _to_numpy(a):
+    return a.detach().cpu().numpy() if is_torch(a) else a
+
+
+def check_finite(name, a):
+    if not np.isfinite(_to_numpy(a)).all():
+        raise ValueError(f"{name} contains nan or inf; remove or impute those values first.")
+
+
+def check_shape(name, a, shape):
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}.")
+
+
+def check_labels(y, loss):
+    if loss == "logistic":
+        yn = _to_numpy(y)
+        if not np.all((yn == 0) | (yn == 1)):
+            bad = np.unique(yn[(yn != 0) & (yn != 1)])[:5]
+            raise ValueError(f"y must hold labels in {{0, 1}} for the logistic loss; found {bad.tolist()}. "
+                             "Map labels with (y > 0).astype(X.dtype) or similar.")
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}.")
+
+
+def nonfinite_X_error(problem, row):
+    where = f"row {row}" if problem is None else f"problem {problem}, row {row}"
+    return ValueError(f"X has nan/inf (or theta @ x overflowed) at {where}; "
+                      "clean X or rescale it before calling.")

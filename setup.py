@@ -1,0 +1,81 @@
+"""Build mithridate's pybind11 extensions from csrc/.
+
+The CPU module ``mithridate._C`` is always built. The CUDA module
+``mithridate._C_cuda`` is built when nvcc is found (``CUDA_HOME``,
+``CUDA_PATH``, then ``PATH``); ``MITHRIDATE_CUDA=0`` skips it and
+``MITHRIDATE_CUDA=1`` makes a missing nvcc an error. ``MITHRIDATE_CUDA_ARCH``
+lists the GPU architectures, e.g. ``"80;90"`` (default ``"80;90"``, plus PTX
+of the last one so newer GPUs JIT it).
+"""
+import os
+import re
+import shutil
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+
+def cuda_home():
+    """The CUDA toolkit root (holding bin/nvcc and include/), or None."""
+    nvcc = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  nvcc and os.path.dirname(os.path.dirname(os.path.realpath(nvcc))),
+                  "/usr/local/cuda"]  # nvcc on PATH may be a wrapper script elsewhere
+    for root in filter(None, candidates):
+        if os.path.isfile(os.path.join(root, "bin", "nvcc")) and \
+                os.path.isfile(os.path.join(root, "include", "cuda_runtime.h")):
+            return root
+    return None
+
+
+def gencode_flags():
+    archs = re.findall(r"\d+", os.environ.get("MITHRIDATE_CUDA_ARCH", "80;90").replace(".", ""))
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+
+
+class BuildExt(build_ext):
+    """pybind11's build_ext that also compiles .cu sources with nvcc."""
+
+    def build_extensions(self):
+        self.compiler.src_extensions.append(".cu")
+        compile_cxx = self.compiler._compile
+
+        def compile_any(obj, src, ext, cc_args, extra_postargs, pp_opts):
+            if ext != ".cu":
+                return compile_cxx(obj, src, ext, cc_args, extra_postargs, pp_opts)
+            self.spawn([os.path.join(CUDA_HOME, "bin", "nvcc"), "-c", src, "-o", obj, *pp_opts,
+                        "-O3", "--std=c++17", "-Xcompiler", "-fPIC", *gencode_flags()])
+
+        self.compiler._compile = compile_any
+        super().build_extensions()
+
+
+cpu_sources = sorted(glob("csrc/cpu/*.cpp"))
+ext_modules = [
+    Pybind11Extension("mithridate._C", cpu_sources, include_dirs=["csrc/include"],
+                      cxx_std=17, extra_compile_args=["-O3"]),
+]
+
+want_cuda = os.environ.get("MITHRIDATE_CUDA", "auto")
+CUDA_HOME = cuda_home() if want_cuda != "0" else None
+if want_cuda == "1" and CUDA_HOME is None:
+    raise RuntimeError("MITHRIDATE_CUDA=1 but nvcc was not found: set CUDA_HOME or put nvcc on PATH")
+if CUDA_HOME is not None:
+    # cudart is linked statically: the module then needs only the driver at run time.
+    ext_modules.append(Pybind11Extension(
+        "mithridate._C_cuda", sorted(glob("csrc/cuda/*.cpp") + glob("csrc/cuda/*.cu")),
+        include_dirs=["csrc/include", os.path.join(CUDA_HOME, "include")],
+        library_dirs=[os.path.join(CUDA_HOME, "lib64")],
+        libraries=["cudart_static", "dl", "rt", "pthread"],
+        cxx_std=17, extra_compile_args=["-O3"],
+    ))
+
+setup(
+    packages=["mithridate", "mithridate.reference", "mithridate.kernels",
+              "mithridate.kernels.cpu", "mithridate.kernels.gpu"],
+    package_dir={"mithridate.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExt},
+)
