@@ -52,10 +52,10 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
-cpu_sources = sorted(glob("csrc/cpu/*.cpp"))
+headers = sorted(glob("csrc/include/*.h"))  # rebuild when a shared header changes
 ext_modules = [
-    Pybind11Extension("mithridate._C", cpu_sources, include_dirs=["csrc/include"],
-                      cxx_std=17, extra_compile_args=["-O3"]),
+    Pybind11Extension("mithridate._C", sorted(glob("csrc/cpu/*.cpp")), depends=headers,
+                      include_dirs=["csrc/include"], cxx_std=17, extra_compile_args=["-O3"]),
 ]
 
 want_cuda = os.environ.get("MITHRIDATE_CUDA", "auto")
@@ -66,7 +66,7 @@ if CUDA_HOME is not None:
     # cudart is linked statically: the module then needs only the driver at run time.
     ext_modules.append(Pybind11Extension(
         "mithridate._C_cuda", sorted(glob("csrc/cuda/*.cpp") + glob("csrc/cuda/*.cu")),
-        include_dirs=["csrc/include", os.path.join(CUDA_HOME, "include")],
+        depends=headers, include_dirs=["csrc/include", os.path.join(CUDA_HOME, "include")],
         library_dirs=[os.path.join(CUDA_HOME, "lib64")],
         libraries=["cudart_static", "dl", "rt", "pthread"],
         cxx_std=17, extra_compile_args=["-O3"],

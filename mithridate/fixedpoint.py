@@ -107,7 +107,7 @@ def _step(q, num, den, buffer, op):
     _check_values(q, writeable=True)
     _check_buffer(q, buffer)
     num, den, w = int(num), int(den), int(buffer.shape[-1])
-    # unmul by num/den is mul by den/num: the same scheme with the bases swapped.
+    # unmul by num/den is the step by den/num (see csrc/include/fixed_point.h).
     a, b = (num, den) if op == "mul" else (den, num)
     if is_torch(q) and q.is_cuda:
         code, i = _cuda().mul(q.data_ptr(), buffer.data_ptr(), q.numel(), w, a, b, *_where(q))
@@ -177,6 +177,8 @@ def _overlap(a, b):
 
 def _at(a, i):
     """Index text of flat element i of a, e.g. '[2, 0]'."""
+    if not a.shape:
+        return ""
     return "[" + ", ".join(str(int(k)) for k in np.unravel_index(int(i), tuple(a.shape))) + "]"
 
 

@@ -36,19 +36,19 @@ __global__ void decode_kernel(const int64_t* q, double* x, int64_t n, int frac_b
     x[i] = fixed_point::decode(q[i], frac_bits);
 }
 
-__global__ void check_kernel(const int64_t* x, const uint32_t* b, int64_t n, int w, uint32_t in,
-                             uint32_t out, unsigned long long* fail) {
+__global__ void check_kernel(const int64_t* x, const uint32_t* b, int64_t n, int w, uint32_t m,
+                             uint32_t d, unsigned long long* fail) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int code = step_check(x[i], b + i * w, w, in, out);
+    const int code = step_check(x[i], b + i * w, w, m, d);
     if (code != kOk) record(fail, code, i);
   }
 }
 
-__global__ void apply_kernel(int64_t* x, uint32_t* b, int64_t n, int w, uint32_t in, uint32_t out) {
+__global__ void apply_kernel(int64_t* x, uint32_t* b, int64_t n, int w, uint32_t m, uint32_t d) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    step_apply(&x[i], b + i * w, w, in, out);
+    step_apply(&x[i], b + i * w, w, m, d);
 }
 
 void check(cudaError_t err) {
@@ -113,10 +113,10 @@ Status mul(uintptr_t x, uintptr_t b, int64_t n, int w, uint32_t num, uint32_t de
   auto* bp = reinterpret_cast<uint32_t*>(b);
   // Two passes, as on the host: nothing is written unless every element passes.
   Failures fail(s);
-  check_kernel<<<grid(n), kThreads, 0, s>>>(xp, bp, n, w, den, num, fail.get());
+  check_kernel<<<grid(n), kThreads, 0, s>>>(xp, bp, n, w, num, den, fail.get());
   const Status st = fail.read();
   if (st.code == kOk) {
-    apply_kernel<<<grid(n), kThreads, 0, s>>>(xp, bp, n, w, den, num);
+    apply_kernel<<<grid(n), kThreads, 0, s>>>(xp, bp, n, w, num, den);
     check(cudaGetLastError());
   }
   return st;

@@ -67,25 +67,57 @@ def _terms(code, z, y, s, m, c1, c2, t, bits):
 
 @njit(fastmath=FASTMATH, cache=True)
 def _dot_rows(X, r0, m, w, b, out):
-    """out[:m] = X[r0:r0+m] @ w[:d] + b, accumulated in float64."""
+    """out[:m] = X[r0:r0+m] @ w[:d] + b, accumulated in float64.
+
+    Four rows at a time share each load of w (register blocking)."""
     d = X.shape[1]
-    for i in range(m):
+    i = 0
+    while i + 4 <= m:
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        for j in range(d):
+            wj = w[j]
+            a0 += X[r0 + i, j] * wj
+            a1 += X[r0 + i + 1, j] * wj
+            a2 += X[r0 + i + 2, j] * wj
+            a3 += X[r0 + i + 3, j] * wj
+        out[i] = a0 + b
+        out[i + 1] = a1 + b
+        out[i + 2] = a2 + b
+        out[i + 3] = a3 + b
+        i += 4
+    for k in range(i, m):
         acc = 0.0
         for j in range(d):
-            acc += X[r0 + i, j] * w[j]
-        out[i] = acc + b
+            acc += X[r0 + k, j] * w[j]
+        out[k] = acc + b
 
 
 @njit(fastmath=FASTMATH, cache=True)
 def _axpy_rows(X, r0, m, c, g, fit_b):
-    """g[:d] += X[r0:r0+m]^T c[:m]; g[d] += sum(c) when fitting an intercept."""
+    """g[:d] += X[r0:r0+m]^T c[:m]; g[d] += sum(c) when fitting an intercept.
+
+    Four rows per load/store of g: the accumulator traffic drops fourfold."""
     d = X.shape[1]
-    for i in range(m):
-        ci = c[i]
+    i = 0
+    while i + 4 <= m:
+        c0 = c[i]
+        c1 = c[i + 1]
+        c2 = c[i + 2]
+        c3 = c[i + 3]
         for j in range(d):
-            g[j] += ci * X[r0 + i, j]
-        if fit_b:
-            g[d] += ci
+            g[j] += (c0 * X[r0 + i, j] + c1 * X[r0 + i + 1, j]) + \
+                    (c2 * X[r0 + i + 2, j] + c3 * X[r0 + i + 3, j])
+        i += 4
+    for k in range(i, m):
+        ck = c[k]
+        for j in range(d):
+            g[j] += ck * X[r0 + k, j]
+    if fit_b:
+        for k in range(m):
+            g[d] += c[k]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
