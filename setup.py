@@ -51,6 +51,12 @@ class BuildExt(build_ext):
         self.compiler._compile = compile_any
         super().build_extensions()
 
+    def run(self):
+        super().run()
+        if CUDA_HOME is None:  # drop a _C_cuda that an earlier CUDA build left in build/
+            for stale in glob(os.path.join(self.build_lib, "mithridate", "_C_cuda*")):
+                os.remove(stale)
+
 
 headers = sorted(glob("csrc/include/*.h"))  # rebuild when a shared header changes
 ext_modules = [

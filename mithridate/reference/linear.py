@@ -14,8 +14,8 @@ import torch
 
 
 def _data_loss(z, y, loss):
-    if loss == "logistic":  # softplus(z) - y z, stable for any z
-        return torch.logaddexp(torch.zeros((), dtype=z.dtype), z) - y * z
+    if loss == "logistic":  # softplus(z) - y z; logsigmoid keeps 1st and 2nd derivatives finite for any z
+        return -torch.nn.functional.logsigmoid(-z) - y * z
     if loss == "squared":
         return 0.5 * (z - y) ** 2
     return (z - y).abs()  # torch's subgradient of |.| at 0 is 0, as in the contract
