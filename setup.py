@@ -2,7 +2,7 @@
 
 The CPU module ``mithridate._C`` is always built. The CUDA module
 ``mithridate._C_cuda`` is built when nvcc is found (``CUDA_HOME``,
-``CUDA_PATH``, then ``PATH``); ``MITHRIDATE_CUDA=0`` skips it and
+``CUDA_PATH``, ``PATH``, then /usr/local/cuda); ``MITHRIDATE_CUDA=0`` skips it and
 ``MITHRIDATE_CUDA=1`` makes a missing nvcc an error. ``MITHRIDATE_CUDA_ARCH``
 lists the GPU architectures, e.g. ``"80;90"`` (default ``"80;90"``, plus PTX
 of the last one so newer GPUs JIT it).

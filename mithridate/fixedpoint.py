@@ -1,11 +1,13 @@
-"""Exact reversible int64 fixed-point arithmetic (Maclaurin et al. 2015).
+"""Exact reversible int64 fixed-point arithmetic (Maclaurin, Duvenaud & Adams 2015).
 
 Values are int64 ``q = round(x * 2**frac_bits)``. ``mul(q, num, den, buffer)``
-multiplies by ``num/den`` in place and moves the digits it loses into a
-per-element big-integer ``buffer`` (uint32 limbs, shape ``q.shape + (n_words,)``),
-so ``unmul`` restores q and the buffer bit for bit. ``required_words`` sizes
-the buffer for a number of steps in advance; a step that would overflow the
-buffer or int64 raises :class:`FixedPointOverflow` before anything is written.
+sets ``q = floor((q*num + s) / den)`` in place, where the digit s (base num) is
+popped from a per-element big-integer ``buffer`` (uint32 limbs, shape
+``q.shape + (n_words,)``) and the remainder (base den) pushed back into it. So
+``|q' - q*num/den| < max(1, num/den)`` and ``unmul`` restores q and the buffer
+bit for bit. ``required_words`` sizes the buffer for a number of steps in
+advance; a step that would overflow the buffer or int64 raises
+:class:`FixedPointOverflow` before anything is written.
 
 Arrays are numpy arrays or torch tensors; CUDA tensors run on ``mithridate._C_cuda``.
 """
@@ -56,7 +58,7 @@ def encode(x, frac_bits):
 def decode(q, frac_bits):
     """Return float64 ``q / 2**frac_bits`` (rounded to nearest when |q| > 2**53)."""
     _check_int("frac_bits", frac_bits, 0, MAX_FRAC_BITS)
-    _check_values(q)
+    _check_array("q", q, "int64", writeable=False)
     if is_torch(q) and q.is_cuda:
         import torch
         x = torch.empty(q.shape, dtype=torch.float64, device=q.device)
@@ -87,12 +89,12 @@ def new_buffer(shape, n_words, device=None):
         _check_int("shape", s, 0, 2**62)
     if device is None:
         return np.zeros(shape + (int(n_words),), np.uint32)
-    import torch
-    return torch.zeros(shape + (int(n_words),), dtype=torch.uint32, device=device)
+    import torch  # few ops support uint32 tensors: zero as int32, then reinterpret
+    return torch.zeros(shape + (int(n_words),), dtype=torch.int32, device=device).view(torch.uint32)
 
 
 def mul(q, num, den, buffer):
-    """In place: ``q = q * num/den`` exactly, the lost digits pushed into ``buffer``."""
+    """In place: ``q = floor((q*num + s)/den)`` (s popped from ``buffer``), the remainder pushed into it."""
     _step(q, num, den, buffer, "mul")
 
 
@@ -104,7 +106,7 @@ def unmul(q, num, den, buffer):
 def _step(q, num, den, buffer, op):
     _check_int("num", num, 1, MAX_BASE)
     _check_int("den", den, 1, MAX_BASE)
-    _check_values(q, writeable=True)
+    _check_array("q", q, "int64", writeable=True)
     _check_buffer(q, buffer)
     num, den, w = int(num), int(den), int(buffer.shape[-1])
     # unmul by num/den is the step by den/num (see csrc/include/fixed_point.h).
@@ -140,6 +142,8 @@ def _check_array(name, a, dtype, writeable):
     if not (isinstance(a, np.ndarray) or is_torch(a)):
         raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(a).__name__}; "
                         f"use numpy.asarray({name}, dtype=numpy.{dtype}).")
+    if is_torch(a) and a.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} is on {a.device}; use a CPU or CUDA tensor.")
     if _dtype(a) != dtype:
         raise TypeError(f"{name} has dtype {_dtype(a)}; it must be {dtype} (e.g. {name}.astype(numpy.{dtype})).")
     if not (a.is_contiguous() if is_torch(a) else a.flags.c_contiguous):
@@ -149,10 +153,6 @@ def _check_array(name, a, dtype, writeable):
         raise ValueError(f"{name} is read-only; it is updated in place, pass a writeable copy.")
     if is_torch(a) and a.requires_grad:
         raise ValueError(f"{name} requires grad; pass {name}.detach().")
-
-
-def _check_values(q, writeable=False):
-    _check_array("q", q, "int64", writeable)
 
 
 def _check_buffer(q, buffer):

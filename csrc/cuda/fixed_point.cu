@@ -63,7 +63,7 @@ unsigned grid(int64_t n) {  // grid-stride loops: cap the grid, not the problem 
 // Device array of failure indices per code; read back as the first failure.
 class Failures {
  public:
-  Failures(cudaStream_t s) : s_(s) {
+  explicit Failures(cudaStream_t s) : s_(s) {
     check(cudaMallocAsync(&d_, sizeof(h_), s_));
     check(cudaMemsetAsync(d_, 0xff, sizeof(h_), s_));  // every entry kNone
   }

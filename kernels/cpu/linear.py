@@ -15,7 +15,7 @@ so the B x n matrix is never stored whole.
 import numpy as np
 from numba import njit, prange
 
-from ._math import FASTMATH, exp_neg_abs, log1p_unit
+from ._math import JIT, exp_neg_abs, log1p_unit
 
 LOSS_CODES = {"logistic": 0, "squared": 1, "absolute": 2}
 GEMM_MIN_BATCH = 4        # shared X with at least this many thetas: matrix-matrix route
@@ -23,7 +23,7 @@ L2_BLOCK_BYTES = 1 << 17  # rows per block so that a block stays in L2
 GEMM_BLOCK_ROWS = 2048
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**JIT)
 def _terms(code, z, y, s, m, c1, c2, t, bits):
     """Loss terms on z[:m] with labels y[:m] and weights s[:m] (or None).
 
@@ -39,9 +39,10 @@ def _terms(code, z, y, s, m, c1, c2, t, bits):
             yi = np.float64(y[i])
             si = 1.0 if s is None else np.float64(s[i])
             inv = 1.0 / (1.0 + ti)
-            total += si * (max(zi, 0.0) + log1p_unit(ti) - yi * zi)
+            pos = np.float64(zi >= 0.0)  # branch-free max(z, 0) and sigmoid
+            total += si * (pos * zi + log1p_unit(ti) - yi * zi)
             if c1 is not None:
-                c1[i] = si * ((inv if zi >= 0.0 else ti * inv) - yi)
+                c1[i] = si * ((pos + (1.0 - pos) * ti) * inv - yi)
             if c2 is not None:
                 c2[i] = si * ti * inv * inv
     elif code == 1:
@@ -65,7 +66,7 @@ def _terms(code, z, y, s, m, c1, c2, t, bits):
     return total
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**JIT)
 def _dot_rows(X, r0, m, w, b, out):
     """out[:m] = X[r0:r0+m] @ w[:d] + b, accumulated in float64.
 
@@ -95,7 +96,7 @@ def _dot_rows(X, r0, m, w, b, out):
         out[k] = acc + b
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(**JIT)
 def _axpy_rows(X, r0, m, c, g, fit_b):
     """g[:d] += X[r0:r0+m]^T c[:m]; g[d] += sum(c) when fitting an intercept.
 
@@ -120,7 +121,7 @@ def _axpy_rows(X, r0, m, c, g, fit_b):
             g[d] += c[k]
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, **JIT)
 def _rows_kernel(X, Y, S, W, V, fit_b, code, want_hvp, n_chunks, block, out_loss, out_g):
     """Streaming pass for B problems x n_chunks row chunks.
 
@@ -172,7 +173,7 @@ def _rows_kernel(X, Y, S, W, V, fit_b, code, want_hvp, n_chunks, block, out_loss
         out_g[b, c, :] = g
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, **JIT)
 def _block_terms(code, Z, y, s, want_hvp, out_loss, C):
     """Loss terms for a (B, m) block Z^T, one row per theta.
 
@@ -194,7 +195,7 @@ def _block_terms(code, Z, y, s, want_hvp, out_loss, C):
                 C[b, i] = c[i]
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, **JIT)
 def _mixed_kernel(X, Y, S, W, V, rows, fit_b, code, n, out):
     """out[b, k] = d/dx_rows[k] (grad_theta L . v) for problem b (data term)."""
     P = X.shape[0]

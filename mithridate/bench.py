@@ -1,0 +1,204 @@
+"""``mithridate bench``: hot paths against the torch reference and the memory roof.
+
+Each fused linear-model kernel reads X once per call, so its speed limit is
+the read bandwidth of X. The run measures that roof first (CPU: a numba
+streaming sum over 512 MiB; GPU: a torch sum over 1 GiB), then for every op,
+backend, shape and dtype times our backend and the torch reference side by
+side (calls interleaved, so a noisy neighbour slows both alike) and reports
+medians, speedup = reference / ours and roof fraction = X.nbytes / median /
+roof.
+"""
+import sys
+import time
+
+import numpy as np
+
+from . import backends, ops
+
+REFERENCE = "torch"
+CANDIDATES = tuple(b for b in backends.LINEAR if b != REFERENCE)
+GPU_BACKENDS = ("triton",)  # their data lives on the GPU, and so does their reference's
+OPS = ("loss_grad", "hvp", "loss_grad_batched")
+BATCH = 64
+LAM = -2.0
+
+# (n, d) shapes; the batched op runs at BATCHED_SHAPE only.
+FULL = dict(shapes=((100_000, 1000), (1_000_000, 100), (48_842, 14), (512, 784)),
+            batched_shape=(100_000, 1000), budget_s=2.0, max_repeats=20)
+QUICK = dict(shapes=((20_000, 100), (512, 784)),
+             batched_shape=(20_000, 100), budget_s=0.2, max_repeats=10)
+DTYPES = ("float32", "float64")
+MIN_REPEATS = 3
+
+
+def skip_reason(backend):
+    """None if `backend` can be benchmarked here, else why not."""
+    reason = backends.unavailable_reason(backend)
+    if reason is None and backend in GPU_BACKENDS and not _cuda_available():
+        reason = "no CUDA GPU (the triton interpreter is for tests on tiny shapes only)"
+    return reason
+
+
+def _cuda_available():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def make_problem(n, d, dtype, batch=None, independent=False, seed=0):
+    """Logistic-regression data with an intercept: (theta, v, X, y) as numpy arrays.
+
+    theta and v are (p,), or (batch, p) when `batch` is given; with
+    `independent` each of the batch problems has its own X (batch, n, d) and
+    y (batch, n). z = X w + b stays O(1), in the loss's curved region.
+    """
+    rng = np.random.default_rng(seed)
+    rows = (batch, n) if independent else (n,)
+    X = rng.standard_normal(rows + (d,), dtype=np.float32).astype(dtype, copy=False)
+    y = (rng.random(rows) < 0.5).astype(dtype)
+    shape = (d + 1,) if batch is None else (batch, d + 1)
+    theta = (rng.standard_normal(shape) / np.sqrt(d)).astype(dtype)
+    v = rng.standard_normal(shape).astype(dtype)
+    return theta, v, X, y
+
+
+def to_device(arrays, backend):
+    """Place numpy `arrays` where `backend` reads them (CUDA tensors for GPU backends)."""
+    if backend not in GPU_BACKENDS:
+        return arrays
+    import torch
+    return tuple(torch.from_numpy(a).cuda() for a in arrays)
+
+
+def synchronizer(backend):
+    """A callable that waits for `backend`'s queued work (a no-op on the CPU)."""
+    if backend in GPU_BACKENDS:
+        import torch
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def _medians(fns, sync, budget_s, max_repeats):
+    """Median seconds of each of `fns`, called in turn after one warm-up each."""
+    for f in fns:
+        f()
+    sync()
+    times = [[] for _ in fns]
+    deadline = time.perf_counter() + budget_s
+    while len(times[0]) < max_repeats and (len(times[0]) < MIN_REPEATS
+                                          or time.perf_counter() < deadline):
+        for f, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            f()
+            sync()
+            ts.append(time.perf_counter() - t0)
+    return [float(np.median(ts)) for ts in times], len(times[0])
+
+
+def _calls(op, backend, theta, v, X, y):
+    """The zero-argument calls to time: ours, the reference and (batched) B single calls."""
+    kw = dict(lam=LAM, fit_intercept=True)
+    if op == "hvp":
+        return [lambda b=b: ops.hvp(theta, v, X, y, backend=b, **kw) for b in (backend, REFERENCE)]
+    calls = [lambda b=b: ops.loss_grad(theta, X, y, backend=b, **kw) for b in (backend, REFERENCE)]
+    if op == "loss_grad_batched":
+        calls.append(lambda: [ops.loss_grad(t, X, y, backend=backend, **kw) for t in theta])
+    return calls
+
+
+def cpu_roof():
+    """(read bandwidth, numpy gemv X@v bandwidth) in bytes/s on the CPU."""
+    from .kernels.cpu.roof import read_bandwidth
+    roof = read_bandwidth()
+    X = np.ones((1 << 16, 1 << 10))  # 512 MiB, like the roof array
+    x = np.ones(X.shape[1])
+    (t,), _ = _medians([lambda: X @ x], lambda: None, 0.0, 5)
+    return roof, X.nbytes / t
+
+
+def gpu_roof(nbytes=1 << 30, repeats=7):
+    """Read bandwidth of the current CUDA device in bytes/s (a torch sum over `nbytes`)."""
+    import torch
+    a = torch.ones(nbytes // 4, device="cuda")
+    (t,), _ = _medians([a.sum], torch.cuda.synchronize, 0.0, repeats)
+    return a.numel() * 4 / t
+
+
+def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
+    """Benchmark; returns (records, notes), notes being human-readable lines."""
+    cfg = QUICK if quick else FULL
+    notes, chosen = [], []
+    for b in (REFERENCE,) + tuple(backend_names):
+        reason = skip_reason(b)
+        if reason:
+            notes.append(f"skipped backend {b}: {reason}")
+        elif b != REFERENCE:
+            chosen.append(b)
+    if skip_reason(REFERENCE):  # nothing to compare with
+        return [], notes
+
+    roof = {}
+    if any(b not in GPU_BACKENDS for b in chosen):
+        roof["cpu"], gemv = cpu_roof()
+        notes.append(f"CPU roof: {roof['cpu'] / 1e9:.1f} GB/s read bandwidth (numba parallel "
+                     f"stream sum over 512 MiB, median); numpy gemv X@v: {gemv / 1e9:.1f} GB/s")
+    if any(b in GPU_BACKENDS for b in chosen):
+        roof["cuda"] = gpu_roof()
+        notes.append(f"GPU roof: {roof['cuda'] / 1e9:.0f} GB/s read bandwidth (torch sum over 1 GiB)")
+
+    jobs = [(shape, dt, op, b) for shape in cfg["shapes"] for dt in DTYPES
+            for op in op_names if op != "loss_grad_batched" for b in chosen]
+    if "loss_grad_batched" in op_names:
+        jobs += [(cfg["batched_shape"], dt, "loss_grad_batched", b) for dt in DTYPES for b in chosen]
+
+    from tqdm import tqdm
+    records, data, key = [], {}, None
+    for shape, dt, op, b in tqdm(jobs, desc="mithridate bench", file=sys.stderr,
+                                 disable=not progress, leave=False):
+        batch = BATCH if op == "loss_grad_batched" else None
+        if (shape, dt, batch) != key:
+            data.clear()  # free the previous size before allocating the next
+            key = (shape, dt, batch)
+            data["numpy"] = make_problem(*shape, dt, batch)
+        if b not in data:
+            data[b] = to_device(data["numpy"], b)
+        theta, v, X, y = data[b]
+        times, reps = _medians(_calls(op, b, theta, v, X, y), synchronizer(b),
+                               cfg["budget_s"], cfg["max_repeats"])
+        ours, ref = times[:2]
+        bw = roof["cuda" if b in GPU_BACKENDS else "cpu"]
+        nbytes = X.element_size() * X.numel() if hasattr(X, "numel") else X.nbytes
+        rec = dict(op=op, backend=b, shape=list(shape), dtype=dt, batch=batch,
+                   median_s=ours, reference_median_s=ref, speedup=ref / ours,
+                   roof_gbps=bw / 1e9, roof_fraction=nbytes / ours / bw, repeats=reps)
+        if batch:
+            rec.update(singles_median_s=times[2], batch_gain=times[2] / ours)
+        records.append(rec)
+    return records, notes
+
+
+def _fmt_time(s):
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+def format_table(records):
+    """Aligned text table of `records`."""
+    head = ("op", "backend", "shape", "dtype", "median", "reference", "speedup", "roof", "batch gain")
+    rows = [head]
+    for r in records:
+        shape = "x".join(map(str, r["shape"])) + (f" B={r['batch']}" if r["batch"] else "")
+        gain = f"{r['batch_gain']:.2f}x" if "batch_gain" in r else ""
+        rows.append((r["op"], r["backend"], shape, r["dtype"], _fmt_time(r["median_s"]),
+                     _fmt_time(r["reference_median_s"]), f"{r['speedup']:.2f}x",
+                     f"{100 * r['roof_fraction']:.0f}%", gain))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    left = 4  # text columns left-aligned, numbers right-aligned
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
