@@ -19,7 +19,7 @@ from ._math import JIT, exp_neg_abs, log1p_unit
 
 LOSS_CODES = {"logistic": 0, "squared": 1, "absolute": 2}
 GEMM_MIN_BATCH = 4        # shared X with at least this many thetas: matrix-matrix route
-L2_BLOCK_BYTES = 1 << 17  # rows per block so that a block stays in L2
+L2_BLOCK_BYTES = 1 << 18  # rows per block so that a block stays in L2
 GEMM_BLOCK_ROWS = 2048
 
 
@@ -68,16 +68,18 @@ def _terms(code, z, y, s, m, c1, c2, t, bits):
 
 @njit(**JIT)
 def _dot_rows(X, r0, m, w, b, out):
-    """out[:m] = X[r0:r0+m] @ w[:d] + b, accumulated in float64.
+    """out[:m] = X[r0:r0+m] @ w + b (w in X's dtype; out float64).
 
-    Four rows at a time share each load of w (register blocking)."""
+    Accumulates in X's dtype (16 float32 lanes per AVX-512 vector, as BLAS
+    sdot does); four rows share each load of w (register blocking)."""
     d = X.shape[1]
+    zero = X.dtype.type(0)
     i = 0
     while i + 4 <= m:
-        a0 = 0.0
-        a1 = 0.0
-        a2 = 0.0
-        a3 = 0.0
+        a0 = zero
+        a1 = zero
+        a2 = zero
+        a3 = zero
         for j in range(d):
             wj = w[j]
             a0 += X[r0 + i, j] * wj
@@ -90,44 +92,80 @@ def _dot_rows(X, r0, m, w, b, out):
         out[i + 3] = a3 + b
         i += 4
     for k in range(i, m):
-        acc = 0.0
+        acc = zero
         for j in range(d):
             acc += X[r0 + k, j] * w[j]
         out[k] = acc + b
 
 
 @njit(**JIT)
+def _dot2_rows(X, r0, m, w, bw, v, bv, outw, outv):
+    """Both X w + bw and X v + bv in one read of the block (HVP of logistic)."""
+    d = X.shape[1]
+    zero = X.dtype.type(0)
+    i = 0
+    while i + 2 <= m:
+        a0 = zero
+        a1 = zero
+        e0 = zero
+        e1 = zero
+        for j in range(d):
+            x0 = X[r0 + i, j]
+            x1 = X[r0 + i + 1, j]
+            a0 += x0 * w[j]
+            a1 += x1 * w[j]
+            e0 += x0 * v[j]
+            e1 += x1 * v[j]
+        outw[i] = a0 + bw
+        outw[i + 1] = a1 + bw
+        outv[i] = e0 + bv
+        outv[i + 1] = e1 + bv
+        i += 2
+    for k in range(i, m):
+        a0 = zero
+        e0 = zero
+        for j in range(d):
+            a0 += X[r0 + k, j] * w[j]
+            e0 += X[r0 + k, j] * v[j]
+        outw[k] = a0 + bw
+        outv[k] = e0 + bv
+
+
+@njit(**JIT)
 def _axpy_rows(X, r0, m, c, g, fit_b):
     """g[:d] += X[r0:r0+m]^T c[:m]; g[d] += sum(c) when fitting an intercept.
 
-    Four rows per load/store of g: the accumulator traffic drops fourfold."""
+    g is in X's dtype (a per-block accumulator flushed to float64 by the
+    caller); four rows per load/store of g cut the accumulator traffic."""
     d = X.shape[1]
+    cast = X.dtype.type
     i = 0
     while i + 4 <= m:
-        c0 = c[i]
-        c1 = c[i + 1]
-        c2 = c[i + 2]
-        c3 = c[i + 3]
+        c0 = cast(c[i])
+        c1 = cast(c[i + 1])
+        c2 = cast(c[i + 2])
+        c3 = cast(c[i + 3])
         for j in range(d):
             g[j] += (c0 * X[r0 + i, j] + c1 * X[r0 + i + 1, j]) + \
                     (c2 * X[r0 + i + 2, j] + c3 * X[r0 + i + 3, j])
         i += 4
     for k in range(i, m):
-        ck = c[k]
+        ck = cast(c[k])
         for j in range(d):
             g[j] += ck * X[r0 + k, j]
     if fit_b:
         for k in range(m):
-            g[d] += c[k]
+            g[d] += cast(c[k])
 
 
 @njit(parallel=True, **JIT)
 def _rows_kernel(X, Y, S, W, V, fit_b, code, want_hvp, n_chunks, block, out_loss, out_g):
     """Streaming pass for B problems x n_chunks row chunks.
 
-    X (P, n, d) with P == 1 (shared) or P == B; Y, S (P, n); W, V (B, p).
-    loss_grad (want_hvp False): out_loss[b, c], out_g[b, c] = chunk sums of
-    s l and X^T (s l'). hvp: out_g[b, c] = chunk sum of X^T (s l''(z) (X v)).
+    X (P, n, d) with P == 1 (shared) or P == B; Y, S (P, n); W, V (B, p) in
+    X's dtype. loss_grad (want_hvp False): out_loss[b, c], out_g[b, c] =
+    chunk sums of s l and X^T (s l'). hvp: out_g[b, c] = chunk sum of
+    X^T (s l''(z) (X v)). Per block, X's dtype; across blocks, float64.
     """
     P, n, d = X.shape
     B = W.shape[0]
@@ -139,36 +177,38 @@ def _rows_kernel(X, Y, S, W, V, fit_b, code, want_hvp, n_chunks, block, out_loss
         Yp = Y[p]
         i0 = c * n // n_chunks
         i1 = (c + 1) * n // n_chunks
-        w = W[b].astype(np.float64)
-        bias = w[d] if fit_b else 0.0
+        w = W[b]
+        v = V[b]
+        bias = np.float64(w[d]) if fit_b else 0.0
+        vb = np.float64(v[d]) if fit_b else 0.0
         g = np.zeros(d + 1)
+        gb = np.zeros(d + 1, dtype=X.dtype)
         z = np.empty(block)
+        u = np.empty(block)
         coef = np.empty(block)
         t = np.empty(block)
         bits = np.empty(block, dtype=np.int64)
         total = 0.0
-        if want_hvp:
-            v = V[b].astype(np.float64)
-            vb = v[d] if fit_b else 0.0
-            u = np.empty(block)
         for r0 in range(i0, i1, block):
             m = min(block, i1 - r0)
             ys = Yp[r0:r0 + m]
             ss = None if S is None else S[p, r0:r0 + m]
-            if want_hvp:
-                _dot_rows(Xp, r0, m, v, vb, u)
-                if code == 0:
-                    _dot_rows(Xp, r0, m, w, bias, z)
-                    _terms(code, z, ys, ss, m, None, coef, t, bits)
-                    for i in range(m):
-                        coef[i] *= u[i]
-                else:  # squared: l'' = 1, no need for z
-                    for i in range(m):
-                        coef[i] = u[i] if ss is None else ss[i] * u[i]
-            else:
+            if not want_hvp:
                 _dot_rows(Xp, r0, m, w, bias, z)
                 total += _terms(code, z, ys, ss, m, coef, None, t, bits)
-            _axpy_rows(Xp, r0, m, coef, g, fit_b)
+            elif code == 0:
+                _dot2_rows(Xp, r0, m, w, bias, v, vb, z, u)
+                _terms(code, z, ys, ss, m, None, coef, t, bits)
+                for i in range(m):
+                    coef[i] *= u[i]
+            else:  # squared: l'' = 1, z not needed
+                _dot_rows(Xp, r0, m, v, vb, u)
+                for i in range(m):
+                    coef[i] = u[i] if ss is None else ss[i] * u[i]
+            _axpy_rows(Xp, r0, m, coef, gb, fit_b)
+            for j in range(d + 1):
+                g[j] += gb[j]
+                gb[j] = 0
         out_loss[b, c] = total
         out_g[b, c, :] = g
 
