@@ -24,8 +24,8 @@ result raises a ValueError naming the row, and nothing is returned.
 import numpy as np
 
 from . import backends
-from ._validation import (LOSSES, check_array, check_choice, check_finite, check_labels,
-                          check_shape, dtype_name, is_torch, nonfinite_X_error)
+from ._validation import (LOSSES, check_array, check_choice, check_finite, check_finite_X,
+                          check_labels, check_shape, dtype_name, is_torch)
 
 __all__ = ["loss_grad", "hvp", "mixed"]
 
@@ -124,15 +124,15 @@ def _to_torch(a):
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
+def _host(a):
+    return a.detach().cpu().numpy() if is_torch(a) else np.asarray(a)
+
+
 def _nonfinite(problem, results):
     """Raise naming X's first bad row if any result is nan/inf."""
-    if all(np.isfinite(_to_numpy(_to_torch(r).cpu())).all() for r in results):
+    if all(np.isfinite(_host(r)).all() for r in results):
         return
-    X = _to_numpy(_to_torch(problem.args["X"]).cpu())
-    bad = np.argwhere(~np.isfinite(X))
-    if len(bad):
-        first = tuple(int(i) for i in bad[0])
-        raise nonfinite_X_error(first[0] if X.ndim == 3 else None, first[-2])
+    check_finite_X(_host(problem.args["X"]))
     raise ValueError("the objective overflowed (|X @ theta| too large for the dtype); "
                      "rescale X or theta.")
 
@@ -163,7 +163,7 @@ def hvp(theta, v, X, y, *, loss="logistic", lam=None, sample_weight=None,
     pb = _Problem(theta, X, y, v, sample_weight, lam, loss, fit_intercept,
                   penalize_intercept, backend)
     if loss == "absolute":  # X is not read, so check it here
-        check_finite("X", X)
+        check_finite_X(_host(X))
     a = pb.arrays()
     out = backends.linear_module(pb.backend).hvp(
         a["theta"], a["v"], a["X"], a["y"], a["sample_weight"], a["lam"], **pb.options)
@@ -190,7 +190,7 @@ def mixed(theta, v, X, y, rows, *, loss="logistic", lam=None, sample_weight=None
     if rows_np.min() < 0 or rows_np.max() >= n:
         raise ValueError(f"rows must lie in [0, {n}); got values from {rows_np.min()} to {rows_np.max()}.")
     rows_np = rows_np.astype(np.int64)
-    check_finite("X[rows]", X[..., rows_np, :])
+    check_finite_X(_host(X[..., rows_np, :]), rows_np)
     a = pb.arrays()
     r = _to_torch(rows_np).to(a["X"].device) if pb.backend in ("torch", "triton") else rows_np
     dX, dlam = backends.linear_module(pb.backend).mixed(

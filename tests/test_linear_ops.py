@@ -24,11 +24,11 @@ OPS = ["loss_grad", "hvp", "mixed"]
 FORMS = {
     "single": (None, False),
     "shared2": (2, False),  # streaming path (B < GEMM_MIN_BATCH)
-    "shared5": (5, False),  # matrix-matrix path
+    "shared5": (5, False),  # matrix-matrix path when d >= GEMM_MIN_FEATURES
     "indep3": (3, True),    # B independent problems, X (B, n, d)
 }
 MULTI_BLOCK = (5000, 13)    # one row chunk holding several row blocks
-MANY_CHUNKS = (20000, 33)   # many row chunks (and several GEMM row blocks)
+MANY_CHUNKS = (8200, 65)    # many row chunks (and several GEMM row blocks)
 SHAPES = [(1, 1), (7, 3), (33, 7), (257, 33), (1000, 257), MULTI_BLOCK, MANY_CHUNKS]
 INTERCEPT = {"no_b": (False, False), "b": (True, False), "b_pen": (True, True)}
 
@@ -118,7 +118,7 @@ def test_shapes_cover_kernel_paths():
         assert n > 2 * cpu_linear._block_rows(d, itemsize)
     n, d = MANY_CHUNKS
     assert cpu_linear._n_chunks(n, d) >= 8
-    assert n > 2 * cpu_linear.GEMM_BLOCK_ROWS
+    assert n > 2 * cpu_linear.GEMM_BLOCK_ROWS and cpu_linear._uses_gemm(5, d)
     assert n // cpu_linear._n_chunks(n, d) > cpu_linear._block_rows(d, 8)
 
 

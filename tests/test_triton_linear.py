@@ -59,9 +59,9 @@ def evaluate(pb, backend, **options):
     return dict(value=value, grad=grad, hvp=hv, dX=dX, dlam=dlam)
 
 
-def check_against_reference(pb, dtype, oracle="torch", **options):
+def check_against_reference(pb, dtype, **options):
     got = evaluate(pb, "triton", **options)
-    want = evaluate(pb, oracle, **options)
+    want = evaluate(pb, "torch", **options)
     rtol, atol = TOLERANCES[str(dtype).replace("torch.", "")]
     for name, t in got.items():
         assert t.dtype == dtype and t.device.type == DEVICE, name
@@ -98,15 +98,14 @@ def test_options(mode, fit_intercept, weights, lam, penalize, loss):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_extreme_margins(mode, dtype, loss):
-    """|z| up to 1e4: no overflow, no nan. The oracle is the numba backend: the
-    torch reference's double backward through logaddexp gives nan for z <= -1e3."""
+    """|z| up to 1e4: no overflow, no nan, same values as the reference."""
     pb = make_problem(mode, 10, 2, dtype, loss, seed=2)
     zs = torch.tensor([-1e4, -1e3, -40.0, -1e-3, 0.0, 1e-3, 40.0, 1e3, 1e4, 2.5], dtype=dtype)
     pb["X"][..., 0] = zs
     pb["theta"][..., 0] = 1.0
     pb["theta"][..., 1] = 0.0
     pb["rows"] = torch.tensor([0, 4, 8])
-    check_against_reference(pb, dtype, oracle="numba", loss=loss, lam=0.0)
+    check_against_reference(pb, dtype, loss=loss, lam=0.0)
 
 
 @pytest.mark.parametrize("mode", list(MODES))

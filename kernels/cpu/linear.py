@@ -18,7 +18,9 @@ from numba import njit, prange
 from ._math import JIT, exp_neg_abs, log1p_unit
 
 LOSS_CODES = {"logistic": 0, "squared": 1, "absolute": 2}
-GEMM_MIN_BATCH = 4        # shared X with at least this many thetas: matrix-matrix route
+GEMM_MIN_BATCH = 4        # shared X with at least this many thetas ...
+GEMM_MIN_FEATURES = 64    # ... and this many features: matrix-matrix route (narrower
+                          # BLAS products cost more in thread wake-ups than they save)
 L2_BLOCK_BYTES = 1 << 18  # rows per block so that a block stays in L2
 GEMM_BLOCK_ROWS = 2048
 
@@ -266,6 +268,10 @@ def _mixed_kernel(X, Y, S, W, V, rows, fit_b, code, n, out):
             out[b, k, j] = a * w[j] + e * v[j]
 
 
+def _uses_gemm(B, d):
+    return B >= GEMM_MIN_BATCH and d >= GEMM_MIN_FEATURES
+
+
 def _n_chunks(n, d):
     # Fixed by the shape alone, so sums do not depend on the thread count.
     return int(min(64, max(1, n * d // 32768), n))
@@ -328,7 +334,7 @@ def _data_terms(theta, X, y, s, code, want_hvp, V):
     """Sums over rows (not yet divided by n): loss (B,), X^T c (B, p)."""
     n, d = X.shape[-2:]
     B, p = theta.shape
-    if X.ndim == 2 and B >= GEMM_MIN_BATCH:
+    if X.ndim == 2 and _uses_gemm(B, d):
         return _gemm_loop(theta, X, y, s, code, want_hvp, V)
     X3, Y3, S3 = _as3(X, y, s)
     n_chunks = _n_chunks(n, d)
