@@ -8,6 +8,7 @@ side (calls interleaved, so a noisy neighbour slows both alike) and reports
 medians, speedup = reference / ours and roof fraction = X.nbytes / median /
 roof.
 """
+import os
 import sys
 import time
 
@@ -22,7 +23,8 @@ OPS = ("loss_grad", "hvp", "loss_grad_batched")
 BATCH = 64
 LAM = -2.0
 
-# (n, d) shapes; the batched op runs at BATCHED_SHAPE only.
+# (n, d) shapes; the batched op runs at batched_shape only. budget_s: time per
+# measurement beyond MIN_REPEATS rounds (the reference is slow on large shapes).
 FULL = dict(shapes=((100_000, 1000), (1_000_000, 100), (48_842, 14), (512, 784)),
             batched_shape=(100_000, 1000), budget_s=2.0, max_repeats=20)
 QUICK = dict(shapes=((20_000, 100), (512, 784)),
@@ -114,7 +116,7 @@ def cpu_roof():
     roof = read_bandwidth()
     X = np.ones((1 << 16, 1 << 10))  # 512 MiB, like the roof array
     x = np.ones(X.shape[1])
-    (t,), _ = _medians([lambda: X @ x], lambda: None, 0.0, 5)
+    (t,), _ = _medians([lambda: X @ x], lambda: None, float("inf"), 5)
     return roof, X.nbytes / t
 
 
@@ -122,7 +124,7 @@ def gpu_roof(nbytes=1 << 30, repeats=7):
     """Read bandwidth of the current CUDA device in bytes/s (a torch sum over `nbytes`)."""
     import torch
     a = torch.ones(nbytes // 4, device="cuda")
-    (t,), _ = _medians([a.sum], torch.cuda.synchronize, 0.0, repeats)
+    (t,), _ = _medians([a.sum], torch.cuda.synchronize, float("inf"), repeats)
     return a.numel() * 4 / t
 
 
@@ -139,6 +141,8 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
     if skip_reason(REFERENCE):  # nothing to compare with
         return [], notes
 
+    load = os.getloadavg()[0]  # other processes skew every timing below
+    notes.append(f"load average {load:.2f} on {os.cpu_count()} CPUs at start")
     roof = {}
     if any(b not in GPU_BACKENDS for b in chosen):
         roof["cpu"], gemv = cpu_roof()
@@ -169,7 +173,7 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
                                cfg["budget_s"], cfg["max_repeats"])
         ours, ref = times[:2]
         bw = roof["cuda" if b in GPU_BACKENDS else "cpu"]
-        nbytes = X.element_size() * X.numel() if hasattr(X, "numel") else X.nbytes
+        nbytes = data["numpy"][2].nbytes  # X, whichever device holds it
         rec = dict(op=op, backend=b, shape=list(shape), dtype=dt, batch=batch,
                    median_s=ours, reference_median_s=ref, speedup=ref / ours,
                    roof_gbps=bw / 1e9, roof_fraction=nbytes / ours / bw, repeats=reps)
@@ -195,7 +199,7 @@ def format_table(records):
         gain = f"{r['batch_gain']:.2f}x" if "batch_gain" in r else ""
         rows.append((r["op"], r["backend"], shape, r["dtype"], _fmt_time(r["median_s"]),
                      _fmt_time(r["reference_median_s"]), f"{r['speedup']:.2f}x",
-                     f"{100 * r['roof_fraction']:.0f}%", gain))
+                     f"{100 * r['roof_fraction']:.{0 if r['roof_fraction'] >= 0.1 else 1}f}%", gain))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     left = 4  # text columns left-aligned, numbers right-aligned
     lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w)
