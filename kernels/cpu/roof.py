@@ -11,10 +11,12 @@ import time
 import numpy as np
 from numba import njit, prange
 
+from ._math import JIT
+
 _BLOCK = 1 << 16  # elements per block: large enough to amortise the loop, many per thread
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, **JIT)
 def _stream_sum(a, block):
     """Sum of ``a``, each block reduced into its own slot (no shared accumulator)."""
     n = a.shape[0]
