@@ -38,13 +38,26 @@ def check_array(name, a, ndims, dtype=None):
     return a
 
 
-def _to_numpy(a):
-    return a.detach().cpu().numpy() if is_torch(a) else a
+def first_bad(a, rule):
+    """Flat index of the first element of `a` breaking `rule` ("finite",
+    "labels01", "nonneg"), or -1. One pass; numpy arrays go through numba."""
+    if is_torch(a):
+        import torch
+        f = a.detach().reshape(-1)
+        bad = {"finite": lambda: ~torch.isfinite(f),
+               "labels01": lambda: (f != 0) & (f != 1),
+               "nonneg": lambda: ~(torch.isfinite(f) & (f >= 0))}[rule]()
+        idx = torch.nonzero(bad)
+        return int(idx[0, 0]) if idx.numel() else -1
+    from .kernels.cpu.checks import first_bad as numba_first_bad
+    return numba_first_bad(np.ascontiguousarray(a), rule)
 
 
 def check_finite(name, a):
-    if not np.isfinite(_to_numpy(a)).all():
-        raise ValueError(f"{name} contains nan or inf; remove or impute those values first.")
+    i = first_bad(a, "finite")
+    if i >= 0:
+        raise ValueError(f"{name} contains nan or inf (first at flat index {i}); "
+                         "remove or impute those values first.")
 
 
 def check_shape(name, a, shape):
@@ -53,12 +66,21 @@ def check_shape(name, a, shape):
 
 
 def check_labels(y, loss):
-    if loss == "logistic":
-        yn = _to_numpy(y)
-        if not np.all((yn == 0) | (yn == 1)):
-            bad = np.unique(yn[(yn != 0) & (yn != 1)])[:5]
-            raise ValueError(f"y must hold labels in {{0, 1}} for the logistic loss; found {bad.tolist()}. "
-                             "Map labels with (y > 0).astype(X.dtype) or similar.")
+    """Finite values, and labels {0, 1} for the logistic loss."""
+    if loss != "logistic":
+        return check_finite("y", y)
+    i = first_bad(y, "labels01")
+    if i >= 0:
+        value = float(y.reshape(-1)[i])
+        raise ValueError(f"y must hold labels in {{0, 1}} for the logistic loss; found {value} at flat "
+                         f"index {i}. Map labels with (y > 0).astype(X.dtype) or similar.")
+
+
+def check_weights(sample_weight):
+    i = first_bad(sample_weight, "nonneg")
+    if i >= 0:
+        value = float(sample_weight.reshape(-1)[i])
+        raise ValueError(f"sample_weight has {value} at flat index {i}; weights must be finite and >= 0.")
 
 
 def check_choice(name, value, choices):

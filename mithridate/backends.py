@@ -6,6 +6,7 @@
 choice that cannot run falls back to ``numba`` (CPU data) or ``torch`` with a
 debug log line.
 """
+import functools
 import importlib
 import importlib.util
 import logging
@@ -24,8 +25,18 @@ LINEAR = {
 BACKENDS = tuple(LINEAR) + ("auto",)
 
 
+@functools.lru_cache(maxsize=None)
 def _installed(mod):
     return importlib.util.find_spec(mod) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_available():
+    """A CUDA device is visible to torch (fixed for the life of the process)."""
+    if not _installed("torch"):
+        return False
+    import torch
+    return torch.cuda.is_available()
 
 
 def unavailable_reason(name):
@@ -37,10 +48,8 @@ def unavailable_reason(name):
     if name == "triton":
         if not _installed("triton"):
             return "triton is not installed (pip install 'mithridate[gpu]')"
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            import torch
-            if not torch.cuda.is_available():
-                return "triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tests on tiny shapes)"
+        if os.environ.get("TRITON_INTERPRET") != "1" and not cuda_available():
+            return "triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tests on tiny shapes)"
     return None
 
 

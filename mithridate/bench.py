@@ -36,17 +36,9 @@ MIN_REPEATS = 3
 def skip_reason(backend):
     """None if `backend` can be benchmarked here, else why not."""
     reason = backends.unavailable_reason(backend)
-    if reason is None and backend in GPU_BACKENDS and not _cuda_available():
+    if reason is None and backend in GPU_BACKENDS and not backends.cuda_available():
         reason = "no CUDA GPU (the triton interpreter is for tests on tiny shapes only)"
     return reason
-
-
-def _cuda_available():
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def make_problem(n, d, dtype, batch=None, independent=False, seed=0):
@@ -147,7 +139,7 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
     if any(b not in GPU_BACKENDS for b in chosen):
         roof["cpu"], gemv = cpu_roof()
         notes.append(f"CPU roof: {roof['cpu'] / 1e9:.1f} GB/s read bandwidth (numba parallel "
-                     f"stream sum over 512 MiB, median); numpy gemv X@v: {gemv / 1e9:.1f} GB/s")
+                     f"stream sum over 512 MiB, best of 15); numpy gemv X@v: {gemv / 1e9:.1f} GB/s")
     if any(b in GPU_BACKENDS for b in chosen):
         roof["cuda"] = gpu_roof()
         notes.append(f"GPU roof: {roof['cuda'] / 1e9:.0f} GB/s read bandwidth (torch sum over 1 GiB)")

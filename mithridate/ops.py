@@ -25,7 +25,7 @@ import numpy as np
 
 from . import backends
 from ._validation import (LOSSES, check_array, check_choice, check_finite, check_finite_X,
-                          check_labels, check_shape, dtype_name, is_torch)
+                          check_labels, check_shape, check_weights, dtype_name, is_torch)
 
 __all__ = ["loss_grad", "hvp", "mixed"]
 
@@ -58,15 +58,11 @@ class _Problem:
         check_array("y", y, (X.ndim - 1,), dt)
         check_shape("y", y, X.shape[:-1])
         check_finite("theta", theta)
-        check_finite("y", y)
         check_labels(y, loss)
         if sample_weight is not None:
             check_array("sample_weight", sample_weight, (X.ndim - 1,), dt)
             check_shape("sample_weight", sample_weight, X.shape[:-1])
-            check_finite("sample_weight", sample_weight)
-            sw = sample_weight.detach().cpu().numpy() if is_torch(sample_weight) else sample_weight
-            if (sw < 0).any():
-                raise ValueError("sample_weight has negative entries; weights must be >= 0.")
+            check_weights(sample_weight)
         if v is not None:
             check_array("v", v, (theta.ndim,), dt)
             check_shape("v", v, theta.shape)

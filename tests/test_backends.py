@@ -50,10 +50,10 @@ def test_unknown_backend():
 
 
 def _no_gpu(monkeypatch):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
 
 
 def test_explicit_triton_without_gpu_raises(monkeypatch):
