@@ -1,12 +1,12 @@
 """``mithridate bench``: hot paths against the torch reference and the memory roof.
 
 Each fused linear-model kernel reads X once per call, so its speed limit is
-the read bandwidth of X. The run measures that roof first (CPU: a numba
-streaming sum over 512 MiB; GPU: a torch sum over 1 GiB), then for every op,
-backend, shape and dtype times our backend and the torch reference side by
-side (calls interleaved, so a noisy neighbour slows both alike) and reports
-medians, speedup = reference / ours and roof fraction = X.nbytes / median /
-roof.
+the read bandwidth of X. For every op, backend, shape and dtype the run times
+our backend, the torch reference and the roof probe (CPU: a numba streaming
+sum over 512 MiB; GPU: a torch sum over 1 GiB) side by side, calls
+interleaved so that a noisy neighbour or a drift in bandwidth moves all three
+alike, and reports medians, speedup = reference / ours and roof fraction =
+X.nbytes / median / (probe bytes / probe median).
 """
 import os
 import sys
@@ -30,6 +30,7 @@ FULL = dict(shapes=((100_000, 1000), (1_000_000, 100), (48_842, 14), (512, 784))
 QUICK = dict(shapes=((20_000, 100), (512, 784)),
              batched_shape=(20_000, 100), budget_s=0.2, max_repeats=10)
 DTYPES = ("float32", "float64")
+CACHE_BYTES = 64 << 20  # above this X streams from memory (twice a 32 MiB L3)
 MIN_REPEATS = 3
 
 
@@ -102,22 +103,14 @@ def _calls(op, backend, theta, v, X, y):
     return calls
 
 
-def cpu_roof():
-    """(read bandwidth, numpy gemv X@v bandwidth) in bytes/s on the CPU."""
-    from .kernels.cpu.roof import read_bandwidth
-    roof = read_bandwidth()
-    X = np.ones((1 << 16, 1 << 10))  # 512 MiB, like the roof array
-    x = np.ones(X.shape[1])
-    (t,), _ = _medians([lambda: X @ x], lambda: None, float("inf"), 5)
-    return roof, X.nbytes / t
-
-
-def gpu_roof(nbytes=1 << 30, repeats=7):
-    """Read bandwidth of the current CUDA device in bytes/s (a torch sum over `nbytes`)."""
+def roof_probe(device):
+    """(call, nbytes): one streaming read of a large array on `device` ("cpu" or "cuda")."""
+    if device == "cpu":
+        from .kernels.cpu.roof import stream_probe
+        return stream_probe()
     import torch
-    a = torch.ones(nbytes // 4, device="cuda")
-    (t,), _ = _medians([a.sum], torch.cuda.synchronize, float("inf"), repeats)
-    return a.numel() * 4 / t
+    a = torch.ones((1 << 30) // 4, device="cuda")
+    return a.sum, a.numel() * 4
 
 
 def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
@@ -135,14 +128,12 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
 
     load = os.getloadavg()[0]  # other processes skew every timing below
     notes.append(f"load average {load:.2f} on {os.cpu_count()} CPUs at start")
-    roof = {}
-    if any(b not in GPU_BACKENDS for b in chosen):
-        roof["cpu"], gemv = cpu_roof()
-        notes.append(f"CPU roof: {roof['cpu'] / 1e9:.1f} GB/s read bandwidth (numba parallel "
-                     f"stream sum over 512 MiB, best of 15); numpy gemv X@v: {gemv / 1e9:.1f} GB/s")
-    if any(b in GPU_BACKENDS for b in chosen):
-        roof["cuda"] = gpu_roof()
-        notes.append(f"GPU roof: {roof['cuda'] / 1e9:.0f} GB/s read bandwidth (torch sum over 1 GiB)")
+    # The roof is timed in every measurement, interleaved with the calls, so
+    # that a drift in the machine's bandwidth moves both sides of the ratio.
+    probes = {dev: roof_probe(dev) for dev in
+              {"cuda" if b in GPU_BACKENDS else "cpu" for b in chosen}}
+    notes.append("roof: read bandwidth of a streaming sum over 512 MiB (CPU, numba) or 1 GiB "
+                 "(GPU, torch), timed interleaved with each row whose X exceeds the cache")
 
     jobs = [(shape, dt, op, b) for shape in cfg["shapes"] for dt in DTYPES
             for op in op_names if op != "loss_grad_batched" for b in chosen]
@@ -161,11 +152,16 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
         if b not in data:
             data[b] = to_device(data["numpy"], b)
         theta, v, X, y = data[b]
-        times, reps = _medians(_calls(op, b, theta, v, X, y), synchronizer(b),
-                               cfg["budget_s"], cfg["max_repeats"])
-        ours, ref = times[:2]
-        bw = roof["cuda" if b in GPU_BACKENDS else "cpu"]
+        probe, probe_bytes = probes["cuda" if b in GPU_BACKENDS else "cpu"]
         nbytes = data["numpy"][2].nbytes  # X, whichever device holds it
+        # A cache-resident X would be evicted by the probe: time the probe apart.
+        interleave = nbytes > CACHE_BYTES
+        calls = _calls(op, b, theta, v, X, y) + ([probe] if interleave else [])
+        times, reps = _medians(calls, synchronizer(b), cfg["budget_s"], cfg["max_repeats"])
+        if not interleave:
+            times += _medians([probe], synchronizer(b), float("inf"), 5)[0]
+        ours, ref = times[:2]
+        bw = probe_bytes / times[-1]
         rec = dict(op=op, backend=b, shape=list(shape), dtype=dt, batch=batch,
                    median_s=ours, reference_median_s=ref, speedup=ref / ours,
                    roof_gbps=bw / 1e9, roof_fraction=nbytes / ours / bw, repeats=reps)

@@ -2,13 +2,11 @@
 
 The fused linear-model kernels read X once per call, so the sustained read
 bandwidth of an array well beyond the last-level cache is their speed limit.
-``read_bandwidth`` streams such an array with the same threading scheme as the
-kernels (``prange`` over blocks, one partial sum per block) and reports the
-best pass: a roof is what the machine can do, and on a shared machine noisy
-neighbours only ever slow a pass down.
+``stream_probe`` streams such an array with the same threading scheme as the
+kernels (``prange`` over blocks, one partial sum per block). The bandwidth of
+a shared machine drifts (40-70 GB/s seen on one 2-core VM within minutes), so
+``mithridate bench`` times the probe interleaved with each kernel it measures.
 """
-import time
-
 import numpy as np
 from numba import njit, prange
 
@@ -34,16 +32,11 @@ def _stream_sum(a, block):
     return partial.sum()
 
 
-def read_bandwidth(nbytes=512 << 20, repeats=15):
-    """Best read bandwidth in bytes/s over ``repeats`` passes of an ``nbytes`` float64 array.
+def stream_probe(nbytes=512 << 20):
+    """(call, nbytes): a zero-argument call that reads an ``nbytes`` float64 array once.
 
     The default 512 MiB is 16x a 32 MiB L3, so caches do not flatter the figure.
     """
     a = np.ones(nbytes // 8)
     _stream_sum(a, _BLOCK)  # compile (or load from cache) and fault the pages in
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _stream_sum(a, _BLOCK)
-        times.append(time.perf_counter() - t0)
-    return a.nbytes / min(times)
+    return (lambda: _stream_sum(a, _BLOCK)), a.nbytes
