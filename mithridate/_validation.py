@@ -12,7 +12,7 @@ def is_torch(a):
 
 
 def dtype_name(a):
-    return str(a.dtype).replace("torch.", "")
+    return str(a.dtype)[6:] if is_torch(a) else a.dtype.name  # "torch.float32" -> "float32"
 
 
 def check_array(name, a, ndims, dtype=None):

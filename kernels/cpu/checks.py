@@ -6,7 +6,7 @@ from numba import njit, prange
 from ._math import JIT
 
 RULES = {"finite": 0, "labels01": 1, "nonneg": 2}
-SMALL = 1 << 14  # below this, one block: no threads to wake
+SMALL = 1 << 14
 
 
 @njit(parallel=True, **JIT)
@@ -28,12 +28,20 @@ def _count_bad(a, rule, n_blocks):
     return counts
 
 
+def _bad_mask(flat, rule):
+    finite = np.isfinite(flat)
+    if rule == "finite":
+        return ~finite
+    if rule == "labels01":
+        return (flat != 0) & (flat != 1)
+    return ~(finite & (flat >= 0))
+
+
 def first_bad(a, rule):
     """Flat index of the first element of `a` breaking `rule` (a RULES key), or -1."""
     flat = a.reshape(-1)
-    if not _count_bad(flat, RULES[rule], 1 if flat.size < SMALL else 64).any():
+    # Small arrays: numpy's temporaries cost less than a parallel launch.
+    if flat.size >= SMALL and not _count_bad(flat, RULES[rule], 64).any():
         return -1
-    finite = np.isfinite(flat)  # slow path, only to name the culprit
-    bad = {"finite": ~finite, "labels01": (flat != 0) & (flat != 1),
-           "nonneg": ~(finite & (flat >= 0))}[rule]
-    return int(np.argmax(bad))
+    bad = _bad_mask(flat, rule)
+    return int(np.argmax(bad)) if bad.any() else -1

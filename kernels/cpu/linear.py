@@ -107,27 +107,29 @@ def _dot_rows(X, r0, m, w, b, out):
 
 @njit(**JIT)
 def _dot2_rows(X, r0, m, w, bw, v, bv, outw, outv):
-    """Both X w + bw and X v + bv in one read of the block (HVP of logistic)."""
+    """Both X w + bw and X v + bv in one read of the block (HVP of logistic);
+    narrow rows two at a time, as in _dot_rows."""
     d = X.shape[1]
     zero = X.dtype.type(0)
     i = 0
-    while i + 2 <= m:
-        a0 = zero
-        a1 = zero
-        e0 = zero
-        e1 = zero
-        for j in range(d):
-            x0 = X[r0 + i, j]
-            x1 = X[r0 + i + 1, j]
-            a0 += x0 * w[j]
-            a1 += x1 * w[j]
-            e0 += x0 * v[j]
-            e1 += x1 * v[j]
-        outw[i] = a0 + bw
-        outw[i + 1] = a1 + bw
-        outv[i] = e0 + bv
-        outv[i + 1] = e1 + bv
-        i += 2
+    if d < NARROW:
+        while i + 2 <= m:
+            a0 = zero
+            a1 = zero
+            e0 = zero
+            e1 = zero
+            for j in range(d):
+                x0 = X[r0 + i, j]
+                x1 = X[r0 + i + 1, j]
+                a0 += x0 * w[j]
+                a1 += x1 * w[j]
+                e0 += x0 * v[j]
+                e1 += x1 * v[j]
+            outw[i] = a0 + bw
+            outw[i + 1] = a1 + bw
+            outv[i] = e0 + bv
+            outv[i + 1] = e1 + bv
+            i += 2
     for k in range(i, m):
         a0 = zero
         e0 = zero
