@@ -91,9 +91,9 @@ def check_choice(name, value, choices):
 def check_finite_X(X, rows=None):
     """X (numpy, 2-D or 3-D; or its rows `rows` only) holds no nan/inf; the
     error names the problem and row of the first bad value."""
-    bad = np.argwhere(~np.isfinite(X))
-    if len(bad):
-        first = tuple(int(i) for i in bad[0])
-        row = first[-2] if rows is None else int(rows[first[-2]])
-        where = f"row {row}" if X.ndim == 2 else f"problem {first[0]}, row {row}"
+    i = first_bad(X, "finite")
+    if i >= 0:
+        first = np.unravel_index(i, X.shape)
+        row = int(first[-2]) if rows is None else int(rows[first[-2]])
+        where = f"row {row}" if X.ndim == 2 else f"problem {int(first[0])}, row {row}"
         raise ValueError(f"X has nan or inf at {where}; remove or impute those values first.")
