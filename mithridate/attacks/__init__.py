@@ -1,0 +1,7 @@
+"""Poisoning attacks. Simple attacks of paper 000 (label flipping, data
+modification), single-config and batched over betas x seeds."""
+from .simple import (Poisoned, data_modification, data_modification_batch, label_flip,
+                     label_flip_batch, label_set, label_set_batch, n_poisoned)
+
+__all__ = ["Poisoned", "data_modification", "data_modification_batch", "label_flip",
+           "label_flip_batch", "label_set", "label_set_batch", "n_poisoned"]
