@@ -81,7 +81,8 @@ if CUDA_HOME is not None:
 setup(
     packages=["mithridate", "mithridate.reference", "mithridate.kernels",
               "mithridate.kernels.cpu", "mithridate.kernels.gpu",
-              "mithridate.attacks"],
+              "mithridate.attacks",
+              "mithridate.datasets"],
     package_dir={"mithridate.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt},

@@ -44,8 +44,47 @@ def _bench(args):
     return 0 if records else 1
 
 
+def _add_datasets(sub):
+    p = sub.add_parser(
+        "datasets", help="show which data sets are present and check their sha256",
+        description="Data sets are looked for in $MITHRIDATE_DATA/<folder>/, then in "
+                    "~/.cache/mithridate/<folder>/ ($XDG_CACHE_HOME honoured).")
+    act = p.add_subparsers(dest="action", required=True)
+    act.add_parser("list", help="a table of data sets and where their files were found")
+    v = act.add_parser("verify", help="check the sha256 of present files (exit 1 if any is "
+                                      "corrupt)")
+    v.add_argument("names", nargs="*", metavar="NAME", help="data sets (default: all)")
+    p.set_defaults(func=_datasets)
+
+
+def _datasets(args):
+    from . import datasets
+    from .datasets import status
+    if args.action == "list":
+        rows = [("name", "folder", "where", "files")] + status.list_rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+        return 0
+    try:
+        names = [datasets.check_name(n) for n in args.names] or list(datasets.SOURCES)
+    except ValueError as e:
+        print(f"mithridate datasets verify: {e}", file=sys.stderr)
+        return 2
+    counts = {}
+    for name in names:
+        if name not in datasets.SOURCES:
+            print(f"{'embedded':10} {name}: installs with its package, nothing to verify")
+            continue
+        for state, label, detail in status.verify_rows(datasets.SOURCES[name]):
+            counts[state] = counts.get(state, 0) + 1
+            print(f"{state.upper():10} {label}  {detail}")
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to verify")
+    return 1 if counts.get("corrupt") else 0
+
+
 # One entry per subcommand; sweep, reproduce and datasets slot in here.
-COMMANDS = (_add_bench,)
+COMMANDS = (_add_bench, _add_datasets)
 
 
 def build_parser():
