@@ -82,7 +82,7 @@ setup(
     packages=["mithridate", "mithridate.reference", "mithridate.kernels",
               "mithridate.kernels.cpu", "mithridate.kernels.gpu",
               "mithridate.attacks",
-              "mithridate.datasets"],
+              "mithridate.datasets", "mithridate.experiments"],
     package_dir={"mithridate.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt},

@@ -83,8 +83,123 @@ def _datasets(args):
     return 1 if counts.get("corrupt") else 0
 
 
-# One entry per subcommand; sweep, reproduce and datasets slot in here.
-COMMANDS = (_add_bench, _add_datasets)
+def _add_executor_options(p):
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this process, or a process pool with --workers > 1; "
+                        "ray: a Ray cluster (a local one unless --address)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes for the local pool, CPUs for a local Ray cluster (default 1)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="join this Ray cluster (e.g. auto or ray://host:10001); needs "
+                        "--executor ray")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar on stderr")
+
+
+def _add_sweep(sub):
+    p = sub.add_parser(
+        "sweep", help="run a sweep spec (TOML); rerunning it resumes",
+        description="Run every config of the spec's grid x seeds, committing each finished "
+                    "batch to OUT/results.sqlite; rerunning the same command skips the configs "
+                    "already there. Ends with a table of mean and std per parameter set.")
+    p.add_argument("spec", metavar="SPEC", help="TOML file: name, experiment, seeds, [grid], "
+                                                "[fixed]")
+    p.add_argument("--out", metavar="DIR", help="results directory (default: results/NAME)")
+    p.add_argument("--export", metavar="PATH", help="also write the results to PATH (.csv or "
+                                                   ".parquet)")
+    _add_executor_options(p)
+    p.set_defaults(func=_sweep)
+
+
+def _check_run_args(args):
+    """Argument errors the parser cannot see, before any work starts."""
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: give a positive number of workers")
+    if args.address is not None and args.executor != "ray":
+        raise ValueError("--address joins a Ray cluster: add --executor ray")
+    export = getattr(args, "export", None)
+    if export is not None:
+        from pathlib import Path
+        if Path(export).suffix not in (".csv", ".parquet"):
+            raise ValueError(f"--export {export}: the path must end in .csv or .parquet")
+        if not Path(export).resolve().parent.is_dir():
+            raise ValueError(f"--export {export}: directory {Path(export).parent} does not exist")
+
+
+def _sweep(args):
+    from pathlib import Path
+    from .experiments import SpecError, StoreError, SweepError, SweepSpec, run_sweep
+    from .experiments.runner import format_summary
+    try:
+        _check_run_args(args)
+        spec = SweepSpec.from_toml(args.spec)
+        out = Path(args.out) if args.out else Path("results") / spec.name
+        frame = run_sweep(spec, out, args.executor, args.workers, args.address, args.progress)
+    except (SpecError, StoreError, ValueError) as e:
+        print(f"mithridate sweep: {e}", file=sys.stderr)
+        return 2
+    except SweepError as e:
+        print(f"mithridate sweep: {e}", file=sys.stderr)
+        return 1
+    print(format_summary(frame, spec))
+    print(f"{len(frame)} configs in {out / 'results.sqlite'}")
+    if args.export:
+        from .experiments import ResultsStore
+        with ResultsStore(out, spec) as store:
+            print(f"exported to {store.export(args.export)}")
+    return 0
+
+
+def _add_reproduce(sub):
+    p = sub.add_parser(
+        "reproduce", help="run a registered figure and write its CSV, PNGs and summary",
+        description="Run the figure's sweep (resumable, like `mithridate sweep`), then write "
+                    "results.csv, its PNGs and summary.md to --out.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="figure name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the registered figures")
+    p.add_argument("--quick", action="store_true", help="a reduced grid that runs in seconds")
+    p.add_argument("--out", metavar="DIR",
+                   help="output directory (default: results/NAME, results/NAME-quick)")
+    _add_executor_options(p)
+    p.set_defaults(func=_reproduce)
+
+
+def _reproduce(args):
+    from pathlib import Path
+    from .experiments import FIGURES, SpecError, StoreError, SweepError, get_figure, load_builtin
+    from .experiments import run_sweep
+    if args.list:
+        load_builtin()
+        width = max(map(len, FIGURES), default=0)
+        for name, figure in sorted(FIGURES.items()):
+            print(f"{name.ljust(width)}  {figure.description}")
+        return 0
+    try:
+        if args.name is None:
+            raise ValueError("give a figure NAME or --list")
+        _check_run_args(args)
+        figure = get_figure(args.name)
+        spec = figure.spec(args.quick)
+        out = Path(args.out) if args.out else \
+            Path("results") / (f"{args.name}-quick" if args.quick else args.name)
+        frame = run_sweep(spec, out, args.executor, args.workers, args.address, args.progress)
+    except (SpecError, StoreError, ValueError) as e:
+        print(f"mithridate reproduce: {e}", file=sys.stderr)
+        return 2
+    except SweepError as e:
+        print(f"mithridate reproduce: {e}", file=sys.stderr)
+        return 1
+    frame.to_csv(out / "results.csv", index=False)
+    written = [out / "results.csv", *figure.plot(frame, out)]
+    summary = figure.summary(frame)
+    (out / "summary.md").write_text(summary + "\n")
+    print(summary)
+    print("wrote " + ", ".join(map(str, written + [out / "summary.md"])))
+    return 0
+
+
+# One entry per subcommand.
+COMMANDS = (_add_bench, _add_datasets, _add_sweep, _add_reproduce)
 
 
 def build_parser():

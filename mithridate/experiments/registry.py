@@ -1,0 +1,87 @@
+"""Registries of experiments (what a sweep runs) and figures (what `reproduce` makes).
+
+Experiments are looked up by name, never pickled, so a process-pool or Ray
+worker resolves the same function by importing the module that registered it.
+"""
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from .spec import SpecError
+
+BUILTIN = ("mithridate.experiments.toy", "mithridate.experiments.quickstart")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """``fn(configs) -> list of metrics dicts``; one call gets configs equal on every
+    parameter outside ``batch_keys``, so it can batch them into one kernel call."""
+    name: str
+    fn: Callable
+    batch_keys: tuple
+    module: str
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A reproducible figure: ``spec(quick)`` -> SweepSpec, ``plot(frame, out_dir)`` ->
+    written paths, ``summary(frame)`` -> text for summary.md and the terminal."""
+    name: str
+    description: str
+    spec: Callable
+    plot: Callable
+    summary: Callable
+
+
+EXPERIMENTS: dict = {}
+FIGURES: dict = {}
+
+
+def experiment(name, batch_keys=("seed",)):
+    """Register a module-level ``fn(configs: list[dict]) -> list[dict]`` under ``name``."""
+    def register(fn):
+        if "<locals>" in fn.__qualname__:
+            raise ValueError(f"experiment {name!r}: {fn.__qualname__} must be defined at module "
+                             f"level so that worker processes can import it")
+        old = EXPERIMENTS.get(name)
+        if old is not None and (old.module, old.fn.__qualname__) != (fn.__module__,
+                                                                     fn.__qualname__):
+            raise ValueError(f"experiment name {name!r} is already registered by "
+                             f"{old.module}.{old.fn.__qualname__}; choose another name")
+        EXPERIMENTS[name] = Experiment(name, fn, tuple(batch_keys), fn.__module__)
+        return fn
+    return register
+
+
+def register_figure(figure):
+    FIGURES[figure.name] = figure
+    return figure
+
+
+def load_builtin():
+    """Import the modules that register the built-in experiments and figures."""
+    for module in BUILTIN:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # a missing dependency inside it is a real error
+                raise
+
+
+def get_experiment(name, module=None):
+    """The registered experiment ``name``, importing ``module`` first if given."""
+    if module is not None and name not in EXPERIMENTS:
+        importlib.import_module(module)
+    if name not in EXPERIMENTS:
+        load_builtin()
+    if name not in EXPERIMENTS:
+        raise SpecError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
+    return EXPERIMENTS[name]
+
+
+def get_figure(name):
+    load_builtin()
+    if name not in FIGURES:
+        raise SpecError(f"unknown figure {name!r}; known: {', '.join(sorted(FIGURES))} "
+                        f"(see `mithridate reproduce --list`)")
+    return FIGURES[name]

@@ -1,0 +1,160 @@
+"""Run a sweep: skip finished configs, batch the rest, execute, commit as batches finish.
+
+Execution is delegated to existing engines: the calling process (workers=1),
+a ``concurrent.futures.ProcessPoolExecutor`` (one machine) or Ray (a local or
+existing cluster). In every case only this driver process writes the store,
+one transaction per finished batch, in the order batches finish; so a killed
+run keeps every committed batch and a rerun resumes after them.
+"""
+import json
+import math
+import multiprocessing
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+from . import registry
+from .spec import config_key
+from .store import ResultsStore
+
+MAX_BATCH = 64
+EXECUTORS = ("local", "ray")
+
+
+class SweepError(RuntimeError):
+    """An experiment failed; the batches that finished before it are stored."""
+
+
+def make_batches(configs, batch_keys, max_batch=MAX_BATCH):
+    """Group configs equal on every key outside ``batch_keys``, in first-seen order,
+    at most ``max_batch`` per group, so one experiment call can batch its kernels."""
+    groups = {}
+    for c in configs:
+        shared = json.dumps({k: v for k, v in c.items() if k not in batch_keys}, sort_keys=True)
+        groups.setdefault(shared, []).append(c)
+    return [g[i:i + max_batch] for g in groups.values() for i in range(0, len(g), max_batch)]
+
+
+def run_batch(name, module, configs):
+    """Run one batch in whatever process this is (resolving the experiment by name)."""
+    metrics = registry.get_experiment(name, module).fn(configs)
+    if not isinstance(metrics, list) or len(metrics) != len(configs):
+        raise SweepError(f"experiment {name!r} must return one metrics dict per config "
+                         f"({len(configs)}), got {type(metrics).__name__} "
+                         f"of length {len(metrics) if hasattr(metrics, '__len__') else '?'}")
+    out = []
+    for config, m in zip(configs, metrics):
+        if not isinstance(m, dict) or set(m) & set(config):
+            raise SweepError(f"experiment {name!r} must return dicts of metrics whose names "
+                             f"differ from the parameters {sorted(config)}, got {m!r}")
+        out.append({k: v.item() if hasattr(v, "item") else v for k, v in m.items()})
+    return out
+
+
+def _serial(exp, batches):
+    for batch in batches:
+        try:
+            metrics = run_batch(exp.name, exp.module, batch)
+        except Exception as e:
+            raise SweepError(f"experiment {exp.name!r} failed on {batch[0]}: {e!r}") from e
+        yield batch, metrics
+
+
+def _pool(exp, batches, workers):
+    # spawn, not fork: forking a process that runs numba/OpenMP threads can deadlock.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_batch, exp.name, exp.module, b): b for b in batches}
+        error = None
+        while futures:
+            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for f in finished:
+                batch = futures.pop(f)
+                if f.cancelled():
+                    continue
+                if f.exception() is not None:
+                    if error is None:  # stop queued batches, keep those already running
+                        error = (batch, f.exception())
+                        for queued in futures:
+                            queued.cancel()
+                    continue
+                yield batch, f.result()
+        if error is not None:
+            raise SweepError(f"experiment {exp.name!r} failed on {error[0][0]}: "
+                             f"{error[1]!r}") from error[1]
+
+
+def _ray(exp, batches, workers, address):
+    import ray
+    started = not ray.is_initialized()
+    if started:
+        if address is None:
+            ray.init(num_cpus=workers if workers > 1 else None, include_dashboard=False,
+                     log_to_driver=False, logging_level="warning")
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level="warning")
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(run_batch)
+        refs = {task.remote(exp.name, exp.module, b): b for b in batches}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            for ref in ready:
+                batch = refs.pop(ref)
+                try:
+                    metrics = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    for pending in refs:
+                        ray.cancel(pending)
+                    raise SweepError(f"experiment {exp.name!r} failed on {batch[0]}: "
+                                     f"{e.cause!r}") from None
+                yield batch, metrics
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_sweep(spec, out_dir, executor="local", workers=1, address=None, progress=True):
+    """Run the configs of ``spec`` not yet in ``out_dir``'s store; return the full frame."""
+    from tqdm import tqdm
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r}: give a positive integer")
+    if address is not None and executor != "ray":
+        raise ValueError(f"address={address!r} joins a Ray cluster: use it with executor='ray'")
+    exp = registry.get_experiment(spec.experiment)
+    with ResultsStore(out_dir, spec) as store:
+        configs = spec.configs()
+        done = store.done()
+        pending = [c for c in configs if config_key(c) not in done]
+        batches = make_batches(pending, exp.batch_keys)
+        if executor == "ray":
+            results = _ray(exp, batches, workers, address)
+        elif workers > 1 and len(batches) > 1:
+            results = _pool(exp, batches, workers)
+        else:
+            results = _serial(exp, batches)
+        with tqdm(total=len(configs), initial=len(configs) - len(pending), unit="config",
+                  desc=spec.name, file=sys.stderr, disable=not progress) as bar:
+            for batch, metrics in results:
+                store.add(zip(batch, metrics))
+                bar.update(len(batch))
+        return store.frame()
+
+
+def summary_table(frame, spec):
+    """Mean and std over seeds of each numeric metric, per value of the other parameters."""
+    params = [k for k in spec.grid if k != "seed"]
+    metrics = [c for c in frame.columns if c not in spec.configs()[0]
+               and frame[c].dtype.kind in "biuf"]
+    if frame.empty or not metrics:
+        return frame.head(0)
+    table = frame.groupby(params, sort=False)[metrics].agg(["mean", "std"])
+    table.columns = [f"{m} {stat}" for m, stat in table.columns]
+    return table
+
+
+def format_summary(frame, spec):
+    import pandas as pd
+    with pd.option_context("display.width", 200, "display.max_columns", 50,
+                           "display.float_format", lambda v: f"{v:.4g}" if math.isfinite(v)
+                           else str(v)):
+        return summary_table(frame, spec).to_string()
