@@ -126,21 +126,36 @@ def _check_run_args(args):
             raise ValueError(f"--export {export}: directory {Path(export).parent} does not exist")
 
 
+def _guarded(command, work):
+    """(work(), 0); or (None, exit code) with the message on stderr: 2 for bad
+    input (spec, store, arguments; SpecError and StoreError are ValueErrors),
+    1 for an experiment that failed."""
+    from .experiments import SweepError
+    try:
+        return work(), 0
+    except ValueError as e:
+        code, error = 2, e
+    except SweepError as e:
+        code, error = 1, e
+    print(f"mithridate {command}: {error}", file=sys.stderr)
+    return None, code
+
+
 def _sweep(args):
     from pathlib import Path
-    from .experiments import SpecError, StoreError, SweepError, SweepSpec, run_sweep
+    from .experiments import SweepSpec, run_sweep
     from .experiments.runner import format_summary
-    try:
+
+    def work():
         _check_run_args(args)
         spec = SweepSpec.from_toml(args.spec)
         out = Path(args.out) if args.out else Path("results") / spec.name
-        frame = run_sweep(spec, out, args.executor, args.workers, args.address, args.progress)
-    except (SpecError, StoreError, ValueError) as e:
-        print(f"mithridate sweep: {e}", file=sys.stderr)
-        return 2
-    except SweepError as e:
-        print(f"mithridate sweep: {e}", file=sys.stderr)
-        return 1
+        return spec, out, run_sweep(spec, out, args.executor, args.workers, args.address,
+                                    args.progress)
+    done, code = _guarded("sweep", work)
+    if done is None:
+        return code
+    spec, out, frame = done
     print(format_summary(frame, spec))
     print(f"{len(frame)} configs in {out / 'results.sqlite'}")
     if args.export:
@@ -166,29 +181,27 @@ def _add_reproduce(sub):
 
 def _reproduce(args):
     from pathlib import Path
-    from .experiments import FIGURES, SpecError, StoreError, SweepError, get_figure, load_builtin
-    from .experiments import run_sweep
+    from .experiments import FIGURES, get_figure, load_builtin, run_sweep
     if args.list:
         load_builtin()
         width = max(map(len, FIGURES), default=0)
         for name, figure in sorted(FIGURES.items()):
             print(f"{name.ljust(width)}  {figure.description}")
         return 0
-    try:
+
+    def work():
         if args.name is None:
             raise ValueError("give a figure NAME or --list")
         _check_run_args(args)
         figure = get_figure(args.name)
-        spec = figure.spec(args.quick)
         out = Path(args.out) if args.out else \
             Path("results") / (f"{args.name}-quick" if args.quick else args.name)
-        frame = run_sweep(spec, out, args.executor, args.workers, args.address, args.progress)
-    except (SpecError, StoreError, ValueError) as e:
-        print(f"mithridate reproduce: {e}", file=sys.stderr)
-        return 2
-    except SweepError as e:
-        print(f"mithridate reproduce: {e}", file=sys.stderr)
-        return 1
+        return figure, out, run_sweep(figure.spec(args.quick), out, args.executor, args.workers,
+                                      args.address, args.progress)
+    done, code = _guarded("reproduce", work)
+    if done is None:
+        return code
+    figure, out, frame = done
     frame.to_csv(out / "results.csv", index=False)
     written = [out / "results.csv", *figure.plot(frame, out)]
     summary = figure.summary(frame)
