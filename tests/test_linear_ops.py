@@ -24,7 +24,7 @@ OPS = ["loss_grad", "hvp", "mixed"]
 FORMS = {
     "single": (None, False),
     "shared2": (2, False),  # streaming path (B < GEMM_MIN_BATCH)
-    "shared5": (5, False),  # matrix-matrix path when d >= GEMM_MIN_FEATURES
+    "shared17": (17, False),  # matrix-matrix path when d >= GEMM_MIN_FEATURES
     "indep3": (3, True),    # B independent problems, X (B, n, d)
 }
 MULTI_BLOCK = (5000, 13)    # one row chunk holding several row blocks
@@ -111,14 +111,14 @@ def check_against_reference(op, P, dtype, require_finite=False):
 
 def test_shapes_cover_kernel_paths():
     # Keeps SHAPES meaningful if the kernel's blocking constants change.
-    assert 2 < cpu_linear.GEMM_MIN_BATCH <= 5
+    assert 2 < cpu_linear.GEMM_MIN_BATCH <= 17
     n, d = MULTI_BLOCK
     assert cpu_linear._n_chunks(n, d) == 1
     for itemsize in (4, 8):
         assert n > 2 * cpu_linear._block_rows(d, itemsize)
     n, d = MANY_CHUNKS
     assert cpu_linear._n_chunks(n, d) >= 8
-    assert n > 2 * cpu_linear.GEMM_BLOCK_ROWS and cpu_linear._uses_gemm(5, d)
+    assert n > 2 * cpu_linear.GEMM_BLOCK_ROWS and cpu_linear._uses_gemm(17, d)
     assert n // cpu_linear._n_chunks(n, d) > cpu_linear._block_rows(d, 8)
 
 
@@ -190,7 +190,7 @@ def test_mixed_repeated_and_boundary_rows(dtype, form):
         np.testing.assert_array_equal(dX[..., k, :], dX[..., first, :])
 
 
-@pytest.mark.parametrize("form", ["single", "shared2", "shared5", "indep3"])
+@pytest.mark.parametrize("form", ["single", "shared2", "shared17", "indep3"])
 def test_deterministic_across_thread_counts(form):
     import numba
 

@@ -18,9 +18,9 @@ from numba import njit, prange
 from ._math import JIT, exp_neg_abs, log1p_unit
 
 LOSS_CODES = {"logistic": 0, "squared": 1, "absolute": 2}
-GEMM_MIN_BATCH = 4        # shared X with at least this many thetas ...
-GEMM_MIN_FEATURES = 64    # ... and this many features: matrix-matrix route (narrower
-                          # BLAS products cost more in thread wake-ups than they save)
+GEMM_MIN_BATCH = 16       # shared X with at least this many thetas and this many
+GEMM_MIN_FEATURES = 32    # features: matrix-matrix route (below, streaming X once per
+                          # theta was as fast or faster, measured at d in 14-100)
 L2_BLOCK_BYTES = 1 << 18  # rows per block so that a block stays in L2
 GEMM_BLOCK_ROWS = 1024
 NARROW = 32               # rows narrower than this: register-blocked dot products
