@@ -78,3 +78,16 @@ def select(backend, *arrays):
 
 def linear_module(name):
     return importlib.import_module(LINEAR[name])
+
+
+# backend -> module holding the batched Lipschitz regularisers (no triton kernel yet)
+LIPSCHITZ = {
+    "numba": "mithridate.kernels.cpu.lipschitz",
+    "torch": "mithridate.reference.lipschitz",
+}
+
+
+def lipschitz_module(name):
+    if name not in LIPSCHITZ:
+        raise RuntimeError(f"backend {name!r} has no Lipschitz kernel; use one of {list(LIPSCHITZ)}.")
+    return importlib.import_module(LIPSCHITZ[name])

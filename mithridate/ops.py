@@ -21,13 +21,15 @@ checked before a kernel runs. X's values are checked for nan/inf inside the
 kernels' single pass (a separate scan would double the cost): a non-finite
 result raises a ValueError naming the row, and nothing is returned.
 """
+import math
+
 import numpy as np
 
 from . import backends
 from ._validation import (LOSSES, check_array, check_choice, check_finite, check_finite_X,
                           check_labels, check_shape, check_weights, dtype_name, is_torch)
 
-__all__ = ["loss_grad", "hvp", "mixed"]
+__all__ = ["loss_grad", "hvp", "mixed", "lipschitz"]
 
 
 class _Problem:
@@ -193,3 +195,105 @@ def mixed(theta, v, X, y, rows, *, loss="logistic", lam=None, sample_weight=None
         a["theta"], a["v"], a["X"], a["y"], a["sample_weight"], a["lam"], r, **pb.options)
     _nonfinite(pb, (dX, dlam))
     return pb.output(dX), pb.output(dlam)
+
+
+BOUNDS = ("tight", "paper")
+
+
+def _dual_exponent(norm):
+    if isinstance(norm, bool) or not isinstance(norm, (int, float, np.integer, np.floating)) \
+            or not norm >= 1:
+        raise ValueError(f"norm={norm!r} must be a number p >= 1 (1, 2, numpy.inf, 3.0, ...).")
+    p = float(norm)
+    return math.inf if p == 1 else 1.0 if p == math.inf else p / (p - 1)
+
+
+def lipschitz(theta, X, y, *, loss, norm=2, bound="tight", fit_intercept=True,
+              data_bounds=None, backend="auto"):
+    """Lipschitz constant L(theta) of the loss in (x, y), and a subgradient wrt theta.
+
+    This is the regulariser of paper 000: J_n = 1/n sum_i l_i + rho L(theta)
+    (eq. 8). Transport cost (Section 3, Lemma 2): the p-norm ``norm`` of the
+    stacked vector, ||(x, y) - (x', y')||_p, so labels move too and enter like
+    one more feature. Its dual norm ||.||_* has q = p/(p-1) (p = 1 -> inf,
+    inf -> 1). Notation: theta = [w; b], z = w.x + b, e = 1 with an intercept
+    (0 without: the "+1" of ||[x; 1]|| <= ||x|| + 1 disappears).
+
+    ``bound="tight"``, Lemma 3 / eq. (10): L = max over the training rows of
+    ||grad_(x,y) l||_*:
+      squared   grad = r (w, -1), r = z - y:  L = max_i |r_i| ||(w, 1)||_*
+      absolute  grad = sign(r) (w, -1):       L = ||(w, 1)||_*  (X not read)
+      logistic  grad = ((sigmoid(z) - y) w, -z):
+                L = max_i ||((sigmoid(z_i) - y_i) ||w||_*, z_i)||_q  (2-vector)
+    The printed (10) has ||W theta||_* = ||w||_* in place of ||(w, 1)||_*:
+    that is the constant in x alone; with y transported Lemma 3 adds the y
+    component, and we follow Lemma 3 for every loss.
+
+    ``bound="paper"``, closed forms with t = ||theta||_* (theta incl. b) and
+    data bounds X = max_i ||x_i||_p, Y = max_i |y_i| (from X, y in one pass,
+    or ``data_bounds=(X, Y)``, which then need not come from X):
+      squared   (11)  L = (X + e) t^2 + Y t   (as printed: it bounds (10)'s x-only form)
+      absolute  (13)  L = t   (Lemma 3; the text of (13) prints rho ||theta||_*^2,
+                                a typo: the line above it derives L = ||theta||_*)
+      logistic  (15)  L = (Y + X + 1 + e) t
+
+    Shapes: theta (p,) -> value (), subgrad (p,); theta (B, p) -> (B,), (B, p);
+    X (n, d), y (n,) shared by the B vectors (labels {0, 1} for logistic).
+    The tight bound of squared/logistic is one B x d by d x n product fused
+    with the max over rows (the B x n matrix is never stored); the subgradient
+    is that of the argmax row (the lowest one on ties). Returns theta's type
+    in X's dtype. ``backend``: numba or torch (no triton kernel yet).
+    """
+    check_choice("loss", loss, LOSSES)
+    check_choice("bound", bound, BOUNDS)
+    q = _dual_exponent(norm)
+    if backend not in backends.BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; choose one of {list(backends.BACKENDS)}.")
+    check_array("X", X, (2,))
+    dt = dtype_name(X)
+    check_array("theta", theta, (1, 2), dt)
+    check_array("y", y, (1,), dt)
+    d = X.shape[1]
+    p = d + bool(fit_intercept)
+    if theta.shape[-1] != p:
+        raise ValueError(f"theta has {theta.shape[-1]} columns but X has {d} features "
+                         f"{'plus an intercept ' if fit_intercept else ''}(expected {p}).")
+    check_shape("y", y, X.shape[:1])
+    check_finite("theta", theta)
+    check_labels(y, loss)
+    if data_bounds is not None:
+        if bound != "paper":
+            raise ValueError("data_bounds applies to bound='paper' only; drop it for the tight bound.")
+        try:
+            data_bounds = tuple(float(v) for v in data_bounds)
+        except (TypeError, ValueError):
+            data_bounds = ()
+        if len(data_bounds) != 2 or not all(math.isfinite(v) and v >= 0 for v in data_bounds):
+            raise ValueError("data_bounds must be a pair (X, Y) of finite numbers >= 0: "
+                             "max ||x||_p and max |y|.")
+    name = backends.select(backend, theta, X)
+    if name not in backends.LIPSCHITZ:
+        if backend == name:
+            raise RuntimeError(f"backend {name!r} has no Lipschitz kernel; use backend='numba' "
+                               "or 'torch'.")
+        name = "torch"  # auto on CUDA data: the reference runs there
+    mod = backends.lipschitz_module(name)
+    conv = _to_torch if name == "torch" else _to_numpy
+    th, Xc, yc = conv(theta), conv(X), conv(y)
+    th = th[None] if theta.ndim == 1 else th
+    reads_X = bound == "tight" and loss != "absolute"
+    if bound == "paper" and data_bounds is None:
+        data_bounds = mod.data_bounds(Xc, yc, float(norm))
+        reads_X = True
+    if not reads_X:
+        check_finite_X(_host(X))
+    value, grad = mod.lipschitz(th, Xc, yc, loss, q, bound, bool(fit_intercept), data_bounds)
+    if not (np.isfinite(_host(value)).all() and np.isfinite(data_bounds or 0.0).all()):
+        check_finite_X(_host(X))
+        raise ValueError("the Lipschitz constant overflowed (|X @ theta| too large for the dtype); "
+                         "rescale X or theta.")
+    if is_torch(theta):
+        value, grad = _to_torch(value).to(theta.device), _to_torch(grad).to(theta.device)
+    else:
+        value, grad = _to_numpy(value), _to_numpy(grad)
+    return (value[0], grad[0]) if theta.ndim == 1 else (value, grad)

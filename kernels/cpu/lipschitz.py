@@ -78,14 +78,17 @@ def _tight_kernel(X, y, Wx, bias, nw, logistic, q, n_chunks, block, best, arg, b
 
 @njit(parallel=True, **JIT)
 def _bounds_kernel(X, p, n_chunks, out):
-    """out[c] = max over row chunk c of ||x_i||_p (float64)."""
+    """out[c] = max over row chunk c of ||x_i||_p**p (max |x_ij| for p = inf),
+    nan if the chunk holds a nan."""
     n, d = X.shape
     for c in prange(n_chunks):
         hi = 0.0
+        seen_nan = False
         for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
             acc = 0.0
             for j in range(d):
                 v = abs(np.float64(X[i, j]))
+                seen_nan |= v != v
                 if p == 1.0:
                     acc += v
                 elif p == 2.0:
@@ -95,7 +98,7 @@ def _bounds_kernel(X, p, n_chunks, out):
                 else:
                     acc += v ** p
             hi = max(hi, acc)
-        out[c] = hi
+        out[c] = np.nan if seen_nan else hi
 
 
 def data_bounds(X, y, p):
