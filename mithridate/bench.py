@@ -19,7 +19,8 @@ from . import backends, ops
 REFERENCE = "torch"
 CANDIDATES = tuple(b for b in backends.LINEAR if b != REFERENCE)
 GPU_BACKENDS = ("triton",)  # their data lives on the GPU, and so does their reference's
-OPS = ("loss_grad", "hvp", "loss_grad_batched")
+OPS = ("loss_grad", "hvp", "loss_grad_batched", "lipschitz_batched")
+BATCHED = ("loss_grad_batched", "lipschitz_batched")  # B thetas against one X
 BATCH = 64
 LAM = -2.0
 
@@ -93,7 +94,12 @@ def _medians(fns, sync, budget_s, max_repeats):
 
 
 def _calls(op, backend, theta, v, X, y):
-    """The zero-argument calls to time: ours, the reference and (batched) B single calls."""
+    """The zero-argument calls to time: ours, the reference, then (loss_grad_batched)
+    B single calls or (lipschitz_batched) the matrix product Theta X^T it contains."""
+    if op == "lipschitz_batched":
+        W = theta[:, :-1]
+        return [lambda b=b: ops.lipschitz(theta, X, y, loss="logistic", bound="tight", backend=b)
+                for b in (backend, REFERENCE)] + [lambda: W @ X.T]
     kw = dict(lam=LAM, fit_intercept=True)
     if op == "hvp":
         return [lambda b=b: ops.hvp(theta, v, X, y, backend=b, **kw) for b in (backend, REFERENCE)]
@@ -136,15 +142,16 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
                  "(GPU, torch), timed interleaved with each row whose X exceeds the cache")
 
     jobs = [(shape, dt, op, b) for shape in cfg["shapes"] for dt in DTYPES
-            for op in op_names if op != "loss_grad_batched" for b in chosen]
-    if "loss_grad_batched" in op_names:
-        jobs += [(cfg["batched_shape"], dt, "loss_grad_batched", b) for dt in DTYPES for b in chosen]
+            for op in op_names if op not in BATCHED for b in chosen]
+    jobs += [(cfg["batched_shape"], dt, op, b) for op in op_names if op in BATCHED
+             for dt in DTYPES for b in chosen
+             if op != "lipschitz_batched" or b in backends.LIPSCHITZ]
 
     from tqdm import tqdm
     records, data, key = [], {}, None
     for shape, dt, op, b in tqdm(jobs, desc="mithridate bench", file=sys.stderr,
                                  disable=not progress, leave=False):
-        batch = BATCH if op == "loss_grad_batched" else None
+        batch = BATCH if op in BATCHED else None
         if (shape, dt, batch) != key:
             data.clear()  # free the previous size before allocating the next
             key = (shape, dt, batch)
@@ -165,8 +172,10 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
         rec = dict(op=op, backend=b, shape=list(shape), dtype=dt, batch=batch,
                    median_s=ours, reference_median_s=ref, speedup=ref / ours,
                    roof_gbps=bw / 1e9, roof_fraction=nbytes / ours / bw, repeats=reps)
-        if batch:
+        if op == "loss_grad_batched":
             rec.update(singles_median_s=times[2], batch_gain=times[2] / ours)
+        elif op == "lipschitz_batched":
+            rec.update(matmul_median_s=times[2], matmul_ratio=ours / times[2])
         records.append(rec)
     return records, notes
 
@@ -180,11 +189,12 @@ def _fmt_time(s):
 
 def format_table(records):
     """Aligned text table of `records`."""
-    head = ("op", "backend", "shape", "dtype", "median", "reference", "speedup", "roof", "batch gain")
+    head = ("op", "backend", "shape", "dtype", "median", "reference", "speedup", "roof", "other")
     rows = [head]
     for r in records:
         shape = "x".join(map(str, r["shape"])) + (f" B={r['batch']}" if r["batch"] else "")
-        gain = f"{r['batch_gain']:.2f}x" if "batch_gain" in r else ""
+        gain = (f"{r['batch_gain']:.2f}x singles" if "batch_gain" in r else
+                f"{r['matmul_ratio']:.2f}x W@X^T" if "matmul_ratio" in r else "")
         rows.append((r["op"], r["backend"], shape, r["dtype"], _fmt_time(r["median_s"]),
                      _fmt_time(r["reference_median_s"]), f"{r['speedup']:.2f}x",
                      f"{100 * r['roof_fraction']:.{0 if r['roof_fraction'] >= 0.1 else 1}f}%", gain))
