@@ -81,7 +81,7 @@ if CUDA_HOME is not None:
 setup(
     packages=["mithridate", "mithridate.reference", "mithridate.kernels",
               "mithridate.kernels.cpu", "mithridate.kernels.gpu",
-              "mithridate.attacks",
+              "mithridate.attacks", "mithridate.hypergrad",
               "mithridate.datasets", "mithridate.experiments"],
     package_dir={"mithridate.kernels": "kernels"},
     ext_modules=ext_modules,

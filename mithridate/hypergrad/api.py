@@ -1,0 +1,130 @@
+"""``hypergrad``: gradient of the validation loss after T inner steps wrt the
+poisoning features and lam. See the package docstring for the math."""
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import ops
+from .problem import make_problem
+
+CHOLESKY_MAX = 2000  # p above this: CG on HVPs instead of forming the p x p Hessian
+
+
+@dataclass
+class HyperGrad:
+    """value: validation loss at theta_T; grad_Xp (k, d) (None in forward
+    mode); grad_lam; theta_T = [w; b] (p,); info: mode details."""
+    value: float
+    grad_Xp: np.ndarray
+    grad_lam: float
+    theta_T: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss="logistic",
+              fit_intercept=True, mode="trajectory", backend="numba", tol=1e-6):
+    """Hypergradients of A(theta_T) = mean validation loss wrt Xp and lam.
+
+    Inner: T steps of heavy-ball GD (``gamma``; 0 = plain GD) with step
+    ``alpha`` from ``w0`` (zeros by default; (d + fit_intercept,)) on
+    1/n sum l over [Xc; Xp] + exp(lam)/2 ||w||^2 (labels yp fixed). Modes:
+    ``trajectory`` (exact RMD), ``forward`` (exact, lam only), ``implicit``
+    (eq. 4 at theta_T, exact only at a stationary point: ``info["grad_norm"]``
+    is the final training gradient norm, warned about above ``tol``).
+    ``backend``: ``numba`` (compiled loops) or ``torch`` (autograd through the
+    unrolled loop; for implicit only the training runs in torch).
+    Arrays: numpy, one float dtype, C-contiguous; results in that dtype.
+    """
+    pb = make_problem(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, fit_intercept,
+                      mode, backend)
+    info = dict(mode=mode, backend=backend, T=pb.T)
+    dt = pb.Xc.dtype
+    if mode == "implicit":
+        return _implicit(pb, backend, tol, info)
+    if backend == "torch":
+        from .reference import unrolled
+        value, gX, glam, theta = unrolled(pb)
+        return HyperGrad(value, None if mode == "forward" else gX.astype(dt), glam, theta, info)
+    from ..kernels.cpu import rmd
+    args = _numba_args(pb)
+    if mode == "forward":
+        value, glam, theta = rmd.forward(*args)
+        gX = None
+    else:
+        k = pb.Xp.shape[0]
+        gX = np.empty((k, pb.d))
+        X, y, Xv, yv, *rest = args
+        value, glam, theta = rmd.trajectory(X, y, k, Xv, yv, *rest, gX)
+        gX = gX.astype(dt)
+    return HyperGrad(float(value), gX, float(glam), _theta_out(pb, theta), info)
+
+
+def _numba_args(pb):
+    from ..kernels.cpu.linear import LOSS_CODES, _block_rows, _n_chunks
+    X = np.concatenate([pb.Xc, pb.Xp])
+    y = np.concatenate([pb.yc, pb.yp])
+    (n, d), nv = X.shape, pb.Xv.shape[0]
+    theta0 = np.zeros(d + 1)
+    theta0[:pb.theta0.shape[0]] = pb.theta0
+    return (X, y, pb.Xv, pb.yv, LOSS_CODES[pb.loss], pb.fit_intercept, theta0, pb.alpha,
+            pb.gamma, float(np.exp(pb.lam)), pb.T, _n_chunks(n, d), _block_rows(d, X.itemsize),
+            _n_chunks(nv, d), _block_rows(d, X.itemsize))
+
+
+def _theta_out(pb, theta):
+    return theta[:pb.d + pb.fit_intercept].astype(pb.Xc.dtype)
+
+
+def _implicit(pb, backend, tol, info):
+    """Eq. (4): s = H^-1 grad A, grad_Xp = -d/dXp (g . s), grad_lam = -d/dlam (g . s)."""
+    X = np.concatenate([pb.Xc, pb.Xp])
+    y = np.concatenate([pb.yc, pb.yp])
+    if backend == "torch":
+        from .reference import train
+        theta = train(pb)
+    else:
+        from ..kernels.cpu import rmd
+        args = _numba_args(pb)
+        theta = _theta_out(pb, rmd.train(args[0], args[1], *args[4:13])[0])
+    common = dict(loss=pb.loss, fit_intercept=pb.fit_intercept, backend=backend)
+    _, g = ops.loss_grad(theta, X, y, lam=pb.lam, **common)
+    info["grad_norm"] = float(np.linalg.norm(g))
+    if info["grad_norm"] > tol:
+        warnings.warn(f"implicit hypergradient at a non-stationary point: ||grad L(theta_T)|| = "
+                      f"{info['grad_norm']:.3g} > tol={tol:g}; raise T or alpha (or use "
+                      "mode='trajectory').", RuntimeWarning, stacklevel=3)
+    value, gA = ops.loss_grad(theta, pb.Xv, pb.yv, **common)
+    p = theta.shape[0]
+    if p <= CHOLESKY_MAX:
+        from scipy.linalg import cho_factor, cho_solve
+        info["solver"] = "cholesky"
+        s = cho_solve(cho_factor(_hessian(pb, theta, X)), gA.astype(np.float64))
+    else:
+        from scipy.sparse.linalg import LinearOperator, cg
+        info["solver"] = "cg"
+        H = LinearOperator((p, p), dtype=np.float64, matvec=lambda v: ops.hvp(
+            theta, np.ascontiguousarray(v.ravel(), dtype=X.dtype), X, y, lam=pb.lam, **common))
+        s, fail = cg(H, gA.astype(np.float64), rtol=1e-10 if X.dtype == np.float64 else 1e-6)
+        if fail:
+            raise RuntimeError(f"CG did not converge on the {p} x {p} Hessian ({fail} iterations); "
+                               "the Hessian may be ill-conditioned: raise lam.")
+    rows = np.arange(pb.Xc.shape[0], X.shape[0])
+    dX, dlam = ops.mixed(theta, np.ascontiguousarray(s, dtype=X.dtype), X, y, rows,
+                         lam=pb.lam, **common)
+    return HyperGrad(float(value), -np.asarray(dX), -float(dlam), theta, info)
+
+
+def _hessian(pb, theta, X):
+    """Training-objective Hessian in float64: [X 1]^T diag(l'') [X 1] / n + exp(lam) [I 0; 0 0]."""
+    d = pb.d
+    A = np.hstack([X, np.ones((X.shape[0], 1))]) if pb.fit_intercept else X.astype(np.float64)
+    z = A @ theta.astype(np.float64)
+    if pb.loss == "logistic":
+        sig = 0.5 * (1.0 + np.tanh(0.5 * z))  # stable sigmoid
+        c = sig * (1.0 - sig)
+    else:
+        c = np.ones_like(z)
+    H = (A.T * c) @ A / X.shape[0]
+    H[np.arange(d), np.arange(d)] += np.exp(pb.lam)
+    return H

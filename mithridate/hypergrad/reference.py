@@ -1,0 +1,47 @@
+"""Hypergradients by torch autograd through the unrolled T-step loop: the
+test oracle and the benchmarks' baseline. Readable first."""
+import numpy as np
+
+from ..reference.linear import objective
+
+
+def _tensors(pb):
+    import torch
+    t = {k: torch.from_numpy(getattr(pb, k)) for k in ("Xc", "yc", "Xp", "yp", "Xv", "yv")}
+    return torch, t
+
+
+def _descend(torch, X, y, lam, pb, create_graph):
+    """T heavy-ball steps (see mithridate.hypergrad); graph kept if asked."""
+    theta = torch.from_numpy(pb.theta0).clone().requires_grad_(True)
+    v = torch.zeros_like(theta)
+    for _ in range(pb.T):
+        value = objective(theta[None], X, y, None, lam[None], pb.loss, pb.fit_intercept, False)
+        (g,) = torch.autograd.grad(value.sum(), theta, create_graph=create_graph)
+        v = pb.gamma * v - (1 - pb.gamma) * g
+        theta = theta + pb.alpha * v
+        if not create_graph:
+            theta = theta.detach().requires_grad_(True)
+    return theta
+
+
+def unrolled(pb):
+    """(value, grad_Xp, grad_lam, theta_T) of the validation loss of theta_T."""
+    torch, t = _tensors(pb)
+    Xp = t["Xp"].clone().requires_grad_(True)
+    lam = torch.tensor(pb.lam, dtype=torch.float64, requires_grad=True)
+    X = torch.cat([t["Xc"], Xp])
+    y = torch.cat([t["yc"], t["yp"]])
+    theta = _descend(torch, X, y, lam, pb, create_graph=True)
+    val = objective(theta[None], t["Xv"], t["yv"], None, None, pb.loss, pb.fit_intercept, False)[0]
+    gX, glam = torch.autograd.grad(val, (Xp, lam))
+    return float(val.detach()), gX.numpy(), float(glam), theta.detach().numpy()
+
+
+def train(pb):
+    """theta_T without a graph (for implicit mode), as numpy."""
+    torch, t = _tensors(pb)
+    lam = torch.tensor(pb.lam, dtype=torch.float64)
+    theta = _descend(torch, torch.cat([t["Xc"], t["Xp"]]), torch.cat([t["yc"], t["yp"]]),
+                     lam, pb, create_graph=False)
+    return np.ascontiguousarray(theta.detach().numpy())
