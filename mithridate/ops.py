@@ -32,22 +32,34 @@ from ._validation import (LOSSES, check_array, check_choice, check_finite, check
 __all__ = ["loss_grad", "hvp", "mixed", "lipschitz"]
 
 
+def _check_model_args(theta, X, y, loss, fit_intercept, backend, x_ndims):
+    """Checks every op shares: the loss and backend names; X, theta and y of
+    one float dtype; theta's width d + fit_intercept; y's shape; finite theta;
+    labels. Returns X's dtype name."""
+    check_choice("loss", loss, LOSSES)
+    if backend not in backends.BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; choose one of {list(backends.BACKENDS)}.")
+    check_array("X", X, x_ndims)
+    dt = dtype_name(X)
+    check_array("theta", theta, (1, 2), dt)
+    d = X.shape[-1]
+    p = d + bool(fit_intercept)
+    if theta.shape[-1] != p:
+        raise ValueError(f"theta has {theta.shape[-1]} columns but X has {d} features "
+                         f"{'plus an intercept ' if fit_intercept else ''}(expected {p}).")
+    check_array("y", y, (X.ndim - 1,), dt)
+    check_shape("y", y, X.shape[:-1])
+    check_finite("theta", theta)
+    check_labels(y, loss)
+    return dt
+
+
 class _Problem:
     """Validated, normalised arguments of one call (theta always (B, p))."""
 
     def __init__(self, theta, X, y, v, sample_weight, lam, loss, fit_intercept,
                  penalize_intercept, backend):
-        check_choice("loss", loss, LOSSES)
-        if backend not in backends.BACKENDS:
-            raise ValueError(f"backend={backend!r} is unknown; choose one of {list(backends.BACKENDS)}.")
-        check_array("X", X, (2, 3))
-        dt = dtype_name(X)
-        check_array("theta", theta, (1, 2), dt)
-        d = X.shape[-1]
-        p = d + bool(fit_intercept)
-        if theta.shape[-1] != p:
-            raise ValueError(f"theta has {theta.shape[-1]} columns but X has {d} features "
-                             f"{'plus an intercept ' if fit_intercept else ''}(expected {p}).")
+        dt = _check_model_args(theta, X, y, loss, fit_intercept, backend, (2, 3))
         self.single = theta.ndim == 1
         B = 1 if self.single else theta.shape[0]
         if X.ndim == 3:
@@ -57,10 +69,6 @@ class _Problem:
             if X.shape[0] != B:
                 raise ValueError(f"X holds {X.shape[0]} problems but theta holds {B}; "
                                  "the batch sizes must match.")
-        check_array("y", y, (X.ndim - 1,), dt)
-        check_shape("y", y, X.shape[:-1])
-        check_finite("theta", theta)
-        check_labels(y, loss)
         if sample_weight is not None:
             check_array("sample_weight", sample_weight, (X.ndim - 1,), dt)
             check_shape("sample_weight", sample_weight, X.shape[:-1])
@@ -244,23 +252,9 @@ def lipschitz(theta, X, y, *, loss, norm=2, bound="tight", fit_intercept=True,
     is that of the argmax row (the lowest one on ties). Returns theta's type
     in X's dtype. ``backend``: numba or torch (no triton kernel yet).
     """
-    check_choice("loss", loss, LOSSES)
     check_choice("bound", bound, BOUNDS)
     q = _dual_exponent(norm)
-    if backend not in backends.BACKENDS:
-        raise ValueError(f"backend={backend!r} is unknown; choose one of {list(backends.BACKENDS)}.")
-    check_array("X", X, (2,))
-    dt = dtype_name(X)
-    check_array("theta", theta, (1, 2), dt)
-    check_array("y", y, (1,), dt)
-    d = X.shape[1]
-    p = d + bool(fit_intercept)
-    if theta.shape[-1] != p:
-        raise ValueError(f"theta has {theta.shape[-1]} columns but X has {d} features "
-                         f"{'plus an intercept ' if fit_intercept else ''}(expected {p}).")
-    check_shape("y", y, X.shape[:1])
-    check_finite("theta", theta)
-    check_labels(y, loss)
+    _check_model_args(theta, X, y, loss, fit_intercept, backend, (2,))
     if data_bounds is not None:
         if bound != "paper":
             raise ValueError("data_bounds applies to bound='paper' only; drop it for the tight bound.")
