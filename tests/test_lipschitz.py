@@ -225,3 +225,15 @@ def test_bad_arrays_and_backends():
         Xn[4, 1] = np.nan
         with pytest.raises(ValueError, match="row 4"):
             ops.lipschitz(theta, Xn, y, loss=loss, bound=bound)
+
+
+@pytest.mark.parametrize("norm", [1.0, 2.0, 3.0, np.inf])
+@pytest.mark.parametrize("bound", ["tight", "paper"])
+def test_zero_theta_gives_finite_subgradient(norm, bound):
+    """At theta = 0 the dual norm is 0 and its subgradient must be finite (0 is one)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((50, 4)), (rng.random(50) < 0.5).astype(float)
+    for backend in ("numba", "torch"):
+        value, grad = ops.lipschitz(np.zeros((2, 5)), X, y, loss="squared", norm=norm,
+                                    bound=bound, backend=backend)
+        assert np.isfinite(np.asarray(value)).all() and np.isfinite(np.asarray(grad)).all()

@@ -131,7 +131,8 @@ def dual_norm(v, q):
     u = a / safe
     s = (u ** q).sum(axis=1)
     norm = safe[:, 0] * s ** (1.0 / q)
-    g = np.sign(v) * u ** (q - 1) / s[:, None] ** ((q - 1) / q)
+    s = np.where(s > 0, s, 1.0)[:, None]  # v = 0: u = 0 makes g = 0
+    g = np.sign(v) * u ** (q - 1) / s ** ((q - 1) / q)
     return norm, g
 
 
