@@ -82,7 +82,7 @@ setup(
     packages=["mithridate", "mithridate.reference", "mithridate.kernels",
               "mithridate.kernels.cpu", "mithridate.kernels.gpu",
               "mithridate.attacks", "mithridate.hypergrad",
-              "mithridate.datasets", "mithridate.experiments"],
+              "mithridate.datasets", "mithridate.experiments", "mithridate.defenses"],
     package_dir={"mithridate.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt},
