@@ -196,14 +196,16 @@ def _reproduce(args):
         figure = get_figure(args.name)
         out = Path(args.out) if args.out else \
             Path("results") / (f"{args.name}-quick" if args.quick else args.name)
-        return figure, out, run_sweep(figure.spec(args.quick), out, args.executor, args.workers,
-                                      args.address, args.progress)
+        spec = figure.spec(args.quick)
+        return figure, spec, out, run_sweep(spec, out, args.executor, args.workers,
+                                            args.address, args.progress)
     done, code = _guarded("reproduce", work)
     if done is None:
         return code
-    figure, out, frame = done
-    frame.to_csv(out / "results.csv", index=False)
-    written = [out / "results.csv", *figure.plot(frame, out)]
+    figure, spec, out, frame = done
+    from .experiments import ResultsStore
+    with ResultsStore(out, spec) as store:  # the store's atomic export, not a second writer
+        written = [store.export(out / "results.csv"), *figure.plot(frame, out)]
     summary = figure.summary(frame)
     (out / "summary.md").write_text(summary + "\n")
     print(summary)
