@@ -9,7 +9,8 @@ from typing import Callable
 
 from .spec import SpecError
 
-BUILTIN = ("mithridate.experiments.toy", "mithridate.experiments.quickstart")
+BUILTIN = ("mithridate.experiments.toy", "mithridate.experiments.quickstart",
+           "mithridate.experiments.paper000", "mithridate.experiments.paper002")
 
 
 @dataclass(frozen=True)
