@@ -80,9 +80,10 @@ def linear_module(name):
     return importlib.import_module(LINEAR[name])
 
 
-# backend -> module holding the batched Lipschitz regularisers (no triton kernel yet)
+# backend -> module holding the batched Lipschitz regularisers
 LIPSCHITZ = {
     "numba": "mithridate.kernels.cpu.lipschitz",
+    "triton": "mithridate.kernels.gpu.lipschitz",
     "torch": "mithridate.reference.lipschitz",
 }
 

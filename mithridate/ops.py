@@ -208,6 +208,17 @@ def mixed(theta, v, X, y, rows, *, loss="logistic", lam=None, sample_weight=None
 BOUNDS = ("tight", "paper")
 
 
+def _one_device(**tensors):
+    """The tensors on one device for triton: the CUDA one they are on, else the
+    GPU (the CPU under the interpreter, for tests)."""
+    on_gpu = {str(t.device) for t in tensors.values() if t.is_cuda}
+    if len(on_gpu) > 1:
+        where = ", ".join(f"{k} on {t.device}" for k, t in tensors.items())
+        raise ValueError(f"the arrays live on different GPUs ({where}); move them to one device.")
+    device = on_gpu.pop() if on_gpu else "cuda" if backends.cuda_available() else "cpu"
+    return tuple(t.to(device) for t in tensors.values())
+
+
 def _dual_exponent(norm):
     if isinstance(norm, bool) or not isinstance(norm, (int, float, np.integer, np.floating)) \
             or not norm >= 1:
@@ -250,7 +261,8 @@ def lipschitz(theta, X, y, *, loss, norm=2, bound="tight", fit_intercept=True,
     The tight bound of squared/logistic is one B x d by d x n product fused
     with the max over rows (the B x n matrix is never stored); the subgradient
     is that of the argmax row (the lowest one on ties). Returns theta's type
-    in X's dtype. ``backend``: numba or torch (no triton kernel yet).
+    in X's dtype. ``backend``: numba, triton (CUDA tensors; numpy inputs are
+    moved to the GPU) or torch.
     """
     check_choice("bound", bound, BOUNDS)
     q = _dual_exponent(norm)
@@ -272,8 +284,10 @@ def lipschitz(theta, X, y, *, loss, norm=2, bound="tight", fit_intercept=True,
                                "or 'torch'.")
         name = "torch"  # auto on CUDA data: the reference runs there
     mod = backends.lipschitz_module(name)
-    conv = _to_torch if name == "torch" else _to_numpy
+    conv = _to_numpy if name == "numba" else _to_torch
     th, Xc, yc = conv(theta), conv(X), conv(y)
+    if name == "triton":
+        th, Xc, yc = _one_device(theta=th, X=Xc, y=yc)
     th = th[None] if theta.ndim == 1 else th
     reads_X = bound == "tight" and loss != "absolute"
     if bound == "paper" and data_bounds is None:
