@@ -141,8 +141,12 @@ def test_matches_plain_gradient_descent():
 BAD = [
     (dict(T=0), "T=0"), (dict(T=2.5), "T=2.5"), (dict(gamma=1.0), "gamma"),
     (dict(gamma=-0.1), "gamma"), (dict(alpha=0.0), "alpha"), (dict(alpha=np.nan), "alpha"),
-    (dict(lam=np.inf), "lam"), (dict(loss="absolute"), "loss"), (dict(mode="checkpoint"), "mode"),
-    (dict(backend="cuda"), "backend"), (dict(w0=np.zeros(3)), "w0"),
+    (dict(lam=np.inf), "lam"), (dict(loss="absolute"), "loss"), (dict(mode="bogus"), "mode"),
+    (dict(backend="gpu"), "backend"), (dict(w0=np.zeros(3)), "w0"),
+    (dict(mode="reversible", backend="torch"), "backend='numba' runs every mode"),
+    (dict(mode="checkpoint", checkpoints=0), "checkpoints"),
+    (dict(mode="checkpoint", checkpoints="log"), "checkpoints"),
+    (dict(frac_bits=40), "frac_bits"),
 ]
 
 
@@ -172,3 +176,28 @@ def test_bad_arrays_name_the_argument():
         hypergrad(Xc, yc, bad, yp, Xv, yv, **opts)
     with pytest.raises(TypeError, match="Xc must be a numpy array"):
         hypergrad(Xc.tolist(), yc, Xp, yp, Xv, yv, **opts)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("T,checkpoints", [(17, "sqrt"), (17, 1), (17, 3), (17, 16), (17, 40), (1, "sqrt")])
+def test_checkpoint_equals_trajectory_bitwise(T, checkpoints, dtype):
+    D = tuple(a.astype(dtype) for a in data(n=31, k=3, d=7, seed=7))
+    opts = dict(kw("logistic", True, 0.7, T=T), w0=np.linspace(-0.2, 0.3, 8).astype(dtype))
+    traj = hypergrad(*D, **opts)
+    ck = hypergrad(*D, mode="checkpoint", checkpoints=checkpoints, **opts)
+    assert ck.value == traj.value and ck.grad_lam == traj.grad_lam
+    np.testing.assert_array_equal(ck.grad_Xp, traj.grad_Xp)
+    np.testing.assert_array_equal(ck.theta_T, traj.theta_T)
+
+
+def test_checkpoint_state_memory_is_sqrt_T():
+    D = data(n=20, k=2, d=9)
+    opts = kw("squared", True, 0.5, T=100)
+    traj = hypergrad(*D, **opts)
+    ck = hypergrad(*D, mode="checkpoint", **opts)
+    p = 10
+    assert traj.info["state_bytes"] == 8 * p * 100  # theta_0 .. theta_{T-1}
+    assert ck.info["state_bytes"] == 8 * p * (2 * 10 + 10)  # 10 (theta, v) + one segment
+    ref = hypergrad(*D, backend="torch", mode="checkpoint", **opts)
+    close(ck.grad_Xp, ref.grad_Xp, 1e-8)
+    assert ck.grad_lam == pytest.approx(ref.grad_lam, rel=1e-8)

@@ -78,15 +78,14 @@ def _cast(src, dst):
 
 
 @njit(**JIT)
-def _descend(X, y, code, fit_b, theta, alpha, gamma, e, T, n_chunks, block, traj):
-    """T heavy-ball steps from theta (in place); stores theta_0..theta_T in
-    traj (T + 1, d + 1) unless traj is None."""
+def _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, steps, n_chunks, block, traj):
+    """`steps` heavy-ball steps from (theta, v), in place; stores the theta
+    before each step in traj[0..steps-1] unless traj is None."""
     n, d = X.shape
-    v = np.zeros(d + 1)
     g = np.empty(d + 1)
     h = np.empty(d + 1)
     thx = np.empty(d + 1, dtype=X.dtype)
-    for t in range(T):
+    for t in range(steps):
         if traj is not None:
             traj[t] = theta
         _cast(theta, thx)
@@ -95,8 +94,6 @@ def _descend(X, y, code, fit_b, theta, alpha, gamma, e, T, n_chunks, block, traj
             gj = g[j] / n + (e * theta[j] if j < d else 0.0)
             v[j] = gamma * v[j] - (1.0 - gamma) * gj
             theta[j] += alpha * v[j]
-    if traj is not None:
-        traj[T] = theta
 
 
 @njit(**JIT)
@@ -116,7 +113,7 @@ def train(X, y, code, fit_b, theta0, alpha, gamma, e, T, n_chunks, block):
     """theta_T and the full training gradient there (objective incl. L2)."""
     n, d = X.shape
     theta = theta0.copy()
-    _descend(X, y, code, fit_b, theta, alpha, gamma, e, T, n_chunks, block, None)
+    _descend(X, y, code, fit_b, theta, np.zeros(d + 1), alpha, gamma, e, T, n_chunks, block, None)
     g = np.empty(d + 1)
     thx = np.empty(d + 1, dtype=X.dtype)
     _cast(theta, thx)
@@ -127,18 +124,43 @@ def train(X, y, code, fit_b, theta0, alpha, gamma, e, T, n_chunks, block):
     return theta, g
 
 
+def segment_length(T, n_states):
+    """Steps per checkpoint segment: 1 (store every theta) when n_states > T."""
+    return 1 if n_states > T else -(-T // n_states)
+
+
+def state_bytes(T, d, n_states):
+    """float64 bytes the reverse sweep stores: thetas (and velocities at
+    segment starts when segments are recomputed) plus one segment buffer."""
+    seg = segment_length(T, n_states)
+    n_ckpt = -(-T // seg)
+    return 8 * (d + 1) * (n_ckpt * (1 if seg == 1 else 2) + (seg if seg > 1 else 0))
+
+
 @njit(**JIT)
-def trajectory(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
-               n_chunks, block, v_chunks, v_block, dXp):
-    """RMD storing theta_0..theta_T. Adjoints tb = dA/dtheta_{t+1}, vb =
-    dA/dv_{t+1}; per step back, with u = vb + alpha tb (the adjoint of v_{t+1}):
+def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
+            n_chunks, block, v_chunks, v_block, seg, dXp):
+    """Exact RMD. The forward stores (theta_t, v_t) at t = 0, seg, 2 seg, ...;
+    the reverse sweep recomputes each segment's thetas from its checkpoint with
+    the same kernel (seg = 1: the whole trajectory is stored, nothing is
+    recomputed), so every seg gives the same bits. Adjoints tb = dA/dtheta_{t+1},
+    vb = dA/dv_{t+1}; per step back, with u = vb + alpha tb (the adjoint of v_{t+1}):
         tb -= (1 - gamma) H(theta_t) u,   vb = gamma u,
         dXp -= (1 - gamma) d/dXp (g . u),   dlam -= (1 - gamma) e w_t . u_w.
     Writes dXp (k, d) float64; returns (value, dlam, theta_T)."""
     n, d = X.shape
-    traj = np.empty((T + 1, d + 1))
+    n_ckpt = (T + seg - 1) // seg
+    ck_theta = np.empty((n_ckpt, d + 1))
+    ck_v = np.empty((n_ckpt if seg > 1 else 0, d + 1))
+    buf = np.empty((seg, d + 1))
     theta = theta0.copy()
-    _descend(X, y, code, fit_b, theta, alpha, gamma, e, T, n_chunks, block, traj)
+    v = np.zeros(d + 1)
+    for c in range(n_ckpt):
+        ck_theta[c] = theta
+        if seg > 1:
+            ck_v[c] = v
+        _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, min(seg, T - c * seg),
+                 n_chunks, block, None)
     tb = np.empty(d + 1)
     value = _validation(Xv, yv, code, fit_b, theta, v_chunks, v_block, tb)
     vb = np.zeros(d + 1)
@@ -156,36 +178,45 @@ def trajectory(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
     dXp[:] = 0.0
     dlam = 0.0
     s = 1.0 - gamma
-    for t in range(T - 1, -1, -1):
-        th = traj[t]
-        for j in range(d + 1):
-            u[j] = vb[j] + alpha * tb[j]
-        _cast(th, thx)
-        _cast(u, ux)
-        _pass(X, y, code, fit_b, thx, ux, False, True, n_chunks, block, g, h)
-        for r in range(k):  # mixed products on the poisoning rows, float64
-            x = X[n - k + r]
-            zr = th[d]
-            ur = u[d]
+    for c in range(n_ckpt - 1, -1, -1):
+        t0 = c * seg
+        steps = min(seg, T - t0)
+        if seg > 1:
+            th0 = ck_theta[c].copy()
+            _descend(X, y, code, fit_b, th0, ck_v[c].copy(), alpha, gamma, e, steps,
+                     n_chunks, block, buf)
+        else:
+            buf[0] = ck_theta[c]
+        for i in range(steps - 1, -1, -1):
+            th = buf[i]
+            for j in range(d + 1):
+                u[j] = vb[j] + alpha * tb[j]
+            _cast(th, thx)
+            _cast(u, ux)
+            _pass(X, y, code, fit_b, thx, ux, False, True, n_chunks, block, g, h)
+            for r in range(k):  # mixed products on the poisoning rows, float64
+                x = X[n - k + r]
+                zr = th[d]
+                ur = u[d]
+                for j in range(d):
+                    zr += np.float64(x[j]) * th[j]
+                    ur += np.float64(x[j]) * u[j]
+                zk[r] = zr
+                uk[r] = ur
+            _terms(code, zk, y[n - k:], None, k, c1, c2, tk, bits)
+            for r in range(k):
+                a = s * c2[r] * uk[r] / n
+                b = s * c1[r] / n
+                for j in range(d):
+                    dXp[r, j] -= a * th[j] + b * u[j]
+            wu = 0.0
             for j in range(d):
-                zr += np.float64(x[j]) * th[j]
-                ur += np.float64(x[j]) * u[j]
-            zk[r] = zr
-            uk[r] = ur
-        _terms(code, zk, y[n - k:], None, k, c1, c2, tk, bits)
-        for r in range(k):
-            a = s * c2[r] * uk[r] / n
-            b = s * c1[r] / n
-            for j in range(d):
-                dXp[r, j] -= a * th[j] + b * u[j]
-        wu = 0.0
-        for j in range(d):
-            wu += th[j] * u[j]
-        dlam -= s * e * wu
-        for j in range(d + 1):
-            hj = h[j] / n + (e * u[j] if j < d else 0.0)
-            tb[j] -= s * hj
-            vb[j] = gamma * u[j]
+                wu += th[j] * u[j]
+            dlam -= s * e * wu
+            for j in range(d + 1):
+                hj = h[j] / n + (e * u[j] if j < d else 0.0)
+                tb[j] -= s * hj
+                vb[j] = gamma * u[j]
     return value, dlam, theta
 
 

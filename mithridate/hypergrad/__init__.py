@@ -8,9 +8,12 @@ v_0 = 0 (Maclaurin et al. 2015; gamma = 0 is Algorithm 2's plain GD).
 Outer: A = mean validation loss of theta_T (no regulariser).
 
 Modes: ``trajectory`` (RMD storing theta_0..theta_T, Algorithm 2 with
-momentum; exact), ``forward`` (tangents dtheta/dlam, dv/dlam; lam only),
-``implicit`` (eq. 4 at theta_T: Cholesky for p <= 2000, else CG on HVPs).
-Not yet: checkpoint and reversible modes, cpp/cuda backends, batches.
+momentum; exact), ``checkpoint`` (RMD storing ~sqrt(T) (theta, v) states and
+recomputing segments; the same bits as trajectory), ``reversible`` (exact
+fixed-point reversal, mithridate.hypergrad.reversible), ``forward`` (tangents
+dtheta/dlam, dv/dlam; lam only), ``implicit`` (eq. 4 at theta_T: Cholesky for
+p <= 2000, else CG on HVPs). Backends: numba, torch (reference), cpp/cuda
+(mithridate.hypergrad.native). Batched calls: Xp (B, k, d), see ``hypergrad``.
 """
 from .api import HyperGrad, hypergrad
 

@@ -1,12 +1,13 @@
 """``hypergrad``: gradient of the validation loss after T inner steps wrt the
 poisoning features and lam. See the package docstring for the math."""
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import ops
-from .problem import make_problem
+from .problem import NATIVE, make_problem, make_problems
 
 CHOLESKY_MAX = 2000  # p above this: CG on HVPs instead of forming the p x p Hessian
 
@@ -14,7 +15,9 @@ CHOLESKY_MAX = 2000  # p above this: CG on HVPs instead of forming the p x p Hes
 @dataclass
 class HyperGrad:
     """value: validation loss at theta_T; grad_Xp (k, d) (None in forward
-    mode); grad_lam; theta_T = [w; b] (p,); info: mode details."""
+    mode); grad_lam; theta_T = [w; b] (p,); info: mode details
+    (``state_bytes``: the reverse sweep's stored states). A batched call
+    returns value (B,), grad_Xp (B, k, d), grad_lam (B,), theta_T (B, p)."""
     value: float
     grad_Xp: np.ndarray
     grad_lam: float
@@ -23,41 +26,103 @@ class HyperGrad:
 
 
 def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss="logistic",
-              fit_intercept=True, mode="trajectory", backend="numba", tol=1e-6):
+              fit_intercept=True, mode="trajectory", backend="numba", tol=1e-6,
+              checkpoints="sqrt", frac_bits=None):
     """Hypergradients of A(theta_T) = mean validation loss wrt Xp and lam.
 
     Inner: T steps of heavy-ball GD (``gamma``; 0 = plain GD) with step
     ``alpha`` from ``w0`` (zeros by default; (d + fit_intercept,)) on
     1/n sum l over [Xc; Xp] + exp(lam)/2 ||w||^2 (labels yp fixed). Modes:
-    ``trajectory`` (exact RMD), ``forward`` (exact, lam only), ``implicit``
-    (eq. 4 at theta_T, exact only at a stationary point: ``info["grad_norm"]``
-    is the final training gradient norm, warned about above ``tol``).
-    ``backend``: ``numba`` (compiled loops) or ``torch`` (autograd through the
-    unrolled loop; for implicit only the training runs in torch).
+    ``trajectory`` (exact RMD storing theta_0..theta_T), ``checkpoint`` (exact
+    RMD storing ``checkpoints`` states ("sqrt": ceil(sqrt(T)), or an int) and
+    recomputing each segment; equal to trajectory bit for bit on numba),
+    ``reversible`` (exact reversal in fixed point, ``frac_bits``),
+    ``forward`` (exact, lam only), ``implicit`` (eq. 4 at theta_T, exact only
+    at a stationary point: ``info["grad_norm"]`` is the final training
+    gradient norm, warned about above ``tol``).
+    ``backend``: ``numba`` (compiled loops, every mode), ``torch`` (autograd
+    through the unrolled loop; for implicit only the training runs in torch),
+    ``cpp``/``cuda`` (compiled extension, where built).
     Arrays: numpy, one float dtype, C-contiguous; results in that dtype.
+
+    Batched: Xp (B, k, d) and yp (B, k) give B independent problems; Xc, yc,
+    Xv, yv, w0 are either shared (their single-problem shape) or carry a
+    leading B axis, lam is a number or (B,). Returns one HyperGrad with value
+    (B,), grad_Xp (B, k, d), grad_lam (B,), theta_T (B, p).
     """
-    pb = make_problem(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, fit_intercept,
-                      mode, backend)
-    info = dict(mode=mode, backend=backend, T=pb.T)
-    dt = pb.Xc.dtype
+    batched = isinstance(Xp, np.ndarray) and Xp.ndim == 3
+    build = make_problems if batched else make_problem
+    problems = build(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, fit_intercept,
+                     mode, backend)
+    problems = problems if batched else [problems]
+    n_ckpt = _n_checkpoints(checkpoints, problems[0].T)
+    if frac_bits is not None and mode != "reversible":
+        raise ValueError(f"frac_bits={frac_bits!r} applies to mode='reversible' only; "
+                         f"leave it None for mode={mode!r}.")
+    results = _run(problems, mode, backend, tol, n_ckpt, frac_bits)
+    return _stack(results) if batched else results[0]
+
+
+def _n_checkpoints(checkpoints, T):
+    """Number of stored (theta, v) states for mode='checkpoint', in [1, T]."""
+    if checkpoints == "sqrt":
+        return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+    if isinstance(checkpoints, bool) or not isinstance(checkpoints, (int, np.integer)) \
+            or checkpoints < 1:
+        raise ValueError(f"checkpoints={checkpoints!r} must be 'sqrt' or a positive integer "
+                         "(the number of stored states).")
+    return int(min(checkpoints, T))
+
+
+def _run(problems, mode, backend, tol, n_ckpt, frac_bits):
+    """list[HyperGrad], one per problem."""
+    if backend in NATIVE:
+        from .native import run
+        return run(problems, mode, backend, frac_bits)
+    if mode == "reversible":
+        from .reversible import run
+        return run(problems, frac_bits)
+    info = lambda pb: dict(mode=mode, backend=backend, T=pb.T)
     if mode == "implicit":
-        return _implicit(pb, backend, tol, info)
+        return [_implicit(pb, backend, tol, info(pb)) for pb in problems]
     if backend == "torch":
         from .reference import unrolled
-        value, gX, glam, theta = unrolled(pb)
-        return HyperGrad(value, None if mode == "forward" else gX.astype(dt), glam, theta, info)
+        out = []
+        for pb in problems:
+            value, gX, glam, theta = unrolled(pb)
+            gX = None if mode == "forward" else gX.astype(pb.Xc.dtype)
+            out.append(HyperGrad(value, gX, glam, theta, info(pb)))
+        return out
+    return [_numba(pb, mode, n_ckpt, info(pb)) for pb in problems]
+
+
+def _numba(pb, mode, n_ckpt, info):
     from ..kernels.cpu import rmd
     args = _numba_args(pb)
+    dt = pb.Xc.dtype
     if mode == "forward":
         value, glam, theta = rmd.forward(*args)
-        gX = None
-    else:
-        k = pb.Xp.shape[0]
-        gX = np.empty((k, pb.d))
-        X, y, Xv, yv, *rest = args
-        value, glam, theta = rmd.trajectory(X, y, k, Xv, yv, *rest, gX)
-        gX = gX.astype(dt)
-    return HyperGrad(float(value), gX, float(glam), _theta_out(pb, theta), info)
+        return HyperGrad(float(value), None, float(glam), _theta_out(pb, theta), info)
+    k = pb.Xp.shape[0]
+    gX = np.empty((k, pb.d))
+    X, y, Xv, yv, *rest = args
+    n_states = pb.T + 1 if mode == "trajectory" else n_ckpt
+    info["state_bytes"] = rmd.state_bytes(pb.T, pb.d, n_states)
+    value, glam, theta = rmd.reverse(X, y, k, Xv, yv, *rest, rmd.segment_length(pb.T, n_states), gX)
+    return HyperGrad(float(value), gX.astype(dt), float(glam), _theta_out(pb, theta), info)
+
+
+def _stack(results):
+    """One HyperGrad of (B, ...) arrays; info keys equal across problems stay
+    scalars, the others become lists."""
+    first = results[0]
+    info = {key: (val if all(r.info.get(key) == val for r in results)
+                  else [r.info.get(key) for r in results]) for key, val in first.info.items()}
+    info["B"] = len(results)
+    gX = None if first.grad_Xp is None else np.stack([r.grad_Xp for r in results])
+    return HyperGrad(np.array([r.value for r in results]), gX,
+                     np.array([r.grad_lam for r in results]),
+                     np.stack([r.theta_T for r in results]), info)
 
 
 def _numba_args(pb):
