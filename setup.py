@@ -10,10 +10,12 @@ of the last one so newer GPUs JIT it).
 import os
 import re
 import shutil
+import tempfile
 from glob import glob
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
+from setuptools.errors import CompileError, LinkError
 
 
 def cuda_home():
@@ -35,6 +37,20 @@ def gencode_flags():
     return flags + [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
 
 
+def has_openmp(compiler):
+    """Whether the compiler builds and links an OpenMP program with -fopenmp."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objs, os.path.join(tmp, "omp"), extra_postargs=["-fopenmp"])
+        except (CompileError, LinkError):
+            return False
+    return True
+
+
 class BuildExt(build_ext):
     """pybind11's build_ext that also compiles .cu sources with nvcc."""
 
@@ -45,10 +61,17 @@ class BuildExt(build_ext):
         def compile_any(obj, src, ext, cc_args, extra_postargs, pp_opts):
             if ext != ".cu":
                 return compile_cxx(obj, src, ext, cc_args, extra_postargs, pp_opts)
+            # --fmad=false: no FMA contraction, so recomputed sums match bit for bit (rmd.h).
             self.spawn([os.path.join(CUDA_HOME, "bin", "nvcc"), "-c", src, "-o", obj, *pp_opts,
-                        "-O3", "--std=c++17", "-Xcompiler", "-fPIC", *gencode_flags()])
+                        "-O3", "--std=c++17", "--fmad=false", "-Xcompiler", "-fPIC",
+                        *gencode_flags()])
 
         self.compiler._compile = compile_any
+        if has_openmp(self.compiler):  # else the host loops run on one thread
+            for ext in self.extensions:
+                if ext.name == "mithridate._C":
+                    ext.extra_compile_args.append("-fopenmp")
+                    ext.extra_link_args.append("-fopenmp")
         super().build_extensions()
 
     def run(self):
@@ -61,7 +84,9 @@ class BuildExt(build_ext):
 headers = sorted(glob("csrc/include/*.h"))  # rebuild when a shared header changes
 ext_modules = [
     Pybind11Extension("mithridate._C", sorted(glob("csrc/cpu/*.cpp")), depends=headers,
-                      include_dirs=["csrc/include"], cxx_std=17, extra_compile_args=["-O3"]),
+                      include_dirs=["csrc/include"], cxx_std=17,
+                      # no FMA contraction: recomputed sums match bit for bit (csrc/include/rmd.h)
+                      extra_compile_args=["-O3", "-ffp-contract=off"]),
 ]
 
 want_cuda = os.environ.get("MITHRIDATE_CUDA", "auto")

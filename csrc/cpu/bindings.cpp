@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "fixed_point.h"
+#include "rmd_args.h"
 
 namespace py = pybind11;
 namespace fp = mithridate::fixed_point;
@@ -55,6 +56,17 @@ py::tuple mul(carray<int64_t> x, carray<uint32_t> b, int w, uint32_t num, uint32
   return status(without_gil([&] { return fp::cpu::mul(xp, bp, n, w, num, den); }));
 }
 
+template <class T>
+py::list rmd_run(int mode, const py::list& problems) {
+  auto descs = mithridate::rmd::args::parse_all<T>(problems, mode);
+  std::vector<mithridate::rmd::Status> st(descs.size());
+  {
+    py::gil_scoped_release nogil;
+    mithridate::rmd::cpu::run<T>(mode, descs.data(), static_cast<int64_t>(descs.size()), st.data());
+  }
+  return mithridate::rmd::args::statuses(st);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -73,4 +85,13 @@ PYBIND11_MODULE(_C, m) {
   f.attr("NOT_FINITE") = int(fp::kNotFinite);
   f.attr("RANGE") = int(fp::kRange);
   f.def("required_words", &fp::required_words, py::arg("n_steps"), py::arg("num"), py::arg("den"));
+
+  auto r = m.def_submodule("rmd", "fused hypergradient loops for linear models");
+  r.def("run",
+        [](int mode, const py::list& problems) {
+          return mithridate::rmd::args::is_float32(problems) ? rmd_run<float>(mode, problems)
+                                                             : rmd_run<double>(mode, problems);
+        },
+        py::arg("mode"), py::arg("problems"),
+        "run a batch of problem tuples (see mithridate.hypergrad.native); returns [(code, step, index)]");
 }

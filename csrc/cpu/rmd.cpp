@@ -1,0 +1,311 @@
+// Host loops of the fused hypergradient RMD (math and layout: csrc/include/rmd.h).
+//
+// A row pass splits the rows into chunks fixed by n alone, each with its own
+// float64 partial sums, and adds the chunks in order: the result does not
+// depend on the thread count. A batch runs its problems in parallel (OpenMP)
+// when it has at least as many problems as threads; otherwise each problem's
+// chunks run in parallel. Both give the same bits.
+#include <algorithm>
+#include <new>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "rmd.h"
+
+namespace mithridate {
+namespace rmd {
+namespace cpu {
+namespace {
+
+namespace fp = fixed_point;
+
+constexpr int64_t kChunkRows = 64;          // rows per chunk, at least
+constexpr int64_t kMaxChunks = 16;          // caps the partial sums a pass adds up
+constexpr int64_t kParallelWork = 1 << 15;  // n*d below this: one thread per pass
+constexpr int kLanes = 8;                   // independent accumulators of a dot product
+
+int64_t n_chunks(int64_t n) { return std::clamp<int64_t>(n / kChunkRows, 1, kMaxChunks); }
+
+// Sum of kLanes partial sums in a fixed order.
+inline double combine(const double* a) {
+  return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+}
+
+// x . w over d entries in kLanes lanes (vectorisable without reassociation).
+template <class T>
+inline double dot(const T* x, const double* w, int64_t d) {
+  double a[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= d; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) a[l] += static_cast<double>(x[j + l]) * w[j + l];
+  for (int l = 0; j < d; ++j, ++l) a[l] += static_cast<double>(x[j]) * w[j];
+  return combine(a);
+}
+
+// x . w and x . u in one read of x; x . w is bit-identical to dot().
+template <class T>
+inline void dot2(const T* x, const double* w, const double* u, int64_t d, double* xw, double* xu) {
+  double a[kLanes] = {}, b[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= d; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const double xj = static_cast<double>(x[j + l]);
+      a[l] += xj * w[j + l];
+      b[l] += xj * u[j + l];
+    }
+  for (int l = 0; j < d; ++j, ++l) {
+    const double xj = static_cast<double>(x[j]);
+    a[l] += xj * w[j];
+    b[l] += xj * u[j];
+  }
+  *xw = combine(a);
+  *xu = combine(b);
+}
+
+template <class T>
+inline void axpy(double* acc, double c, const T* x, int64_t d) {
+  for (int64_t j = 0; j < d; ++j) acc[j] += c * static_cast<double>(x[j]);
+}
+
+// One read of the rows at theta = th: G: g = X^T l'(z); H: h = X^T (l''(z) (X u));
+// M: dXp[r] -= a_r th_w + b_r u_w on the poisoning rows (mixed_coefs). Row
+// sums, not divided by n; slot d sums the coefficients when fitting an
+// intercept. Returns sum_i l(z_i). part: scratch of n_chunks(n) * (2p + 1).
+template <class T, bool G, bool H, bool M>
+double pass(const Rows<T>& R, int loss, bool fit_b, const double* th, const double* u, double* g,
+            double* h, double* dXp, double gamma, double* part, bool par) {
+  static_assert(!M || H, "the mixed products need X u");
+  const int64_t n = R.n, d = R.d, p = d + 1, chunks = n_chunks(n), stride = 2 * p + 1;
+  const bool threads = par && n * d >= kParallelWork;
+#pragma omp parallel for schedule(static) if (threads)
+  for (int64_t c = 0; c < chunks; ++c) {
+    double* gc = part + c * stride;
+    double* hc = gc + p;
+    std::fill(gc, gc + 2 * p, 0.0);
+    double total = 0.0;
+    for (int64_t i = c * n / chunks; i < (c + 1) * n / chunks; ++i) {
+      const T* x = R.row(i);
+      double z, xu = 0.0;
+      if (H) {
+        dot2(x, th, u, d, &z, &xu);
+        xu += u[d];
+      } else {
+        z = dot(x, th, d);
+      }
+      z += th[d];
+      double c1, c2;
+      total += loss_terms(loss, z, R.label(i), &c1, &c2);
+      if (G) {
+        axpy(gc, c1, x, d);
+        if (fit_b) gc[d] += c1;
+      }
+      if (H) {
+        const double a = c2 * xu;
+        axpy(hc, a, x, d);
+        if (fit_b) hc[d] += a;
+      }
+      if (M && i >= R.na) {
+        double a, b;
+        mixed_coefs(c1, c2, xu, n, gamma, &a, &b);
+        double* out = dXp + (i - R.na) * d;
+        for (int64_t j = 0; j < d; ++j) out[j] -= a * th[j] + b * u[j];
+      }
+    }
+    part[c * stride + 2 * p] = total;
+  }
+#pragma omp parallel for schedule(static) if (threads)
+  for (int64_t j = 0; j < p; ++j) {
+    double sg = 0.0, sh = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      sg += part[c * stride + j];
+      sh += part[c * stride + p + j];
+    }
+    if (G) g[j] = sg;
+    if (H) h[j] = sh;
+  }
+  double total = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) total += part[c * stride + 2 * p];
+  return total;
+}
+
+// Scratch and the validation step common to every mode.
+template <class T>
+struct Loop {
+  const Problem<T>& P;
+  const bool par;
+  const Rows<T> train, valid;
+  const int64_t n, d, p;
+  std::vector<double> part;
+
+  Loop(const Problem<T>& pb, bool parallel)
+      : P(pb), par(parallel), train(training_rows(pb)), valid(validation_rows(pb)),
+        n(pb.nc + pb.k), d(pb.d), p(pb.d + 1),
+        part(std::max(n_chunks(n), n_chunks(pb.nv)) * (2 * p + 1)) {}
+
+  template <bool G, bool H, bool M>
+  double train_pass(const double* th, const double* u, double* g, double* h, double* dXp) {
+    return pass<T, G, H, M>(train, P.loss, P.fit_b, th, u, g, h, dXp, P.gamma, part.data(), par);
+  }
+
+  // Mean validation loss at th; its gradient into grad.
+  double validation(const double* th, double* grad) {
+    const double total = pass<T, true, false, false>(valid, P.loss, P.fit_b, th, nullptr, grad,
+                                                     nullptr, nullptr, P.gamma, part.data(), par);
+    for (int64_t j = 0; j < p; ++j) grad[j] /= static_cast<double>(P.nv);
+    return total / static_cast<double>(P.nv);
+  }
+
+  // One reverse step of the adjoints at theta_t = th (u = vb + alpha tb was
+  // formed by the caller and h holds H_data u); returns the dlam increment.
+  double adjoint(const double* th, const double* u, const double* h, double* tb, double* vb) {
+    double wu = 0.0;
+    for (int64_t j = 0; j < d; ++j) wu += th[j] * u[j];
+    for (int64_t j = 0; j < p; ++j) adjoint_j(&tb[j], &vb[j], u[j], h[j], n, P.e, j < d, P.gamma);
+    return -(1.0 - P.gamma) * P.e * wu;
+  }
+
+  void finish(const double* theta, double value, double glam, double recovered) {
+    std::copy(theta, theta + p, P.theta_T);
+    P.scalars[0] = value;
+    P.scalars[1] = glam;
+    P.scalars[2] = recovered;
+  }
+};
+
+template <class T>
+Status trajectory(const Problem<T>& P, bool par) {
+  Loop<T> L(P, par);
+  const int64_t p = L.p, d = L.d;
+  std::vector<double> traj((P.steps + 1) * p), v(p, 0.0), g(p), h(p), tb(p), vb(p, 0.0), u(p);
+  std::copy(P.theta0, P.theta0 + p, traj.begin());
+  for (int64_t t = 0; t < P.steps; ++t) {
+    const double* th = &traj[t * p];
+    double* next = &traj[(t + 1) * p];
+    L.template train_pass<true, false, false>(th, nullptr, g.data(), nullptr, nullptr);
+    for (int64_t j = 0; j < p; ++j) {
+      next[j] = th[j];
+      step_j(&next[j], &v[j], grad_j(g[j], L.n, P.e, th[j], j < d), P.alpha, P.gamma);
+    }
+  }
+  const double* theta = &traj[P.steps * p];
+  const double value = L.validation(theta, tb.data());
+  std::fill(P.dXp, P.dXp + P.k * d, 0.0);
+  double glam = 0.0;
+  for (int64_t t = P.steps - 1; t >= 0; --t) {
+    const double* th = &traj[t * p];
+    for (int64_t j = 0; j < p; ++j) u[j] = vb[j] + P.alpha * tb[j];
+    L.template train_pass<false, true, true>(th, u.data(), nullptr, h.data(), P.dXp);
+    glam += L.adjoint(th, u.data(), h.data(), tb.data(), vb.data());
+  }
+  L.finish(theta, value, glam, 0.0);
+  return {fp::kOk, -1, -1};
+}
+
+template <class T>
+Status forward(const Problem<T>& P, bool par) {
+  Loop<T> L(P, par);
+  const int64_t p = L.p, d = L.d;
+  std::vector<double> theta(P.theta0, P.theta0 + p), v(p, 0.0), dth(p, 0.0), dv(p, 0.0), g(p), h(p);
+  for (int64_t t = 0; t < P.steps; ++t) {
+    L.template train_pass<true, true, false>(theta.data(), dth.data(), g.data(), h.data(), nullptr);
+    for (int64_t j = 0; j < p; ++j) {  // the tangent first: it reads theta_t
+      tangent_step_j(&dth[j], &dv[j], h[j], L.n, P.e, theta[j], j < d, P.alpha, P.gamma);
+      step_j(&theta[j], &v[j], grad_j(g[j], L.n, P.e, theta[j], j < d), P.alpha, P.gamma);
+    }
+  }
+  const double value = L.validation(theta.data(), g.data());
+  double glam = 0.0;
+  for (int64_t j = 0; j < p; ++j) glam += g[j] * dth[j];
+  L.finish(theta.data(), value, glam, 0.0);
+  return {fp::kOk, -1, -1};
+}
+
+template <class T>
+Status reversible(const Problem<T>& P, bool par) {
+  Loop<T> L(P, par);
+  const int64_t p = L.p, d = L.d;
+  const int f = P.frac_bits, w = P.words;
+  std::vector<int64_t> thq(p), vq(p, 0), q0(p);
+  std::vector<uint32_t> buf(p * w, 0u);
+  std::vector<double> th(p), g(p), h(p), tb(p), vb(p, 0.0), u(p);
+  for (int64_t j = 0; j < p; ++j) {
+    const int c = fp::encode(P.theta0[j], f, &q0[j]);
+    if (c != fp::kOk) return {c, -1, j};
+  }
+  thq = q0;
+  for (int64_t t = 0; t < P.steps; ++t) {
+    for (int64_t j = 0; j < p; ++j) th[j] = fp::decode(thq[j], f);
+    L.template train_pass<true, false, false>(th.data(), nullptr, g.data(), nullptr, nullptr);
+    for (int64_t j = 0; j < p; ++j) {
+      const int c = rev_forward_j(&thq[j], &vq[j], &buf[j * w], grad_j(g[j], L.n, P.e, th[j], j < d),
+                                  P.alpha, P.gamma, P.num, P.den, w, f);
+      if (c != fp::kOk) return {c, t, j};
+    }
+  }
+  std::vector<double> theta_T(p);
+  for (int64_t j = 0; j < p; ++j) theta_T[j] = fp::decode(thq[j], f);
+  const double value = L.validation(theta_T.data(), tb.data());
+  std::fill(P.dXp, P.dXp + P.k * d, 0.0);
+  double glam = 0.0;
+  for (int64_t t = P.steps - 1; t >= 0; --t) {
+    for (int64_t j = 0; j < p; ++j) {
+      const int c = rev_theta_j(&thq[j], vq[j], P.alpha, f);
+      if (c != fp::kOk) return {c, t, j};
+      th[j] = fp::decode(thq[j], f);
+      u[j] = vb[j] + P.alpha * tb[j];
+    }
+    // g(theta_t) again, with the HVP and mixed products in the same read.
+    L.template train_pass<true, true, true>(th.data(), u.data(), g.data(), h.data(), P.dXp);
+    for (int64_t j = 0; j < p; ++j) {
+      const int c = rev_velocity_j(&vq[j], &buf[j * w], grad_j(g[j], L.n, P.e, th[j], j < d),
+                                   P.gamma, P.num, P.den, w, f);
+      if (c != fp::kOk) return {c, t, j};
+    }
+    glam += L.adjoint(th.data(), u.data(), h.data(), tb.data(), vb.data());
+  }
+  const bool recovered = thq == q0 && std::all_of(vq.begin(), vq.end(), [](int64_t x) { return x == 0; }) &&
+                         std::all_of(buf.begin(), buf.end(), [](uint32_t x) { return x == 0; });
+  L.finish(theta_T.data(), value, glam, recovered ? 1.0 : 0.0);
+  if (!recovered) return {kNotRecovered, -1, -1};
+  return {fp::kOk, -1, -1};
+}
+
+template <class T>
+Status run_one(int mode, const Problem<T>& P, bool par) {
+  try {
+    switch (mode) {
+      case kTrajectory: return trajectory(P, par);
+      case kForward: return forward(P, par);
+      default: return reversible(P, par);
+    }
+  } catch (const std::bad_alloc&) {
+    return {kNoMemory, -1, -1};
+  }
+}
+
+}  // namespace
+
+template <class T>
+void run(int mode, const Problem<T>* problems, int64_t count, Status* status) {
+#ifdef _OPENMP
+  const int64_t threads = omp_get_max_threads();
+#else
+  const int64_t threads = 1;
+#endif
+  if (count > 1 && count >= threads) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t b = 0; b < count; ++b) status[b] = run_one(mode, problems[b], false);
+  } else {
+    for (int64_t b = 0; b < count; ++b) status[b] = run_one(mode, problems[b], true);
+  }
+}
+
+template void run<float>(int, const Problem<float>*, int64_t, Status*);
+template void run<double>(int, const Problem<double>*, int64_t, Status*);
+
+}  // namespace cpu
+}  // namespace rmd
+}  // namespace mithridate

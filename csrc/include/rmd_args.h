@@ -1,0 +1,109 @@
+// The problem tuples that mithridate/hypergrad/native.py hands to the
+// bindings of both extension modules, read into rmd::Problem descriptors with
+// host pointers. Values are validated in Python; these checks only keep a
+// direct caller from reading or writing out of bounds.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "rmd.h"
+
+namespace mithridate {
+namespace rmd {
+namespace args {
+
+namespace py = pybind11;
+
+// (Xc, yc, Xp, yp, Xv, yv, theta0, T, alpha, gamma, e, num, den, words,
+//  frac_bits, loss, fit_b, theta_T, dXp, scalars)
+constexpr size_t kFields = 20;
+
+// The array at h, exactly of dtype V and C-contiguous (never a converted
+// copy), of the given shape (-1: any extent).
+template <class V>
+py::array checked(py::handle h, const char* name, std::vector<py::ssize_t> shape, bool writeable) {
+  if (!py::isinstance<py::array_t<V, py::array::c_style>>(h))
+    throw py::type_error(std::string(name) + " must be a C-contiguous numpy array of dtype " +
+                         std::string(py::str(py::dtype::of<V>())));
+  auto a = py::reinterpret_borrow<py::array>(h);
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
+  if (!ok) throw py::value_error(std::string(name) + " has the wrong shape");
+  if (writeable && !a.writeable()) throw py::value_error(std::string(name) + " must be writeable");
+  return a;
+}
+
+// Whether the batch's rows are float32 (else float64: checked per problem).
+inline bool is_float32(const py::list& problems) {
+  if (problems.empty()) throw py::value_error("problems must not be empty");
+  auto first = problems[0].cast<py::tuple>();
+  if (first.size() != kFields) throw py::value_error("a problem tuple must have 20 fields");
+  return py::isinstance<py::array_t<float>>(first[0]);
+}
+
+template <class T>
+Problem<T> parse(py::handle item, int mode) {
+  auto f = item.cast<py::tuple>();
+  if (f.size() != kFields) throw py::value_error("a problem tuple must have 20 fields");
+  auto Xc = checked<T>(f[0], "Xc", {-1, -1}, false);
+  const py::ssize_t nc = Xc.shape(0), d = Xc.shape(1);
+  auto Xp = checked<T>(f[2], "Xp", {-1, d}, false);
+  auto Xv = checked<T>(f[4], "Xv", {-1, d}, false);
+  const py::ssize_t k = Xp.shape(0), nv = Xv.shape(0);
+  if (d < 1 || nc + k < 1 || nv < 1) throw py::value_error("need d >= 1, a training row and a validation row");
+  Problem<T> P{};
+  P.Xc = static_cast<const T*>(Xc.data());
+  P.yc = static_cast<const T*>(checked<T>(f[1], "yc", {nc}, false).data());
+  P.Xp = static_cast<const T*>(Xp.data());
+  P.yp = static_cast<const T*>(checked<T>(f[3], "yp", {k}, false).data());
+  P.Xv = static_cast<const T*>(Xv.data());
+  P.yv = static_cast<const T*>(checked<T>(f[5], "yv", {nv}, false).data());
+  P.theta0 = static_cast<const double*>(checked<double>(f[6], "theta0", {d + 1}, false).data());
+  P.nc = nc;
+  P.k = k;
+  P.nv = nv;
+  P.d = d;
+  P.steps = f[7].cast<int64_t>();
+  P.alpha = f[8].cast<double>();
+  P.gamma = f[9].cast<double>();
+  P.e = f[10].cast<double>();
+  P.num = f[11].cast<uint32_t>();
+  P.den = f[12].cast<uint32_t>();
+  P.words = f[13].cast<int>();
+  P.frac_bits = f[14].cast<int>();
+  P.loss = f[15].cast<int>();
+  P.fit_b = f[16].cast<bool>();
+  P.theta_T = static_cast<double*>(checked<double>(f[17], "theta_T", {d + 1}, true).mutable_data());
+  P.dXp = static_cast<double*>(checked<double>(f[18], "dXp", {k, d}, true).mutable_data());
+  P.scalars = static_cast<double*>(checked<double>(f[19], "scalars", {3}, true).mutable_data());
+  if (P.steps < 1) throw py::value_error("T must be >= 1");
+  if (P.loss != kLogistic && P.loss != kSquared) throw py::value_error("loss must be 0 or 1");
+  if (mode == kReversible &&
+      (P.words < 1 || P.num < 1 || P.den < 1 || P.num >= (1u << 31) || P.den >= (1u << 31) ||
+       P.frac_bits < 0 || P.frac_bits > 62))
+    throw py::value_error("reversible: need words >= 1, num and den in [1, 2^31), frac_bits in [0, 62]");
+  return P;
+}
+
+template <class T>
+std::vector<Problem<T>> parse_all(const py::list& problems, int mode) {
+  if (mode != kTrajectory && mode != kForward && mode != kReversible)
+    throw py::value_error("mode must be 0 (trajectory), 1 (forward) or 2 (reversible)");
+  std::vector<Problem<T>> out;
+  for (auto item : problems) out.push_back(parse<T>(item, mode));
+  return out;
+}
+
+inline py::list statuses(const std::vector<Status>& st) {
+  py::list out;
+  for (const auto& s : st) out.append(py::make_tuple(s.code, s.step, s.index));
+  return out;
+}
+
+}  // namespace args
+}  // namespace rmd
+}  // namespace mithridate

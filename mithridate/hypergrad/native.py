@@ -1,0 +1,158 @@
+"""Hypergradients by the compiled fused loops of csrc/ (``backend="cpp"`` on
+the host, ``"cuda"`` on a GPU): every inner step, the reverse sweep and the
+validation pass of a problem in one call, a batch of problems per call.
+
+Modes: ``trajectory`` (RMD storing theta_0..theta_T), ``forward`` (lam only)
+and ``reversible``: Maclaurin, Duvenaud & Adams (2015) with the exact int64
+fixed point of :mod:`mithridate.fixedpoint`. theta and v are kept as
+``round(x * 2**frac_bits)``; gamma is the simplest fraction num/den within
+1e-12 of it, and each multiplication by gamma moves its lost digit into a
+per-coordinate buffer of ``required_words(T, num, den)`` words, so the reverse
+sweep recomputes theta_t and v_t bit for bit from theta_T and v_T instead of
+storing them: memory O(d) instead of O(T d). It must end at encode(w0) with
+v = 0 and an empty buffer (checked: ``info["w0_recovered"]``).
+
+Default ``frac_bits = 40``: steps of 2**-40 ~ 1e-12 (far below the float64
+rounding of the trajectory modes relative to O(1) weights) and room for
+|theta|, |v| < 2**23 ~ 8e6 before int64 overflows (FixedPointOverflow).
+
+The host loop runs problems in parallel (OpenMP) when the batch has at least
+as many problems as threads, else the row chunks of each problem; the row
+chunks and their order are fixed by the shape, so the result does not depend
+on the thread count. On the GPU each problem is one thread block.
+"""
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from .. import fixedpoint
+from .problem import Problem
+
+MODES = ("trajectory", "forward", "reversible")
+BACKENDS = ("cpp", "cuda")
+FRAC_BITS = 40
+GAMMA_TOL = 1e-12
+MAX_BASE = 2**31 - 1
+MAX_BUFFER_BYTES = 1 << 30  # per problem
+_LOSS = {"logistic": 0, "squared": 1}
+# Status codes of csrc/include/rmd.h (0 is success).
+_CAPACITY, _INT64, _NOT_FINITE, _RANGE, _NOT_RECOVERED, _NO_MEMORY = 1, 2, 3, 4, 5, 6
+
+
+def gamma_fraction(gamma):
+    """(num, den): the simplest fraction within 1e-12 of gamma in (0, 1), both < 2**31."""
+    if not 0 < gamma < 1:
+        raise ValueError(f"gamma={gamma} must lie in (0, 1) for mode='reversible' (the reversal divides "
+                         "by gamma); for gamma = 0 use mode='trajectory'.")
+    g, tol = Fraction(gamma), Fraction(GAMMA_TOL)
+    f = _simplest_between(max(g - tol, g / 2), g + tol)
+    if f.denominator > MAX_BASE:
+        raise ValueError(f"gamma={gamma} has no fraction num/den with den < 2**31 within {GAMMA_TOL}; "
+                         "round gamma (e.g. to 6 digits) or use mode='trajectory'.")
+    return f.numerator, f.denominator
+
+
+def _simplest_between(lo, hi):
+    """The fraction of smallest denominator in [lo, hi], 0 < lo <= hi (continued fractions)."""
+    fl = math.floor(lo)
+    if fl == lo or fl + 1 <= hi:
+        return Fraction(fl if fl == lo else fl + 1)
+    return fl + 1 / _simplest_between(1 / (hi - fl), 1 / (lo - fl))
+
+
+def run(problems, mode, backend, frac_bits=None):
+    """Hypergradients of a batch of Problems with the compiled loops; one HyperGrad each."""
+    from .api import HyperGrad
+
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {MODES} for the compiled backends.")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}.")
+    problems = list(problems)
+    if not problems or not all(isinstance(pb, Problem) for pb in problems):
+        raise TypeError("problems must be a non-empty list of Problem (see make_problem).")
+    if frac_bits is not None and mode != "reversible":
+        raise ValueError(f"frac_bits={frac_bits} applies to mode='reversible' only; drop it.")
+    f = FRAC_BITS if frac_bits is None else frac_bits
+    if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or not 1 <= f <= 62:
+        raise ValueError(f"frac_bits={f!r} must be an int in [1, 62] (default {FRAC_BITS}).")
+    module = _module(backend)
+    packed = [_pack(pb, mode, int(f)) for pb in problems]  # every check before any kernel
+    groups = {}
+    for i, pb in enumerate(problems):
+        groups.setdefault(pb.Xc.dtype.name, []).append(i)
+    for idx in groups.values():
+        statuses = module.rmd.run(MODES.index(mode), [packed[i][0] for i in idx])
+        for i, (code, step, j) in zip(idx, statuses):
+            if code:
+                _raise(code, step, j, i, problems[i], mode, packed[i][1], f)
+    out = []
+    for pb, (args, info) in zip(problems, packed):
+        theta, dXp, (value, glam, recovered) = args[-3], args[-2], args[-1]
+        dt = pb.Xc.dtype
+        info = dict(mode=mode, backend=backend, T=pb.T, **info)
+        if mode == "reversible":
+            info["w0_recovered"] = bool(recovered)
+        gX = None if mode == "forward" else dXp.astype(dt)
+        out.append(HyperGrad(float(value), gX, float(glam),
+                             theta[:pb.d + pb.fit_intercept].astype(dt), info))
+    return out
+
+
+def _pack(pb, mode, f):
+    """The tuple of csrc/include/rmd_args.h (outputs allocated) and the info entries."""
+    d, k = pb.d, pb.Xp.shape[0]
+    theta0 = np.zeros(d + 1)
+    theta0[:pb.theta0.shape[0]] = pb.theta0
+    gamma, num, den, words, info = pb.gamma, 1, 1, 1, {}
+    if mode == "reversible":
+        num, den = gamma_fraction(pb.gamma)
+        gamma = num / den
+        words = fixedpoint.required_words(pb.T, num, den)
+        if (d + 1) * words * 4 > MAX_BUFFER_BYTES:
+            raise ValueError(f"mode='reversible' with T={pb.T}, gamma={pb.gamma} ({num}/{den}) needs "
+                             f"{words} buffer words per weight ({(d + 1) * words * 4} bytes), above "
+                             f"{MAX_BUFFER_BYTES}; raise gamma or use mode='checkpoint'.")
+        try:
+            fixedpoint.encode(theta0, f)
+        except fixedpoint.FixedPointOverflow:
+            raise fixedpoint.FixedPointOverflow(
+                f"w0 does not fit int64 fixed point with frac_bits={f} (|w0| must be < 2**{63 - f}); "
+                "lower frac_bits.") from None
+        info = dict(frac_bits=f, gamma_fraction=(num, den), buffer_words=words,
+                    state_bytes=(d + 1) * (16 + 4 * words))
+    arrays = [np.ascontiguousarray(a) for a in (pb.Xc, pb.yc, pb.Xp, pb.yp, pb.Xv, pb.yv)]
+    args = (*arrays, theta0, pb.T, pb.alpha, gamma, float(np.exp(pb.lam)), num, den, words, f,
+            _LOSS[pb.loss], pb.fit_intercept, np.empty(d + 1), np.zeros((k, d)), np.zeros(3))
+    return args, info
+
+
+def _raise(code, step, j, i, pb, mode, info, f):
+    where = f"problem {i}: " + (f"step {step}, coordinate {j}" if step >= 0 else f"coordinate {j}")
+    if code in (_CAPACITY, _INT64, _RANGE):
+        raise fixedpoint.FixedPointOverflow(
+            f"{where}: theta or v left the int64 fixed-point range |x| < 2**{63 - f} "
+            f"(frac_bits={f}); lower frac_bits (e.g. frac_bits={max(f - 8, 1)}) or alpha.")
+    if code == _NOT_FINITE:
+        raise FloatingPointError(f"{where}: the training gradient is nan or inf, the inner loop "
+                                 f"diverged; lower alpha (now {pb.alpha}).")
+    if code == _NOT_RECOVERED:
+        raise RuntimeError(f"problem {i}: the reversible sweep did not restore w0, v = 0 and an empty "
+                           "buffer bit for bit (non-deterministic gradient?); use mode='trajectory'.")
+    if code == _NO_MEMORY:
+        raise MemoryError(f"problem {i}: out of memory for mode={mode!r} (T={pb.T}, d={pb.d}); "
+                          "use mode='reversible' (O(d) memory) or smaller batches.")
+    raise RuntimeError(f"problem {i}: the compiled loop failed with code {code}.")
+
+
+def _module(backend):
+    if backend == "cpp":
+        from .. import _C
+        return _C
+    try:
+        from .. import _C_cuda
+    except ImportError as e:
+        raise RuntimeError("backend='cuda' needs mithridate._C_cuda, which is not built; reinstall "
+                           "with nvcc available (MITHRIDATE_CUDA=1), or use backend='cpp'.") from e
+    return _C_cuda
