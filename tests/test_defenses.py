@@ -170,7 +170,7 @@ def test_convergence_warning():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"rho": -1.0}, "rho"), ({"norm": 0.5}, "norm"), ({"regularizer": "exact"}, "regularizer"),
+    ({"rho": -1.0}, "rho"), ({"norm": 0.5}, "norm"), ({"regularizer": "ridge"}, "regularizer"),
     ({"c1": -1.0}, "c1"), ({"loss": "hinge"}, "loss"), ({"data_bounds": (1.0,)}, "data_bounds"),
     ({"regularizer": "tight", "c2": 1.0}, "c1/c2")])
 def test_bad_parameters(kwargs, match):
