@@ -202,6 +202,10 @@ def test_deterministic_across_thread_counts():
     (dict(bound="paper", data_bounds=(-1.0, 1.0)), "data_bounds"),
     (dict(bound="paper", data_bounds=(1.0,)), "data_bounds"),
     (dict(fit_intercept=False), "theta"), (dict(backend="cuda"), "backend"),
+    (dict(norm=-1), "norm"), (dict(norm=0), "norm"), (dict(norm=True), "norm"),
+    (dict(bound="paper", data_bounds=(1.0, math.nan)), "data_bounds"),
+    (dict(bound="paper", data_bounds=(math.inf, 1.0)), "data_bounds"),
+    (dict(bound="paper", data_bounds="ab"), "data_bounds"),
 ])
 def test_bad_input(kw, match):
     theta, X, y = make(10, 3, 2, "float64", "squared")
@@ -210,21 +214,43 @@ def test_bad_input(kw, match):
         ops.lipschitz(theta, X, y, **args)
 
 
-def test_bad_arrays_and_backends():
+def test_bad_arrays_and_backends(monkeypatch):
     theta, X, y = make(10, 3, 2, "float64", "squared")
     with pytest.raises(ValueError, match="y"):
         ops.lipschitz(theta, X, y[:5], loss="squared")
     with pytest.raises(TypeError, match="theta"):
         ops.lipschitz(theta.astype(np.float32), X, y, loss="squared")
+    with pytest.raises(TypeError, match="X"):
+        ops.lipschitz(theta, X.astype(np.int64), y, loss="squared")
     with pytest.raises(ValueError, match="y must hold labels"):
         ops.lipschitz(theta, X, y, loss="logistic")
-    with pytest.raises(RuntimeError, match="triton"):
-        ops.lipschitz(theta, X, y, loss="squared", backend="triton")
-    for loss, bound in (("squared", "tight"), ("absolute", "tight"), ("squared", "paper")):
-        Xn = X.copy()
-        Xn[4, 1] = np.nan
-        with pytest.raises(ValueError, match="row 4"):
-            ops.lipschitz(theta, Xn, y, loss=loss, bound=bound)
+    with pytest.raises(ValueError, match="y must hold labels"):
+        ops.lipschitz(theta, X, np.sign(y), loss="logistic")  # {-1, 1}: map to {0, 1}
+    with pytest.raises(ValueError, match="theta has 5 columns"):
+        ops.lipschitz(np.c_[theta, theta[:, :1]], X, y, loss="squared")
+    for name, shape in (("theta", (2, 2, 4)), ("X", (10,)), ("X", (2, 10, 3))):
+        args = dict(theta=theta, X=X, y=y) | {name: np.zeros(shape)}
+        with pytest.raises(ValueError, match=name):
+            ops.lipschitz(**args, loss="squared")
+    for name, bad in (("theta", np.nan), ("theta", np.inf), ("y", np.nan), ("y", -np.inf)):
+        args = dict(theta=theta.copy(), X=X, y=y.copy())
+        args[name].reshape(-1)[1] = bad
+        with pytest.raises(ValueError, match=f"{name} contains nan or inf"):
+            ops.lipschitz(**args, loss="squared")
+    if not torch.cuda.is_available():  # triton without a GPU or the interpreter
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="triton needs a CUDA GPU"):
+            ops.lipschitz(theta, X, y, loss="squared", backend="triton")
+    for bad in (np.nan, np.inf):
+        for loss, bound in (("squared", "tight"), ("logistic", "tight"), ("absolute", "tight"),
+                            ("squared", "paper")):
+            Xn = X.copy()
+            Xn[4, 1] = bad
+            yl = (y > 0).astype(X.dtype) if loss == "logistic" else y
+            with pytest.raises(ValueError, match="row 4"):
+                ops.lipschitz(theta, Xn, yl, loss=loss, bound=bound)
+            with pytest.raises(ValueError, match="row 4"):  # X not read for its bounds
+                ops.lipschitz(theta, Xn, yl, loss=loss, bound="paper", data_bounds=(1.0, 1.0))
 
 
 @pytest.mark.parametrize("norm", [1.0, 2.0, 3.0, np.inf])
