@@ -1,0 +1,178 @@
+"""Numba port of csrc/include/fixed_point.h (exact reversible int64 fixed point).
+
+Mirrors the header function for function, so the compiled hypergradient loop
+(rmd_reversible.py) runs the same arithmetic as the C++/CUDA kernels; tests
+check it against mithridate.fixedpoint bit for bit. Values are int64
+x * 2^frac_bits; a buffer row is an unsigned big integer of w little-endian
+uint32 limbs. See the header for the proofs (bijection, no overflow before the
+checks, required_words).
+
+Compiled without fastmath: encode/decode must round exactly as IEEE says,
+whatever loop they are inlined into. Unsigned arithmetic is kept in uint64 by
+explicit casts (numba turns uint64 op int64 into float64).
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+EXACT_JIT = dict(cache=True, error_model="numpy")
+
+# Status codes of the header's enum Code.
+OK, CAPACITY, INT64, NOT_FINITE, RANGE = 0, 1, 2, 3, 4
+
+_LOW = np.uint64(0xFFFFFFFF)
+_SHIFT = np.uint64(32)
+_TWO63 = 9223372036854775808.0  # 2^63, exact
+_I64_MAX = np.int64(9223372036854775807)
+
+
+# ---- encode / decode --------------------------------------------------------
+
+@njit(**EXACT_JIT)
+def encode1(x, frac_bits):
+    """(code, q): q = rint(x * 2^frac_bits) (ties to even); q = 0 unless code is OK."""
+    if not np.isfinite(x):
+        return NOT_FINITE, np.int64(0)
+    y = np.rint(math.ldexp(x, frac_bits))
+    if not (y >= -_TWO63 and y < _TWO63):
+        return RANGE, np.int64(0)
+    return OK, np.int64(y)
+
+
+@njit(**EXACT_JIT)
+def decode1(q, frac_bits):
+    return math.ldexp(np.float64(q), -frac_bits)
+
+
+@njit(**EXACT_JIT)
+def encode(x, q, frac_bits):
+    """cpu::encode over flat arrays: (code, first bad index or -1)."""
+    for i in range(x.shape[0]):
+        code, qi = encode1(x[i], frac_bits)
+        if code != OK:
+            return code, i
+        q[i] = qi
+    return OK, -1
+
+
+@njit(**EXACT_JIT)
+def decode(q, x, frac_bits):
+    for i in range(q.shape[0]):
+        x[i] = decode1(q[i], frac_bits)
+
+
+# ---- floor division and checked int64 arithmetic ----------------------------
+
+@njit(**EXACT_JIT)
+def floor_divmod(x, d):
+    """(q, r): x = q*d + r with 0 <= r < d, for d > 0 (int64)."""
+    q = x // d  # numba's // on signed ints is floor division, as Python's
+    return q, x - q * d
+
+
+@njit(**EXACT_JIT)
+def mul_add_fits(q, m, r):
+    """Whether q*m + r fits int64, for m > 0 and 0 <= r < m (int64 arguments)."""
+    if q >= 0:
+        return q <= (_I64_MAX - r) // m
+    neg_q = np.uint64(0) - np.uint64(q)  # -q in [1, 2^63]
+    return neg_q <= ((np.uint64(1) << np.uint64(63)) + np.uint64(r)) // np.uint64(m)
+
+
+@njit(**EXACT_JIT)
+def mul_add(q, m, r):
+    """q*m + r in uint64 (it may wrap on the way), once mul_add_fits holds."""
+    return np.int64(np.uint64(q) * np.uint64(m) + np.uint64(r))
+
+
+# ---- the buffer: an unsigned big integer of w limbs -------------------------
+
+@njit(**EXACT_JIT)
+def push(b, w, base, r):
+    """B = B*base + r for r < base < 2^31 (uint64 base and r); caller checked it fits."""
+    carry = r
+    for j in range(w):
+        cur = np.uint64(b[j]) * base + carry
+        b[j] = np.uint32(cur & _LOW)
+        carry = cur >> _SHIFT
+
+
+@njit(**EXACT_JIT)
+def pop(b, w, base):
+    """Return B mod base (uint64); B = B div base."""
+    rem = np.uint64(0)
+    for j in range(w - 1, -1, -1):
+        cur = (rem << _SHIFT) | np.uint64(b[j])
+        b[j] = np.uint32(cur // base)
+        rem = cur % base
+    return rem
+
+
+# ---- one step: x *= m/d exactly ---------------------------------------------
+
+@njit(**EXACT_JIT)
+def step_check(x, b, w, m, d):
+    """OK, CAPACITY or INT64 for the step (m, d) on (x, B); reads only."""
+    m = np.uint64(m)
+    d = np.uint64(d)
+    hi, lo = floor_divmod(x, np.int64(d))
+    rem_b = np.uint64(0)
+    rem_n = np.uint64(0)
+    cmp = 0
+    for j in range(w - 1, 0, -1):
+        cb = (rem_b << _SHIFT) | np.uint64(b[j])
+        cn = (rem_n << _SHIFT) | _LOW
+        qb = cb // m
+        qn = cn // d
+        rem_b = cb % m
+        rem_n = cn % d
+        if cmp == 0 and qb != qn:
+            cmp = -1 if qb < qn else 1
+    cb = (rem_b << _SHIFT) | np.uint64(b[0])
+    y = np.uint64(lo) * m + cb % m
+    if cmp == 0:
+        qb = cb // m
+        qn = ((rem_n << _SHIFT) | (_LOW - y % d)) // d
+        cmp = 1 if qb > qn else 0
+    if cmp > 0:
+        return CAPACITY
+    return OK if mul_add_fits(hi, np.int64(m), np.int64(y // d)) else INT64
+
+
+@njit(**EXACT_JIT)
+def step_apply(x, b, w, m, d):
+    """Return x' of the step (m, d), updating B (the first w limbs); checked before."""
+    m = np.uint64(m)
+    d = np.uint64(d)
+    hi, lo = floor_divmod(x, np.int64(d))
+    y = np.uint64(lo) * m + pop(b, w, m)
+    push(b, w, d, y % d)
+    return mul_add(hi, np.int64(m), np.int64(y // d))
+
+
+@njit(**EXACT_JIT)
+def mul(x, b, m, d):
+    """cpu::mul: the step (m, d) on every element of x (n,) and b (n, w), or on
+    none when any fails step_check. (code, first bad index or -1)."""
+    w = b.shape[1]
+    for i in range(x.shape[0]):
+        code = step_check(x[i], b[i], w, m, d)
+        if code != OK:
+            return code, i
+    for i in range(x.shape[0]):
+        x[i] = step_apply(x[i], b[i], w, m, d)
+    return OK, -1
+
+
+# ---- capacity ---------------------------------------------------------------
+
+@njit(**EXACT_JIT)
+def required_words(n_steps, num, den):
+    """Limbs that n_steps muls by num/den from a zero buffer never overflow."""
+    if n_steps <= 0:
+        return 1
+    t = np.float64(n_steps)
+    growth = max(0.0, math.log2(np.float64(den)) - math.log2(np.float64(num)))
+    bits = math.log2(np.float64(den)) + math.log2(t) + (t - 1.0) * growth + 1.0
+    return np.int64(math.ceil(bits / 32.0))

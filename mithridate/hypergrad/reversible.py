@@ -1,0 +1,147 @@
+"""Reversible-mode hypergradients (Maclaurin, Duvenaud & Adams 2015) on numba.
+
+The inner loop runs in int64 fixed point with ``frac_bits`` fractional bits
+(default 40: resolution 2^-40 ~ 9e-13, range |theta|, |v| < 2^23 ~ 8e6), and
+the momentum multiplies v by a fraction num/den within 1e-12 of gamma
+exactly, moving the lost digits into a per-parameter buffer sized in advance
+(mithridate.fixedpoint.required_words). The reverse sweep then recomputes
+theta_t, v_t bit for bit instead of storing the trajectory: state
+p (16 + 4 words) bytes instead of (T + 1) p 8. The hypergradient is that of
+the float dynamics along the fixed-point trajectory, within ~T 2^-frac_bits of
+trajectory mode.
+"""
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from .. import fixedpoint
+from .api import HyperGrad
+
+DEFAULT_FRAC_BITS = 40
+MAX_FRAC_BITS = fixedpoint.MAX_FRAC_BITS
+GAMMA_TOL = 1e-12  # gamma is replaced by the simplest fraction this close
+
+
+def gamma_fraction(gamma):
+    """(num, den): the simplest fraction within GAMMA_TOL of gamma in (0, 1),
+    num, den <= 2^31 - 1 (e.g. 0.9 -> (9, 10))."""
+    if not 0 < gamma < 1:
+        raise ValueError(_gamma_message(gamma))
+    g = Fraction(gamma)
+    f = _simplest_between(max(g - Fraction(GAMMA_TOL), Fraction(0)), g + Fraction(GAMMA_TOL))
+    if f.numerator == 0:
+        raise ValueError(f"gamma={gamma!r} is within {GAMMA_TOL:g} of 0; mode='reversible' needs "
+                         "gamma > 0 (use mode='trajectory' or 'checkpoint').")
+    if f.denominator > fixedpoint.MAX_BASE:
+        raise ValueError(f"gamma={gamma!r} has no fraction num/den with den < 2**31 within "
+                         f"{GAMMA_TOL:g}; round it (e.g. gamma={round(gamma, 6)}).")
+    return f.numerator, f.denominator
+
+
+def _simplest_between(lo, hi):
+    """The fraction with the smallest denominator in [lo, hi], 0 <= lo <= hi
+    (continued fractions of the two ends until they part)."""
+    fl = math.floor(lo)
+    if fl == lo or fl + 1 <= hi:
+        return Fraction(fl if fl == lo else fl + 1)
+    return fl + 1 / _simplest_between(1 / (hi - fl), 1 / (lo - fl))
+
+
+def _gamma_message(gamma):
+    if gamma == 0:
+        return ("gamma=0 with mode='reversible': without momentum v_t is forgotten at every "
+                "step and cannot be reversed; use mode='trajectory' or 'checkpoint', or gamma > 0.")
+    return f"gamma={gamma!r} must lie in (0, 1) for mode='reversible'."
+
+
+def check_frac_bits(frac_bits):
+    """frac_bits (None -> DEFAULT_FRAC_BITS), an int in [1, MAX_FRAC_BITS]."""
+    if frac_bits is None:
+        return DEFAULT_FRAC_BITS
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, (int, np.integer)):
+        raise TypeError(f"frac_bits must be an int (fractional bits of the fixed point, default "
+                        f"{DEFAULT_FRAC_BITS}), got {type(frac_bits).__name__} {frac_bits!r}.")
+    if not 1 <= frac_bits <= MAX_FRAC_BITS:
+        raise ValueError(f"frac_bits={frac_bits} is out of range; it must be in [1, {MAX_FRAC_BITS}] "
+                         f"(default {DEFAULT_FRAC_BITS}).")
+    return int(frac_bits)
+
+
+def _plan(pb, frac_bits, max_buffer_bytes):
+    """Every check of one problem before any work: (num, den, words, state_bytes)."""
+    if isinstance(pb.T, bool) or not isinstance(pb.T, (int, np.integer)) or pb.T <= 0:
+        raise ValueError(f"T={pb.T!r} must be a positive integer (the number of inner steps).")
+    num, den = gamma_fraction(pb.gamma)
+    words = fixedpoint.required_words(pb.T, num, den)
+    slots = pb.d + 1
+    buffer_bytes = slots * words * 4
+    cap = (pb.T + 1) * slots * 8 if max_buffer_bytes is None else max_buffer_bytes
+    if buffer_bytes > cap:
+        raise ValueError(
+            f"mode='reversible' with T={pb.T} and gamma={pb.gamma!r} (= {num}/{den}) needs a "
+            f"{buffer_bytes}-byte bit buffer ({words} words per parameter), over max_buffer_bytes="
+            f"{cap}{' (the trajectory it replaces)' if max_buffer_bytes is None else ''}; use "
+            "mode='checkpoint', a larger gamma, or raise max_buffer_bytes.")
+    try:
+        fixedpoint.encode(pb.theta0.astype(np.float64), frac_bits)
+    except fixedpoint.FixedPointOverflow as err:
+        raise fixedpoint.FixedPointOverflow(f"w0: {err}") from None
+    return num, den, words, slots * 16 + buffer_bytes
+
+
+def run(problems, frac_bits=None, max_buffer_bytes=None):
+    """Reversible hypergradients of a list of Problems (problem.py), one
+    HyperGrad each; every problem is checked before any runs.
+
+    ``max_buffer_bytes`` caps the bit buffer per problem (default: the size
+    of the trajectory, (T + 1) (d + 1) 8 bytes). Raises FixedPointOverflow
+    when theta or v leaves the int64 range of ``frac_bits``, and RuntimeError
+    if w0 is not recovered bit for bit (which would be a bug).
+    """
+    frac_bits = check_frac_bits(frac_bits)
+    if max_buffer_bytes is not None and (isinstance(max_buffer_bytes, bool) or not isinstance(
+            max_buffer_bytes, (int, np.integer)) or max_buffer_bytes < 0):
+        raise ValueError(f"max_buffer_bytes={max_buffer_bytes!r} must be None or a "
+                         "non-negative int (bytes).")
+    plans = [_plan(pb, frac_bits, max_buffer_bytes) for pb in problems]
+    return [_one(pb, frac_bits, *plan, where=f" (problem {i})" if len(problems) > 1 else "")
+            for i, (pb, plan) in enumerate(zip(problems, plans))]
+
+
+def _one(pb, frac_bits, num, den, words, state_bytes, where):
+    from ..kernels.cpu.linear import LOSS_CODES, _block_rows, _n_chunks
+    from ..kernels.cpu.rmd_reversible import THETA_STATE, reversible, step_words
+    X = np.concatenate([pb.Xc, pb.Xp])
+    y = np.concatenate([pb.yc, pb.yp])
+    (n, d), nv, k = X.shape, pb.Xv.shape[0], pb.Xp.shape[0]
+    theta0 = np.zeros(d + 1)
+    theta0[:pb.theta0.shape[0]] = pb.theta0
+    dXp = np.empty((k, d))
+    theta_T = np.empty(d + 1)
+    thq = np.empty(d + 1, np.int64)
+    vq = np.empty(d + 1, np.int64)
+    buf = np.empty((d + 1, words), np.uint32)
+    block = _block_rows(d, X.itemsize)
+    status, which, t, j, value, dlam, recovered = reversible(
+        X, y, k, pb.Xv, pb.yv, LOSS_CODES[pb.loss], pb.fit_intercept, theta0, pb.alpha, pb.gamma,
+        num, den, float(np.exp(pb.lam)), pb.T, frac_bits, step_words(pb.T, num, den),
+        _n_chunks(n, d), block, _n_chunks(nv, d), block, dXp, theta_T, thq, vq, buf)
+    if status != 0:
+        name = "theta" if which == THETA_STATE else "v"
+        e = 63 - frac_bits
+        raise fixedpoint.FixedPointOverflow(
+            f"mode='reversible'{where}: {name}[{j}] at step {t + 1} of {pb.T} "
+            f"{'is not finite' if status == 3 else 'left the fixed-point range'} [-2**{e}, 2**{e}) "
+            f"of frac_bits={frac_bits}; lower frac_bits, or alpha if training diverges, or "
+            "rescale the data. No result was returned.")
+    if not recovered:
+        raise RuntimeError(f"mode='reversible'{where}: the reverse sweep did not recover w0 bit for "
+                           "bit, so the hypergradient is not trustworthy; please report it and use "
+                           "mode='trajectory'.")
+    info = dict(mode="reversible", backend="numba", T=pb.T, w0_recovered=True,
+                frac_bits=frac_bits, gamma_fraction=(num, den), buffer_words=words,
+                state_bytes=state_bytes)
+    dt = pb.Xc.dtype
+    return HyperGrad(float(value), dXp.astype(dt), float(dlam),
+                     theta_T[:d + pb.fit_intercept].astype(dt), info)
