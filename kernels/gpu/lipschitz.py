@@ -10,7 +10,10 @@ argmax per theta. The B x n matrix is never stored. Each program writes its
 partial (max, argmax, nan count); the final reduction takes the lowest row
 among the programs' maxima, so ties go to the lowest row as in the numba
 kernel, whatever the grid. The value and subgradient are then recomputed in
-float64 from the argmax row alone, by the reference's own formula.
+float64 from the argmax row alone, by the reference's own formula, so the
+subgradient follows the reference's conventions (where the dual norm itself
+ties, e.g. two largest |entries| for q = inf, autograd splits the gradient
+between them while the numba kernel gives it to the first).
 
 Scores are computed in X's dtype: in float32 two rows within rounding of each
 other may swap (either is a valid argmax). The paper bound and the absolute
@@ -172,8 +175,7 @@ def _tight(theta, X, y, loss, q, fit_intercept):
     block_b = linear.DOT_BLOCK_B if use_dot else 1
     n_blocks = triton.cdiv(B, block_b)
     n_prog = _n_programs(n, n_blocks)
-    th = theta.double()
-    nw = torch.linalg.vector_norm(th[:, :d], ord=q, dim=1).to(X.dtype)  # ||w||_*
+    nw = torch.linalg.vector_norm(theta[:, :d].double(), ord=q, dim=1).to(X.dtype)  # ||w||_*
     best = torch.empty((B, n_prog), dtype=X.dtype, device=X.device)
     arg = torch.empty((B, n_prog), dtype=torch.int64, device=X.device)
     bad = torch.empty((B, n_prog), dtype=torch.int32, device=X.device)
@@ -184,7 +186,7 @@ def _tight(theta, X, y, loss, q, fit_intercept):
         USE_DOT=use_dot, BLOCK_B=block_b, BLOCK_N=linear.BLOCK_N, BLOCK_D=_block_d(d))
     top = best.max(dim=1, keepdim=True).values
     k = torch.where(best == top, arg, n).min(dim=1).values  # lowest row among the programs' maxima
-    th.requires_grad_(True)
+    th = theta.detach().double().requires_grad_(True)
     value = _row_constant(loss, q, bool(fit_intercept))(th, X[k].double(), y[k].double())
     (grad,) = torch.autograd.grad(value.sum(), th)
     value = torch.where(bad.sum(dim=1) > 0, math.nan, value.detach())  # the caller names the row
