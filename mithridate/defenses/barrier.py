@@ -26,7 +26,9 @@ problem has its own mu schedule and stops on its own.
 import numpy as np
 from scipy.special import expit
 
-MU_FACTOR = 100.0
+# mu divisor per stage: a primal barrier needs O(nu) damped Newton steps after a long
+# stage, so the forms with n row slacks (nu ~ 2n) take short stages
+MU_FACTOR, MU_FACTOR_ROWS = 100.0, 3.0
 ARMIJO = 0.25
 
 
@@ -43,7 +45,7 @@ class _Problem:
         self.c1 = np.abs(c) if q == 1 else np.zeros_like(c)
         nu_norm = {1: 2 * self.k, 2: 3, np.inf: 2 * self.k + 1}[q]
         self.nu = np.where(self.norm_on, nu_norm, 0) + (2 * self.n if self.rows else 0) + 1e-300
-        if kind == "rmse":
+        if kind in ("rmse", "squared"):  # their data Hessians are multiples of X'X
             self.XtX = np.matmul(Xa.transpose(0, 2, 1), Xa)[:, None]
 
     def t_of(self, e):
@@ -128,7 +130,8 @@ class _Problem:
         y = self.y[:, None, :]
         if self.kind in ("squared", "logistic"):
             if self.kind == "squared":
-                gz, hz = (z - y) / n, np.full_like(z, 1.0 / n)
+                gz = (z - y) / n
+                H[..., :p, :p] += self.XtX / n
             else:
                 sig = expit(z)
                 gz, hz = (sig - y) / n, sig * (1 - sig) / n
@@ -163,6 +166,7 @@ class _Problem:
             extra = (gs * gs / hss).sum(-1)
         if gz is not None:
             g[..., :p] += np.matmul(gz[..., None, :], Xa)[..., 0, :]
+        if hz is not None:
             H[..., :p, :p] += np.matmul(Xa.transpose(0, 1, 3, 2) * hz[..., None, :], Xa)
         on = self.norm_on
         gt += np.where(on, 2 * self.a * t + self.b, 0.0)
@@ -231,6 +235,34 @@ class _Problem:
         H[..., p, sel] += W * cross
         H[..., p, p] += w * ((ia * ia + ib * ib).sum(-1) + 1 / (C * C))
 
+    def max_step(self, theta, e, dth, de):
+        """Largest alpha keeping the norm block's slacks positive (inf if unbounded); the
+        row slacks are left to the line search (steps to their boundary slow it down)."""
+        parts = []  # (slack, its rate of change) pairs of linear constraints
+        v, dv = theta[..., self.sel], dth[..., self.sel]
+        if self.q == 1:
+            parts += [(e - v, de - dv), (e + v, de + dv)]
+        elif self.q == np.inf:
+            t, dt = e[..., :1], de[..., :1]
+            parts += [(t - v, dt - dv), (t + v, dt + dv), (t - np.abs(self.c)[..., None], dt)]
+        alpha = np.full(theta.shape[:2], np.inf)
+        for g, dg in parts:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(dg < 0, -g / dg, np.inf)
+            alpha = np.minimum(alpha, ratio.reshape(alpha.shape + (-1,)).min(-1))
+        if self.q == 2:  # smallest positive root of (t + a dt)^2 - ||v + a dv||^2 - c^2
+            t, dt = e[..., 0], de[..., 0]
+            A = dt * dt - (dv * dv).sum(-1)
+            B = 2 * (t * dt - (v * dv).sum(-1))
+            C = t * t - (v * v).sum(-1) - self.c ** 2
+            with np.errstate(divide="ignore", invalid="ignore"):
+                disc = np.sqrt(np.maximum(B * B - 4 * A * C, 0.0))
+                roots = np.stack([(-B - disc) / (2 * A), (-B + disc) / (2 * A),
+                                  np.where(dt < 0, -t / dt, np.inf)])
+            roots = np.where(np.isfinite(roots) & (roots > 0), roots, np.inf)
+            alpha = np.minimum(alpha, roots.min(0))
+        return np.where(self.norm_on, alpha, np.inf)
+
     def norm_value(self, theta):
         v = np.concatenate([theta[..., self.sel], np.broadcast_to(self.c[..., None], theta.shape[:-1] + (1,))], -1)
         return np.linalg.norm(v, self.q, axis=-1)
@@ -272,13 +304,13 @@ def solve(Xa, y, *, kind, q, sel, c, a, b, kappa, tol, max_iter):
         centred = (lam2 / 2 <= 0.1 * tol * (1 + np.abs(phi))) | stuck
         finished = centred & (pb.nu * mu <= tol * (1 + np.abs(phi)))
         done |= finished
-        mu = np.where(centred & ~done, mu / MU_FACTOR, mu)
+        mu = np.where(centred & ~done, mu / (MU_FACTOR_ROWS if pb.rows else MU_FACTOR), mu)
         move = ~centred & ~done & (n_iter < max_iter)
         if not move.any():
             if done.all() or not (centred & ~done).any():
                 break
             continue
-        alpha = np.where(move, 1.0, 0.0)
+        alpha = np.where(move, np.minimum(1.0, 0.99 * pb.max_step(theta, e, dth, de)), 0.0)
         pending = move.copy()
         for _ in range(60):
             F_new, _ = pb.merit(theta + alpha[..., None] * dth, e + alpha[..., None] * de,
