@@ -50,7 +50,8 @@ def unique_argmax(theta, X, y, loss, norm, intercept, rel):
     if loss == "squared":
         rows = np.abs(z - y) * np.linalg.norm(np.c_[w, np.ones(len(w))], q, axis=1)[:, None]
     else:
-        rows = np.linalg.norm(np.stack([np.abs(0.5 + 0.5 * np.tanh(0.5 * z) - y) * n_w, np.abs(z)]), q, axis=0)
+        a = 0.5 + 0.5 * np.tanh(0.5 * z) - y  # sigmoid(z) - y
+        rows = np.linalg.norm(np.stack([np.abs(a) * n_w, np.abs(z)]), q, axis=0)
     top = np.sort(rows, axis=1)
     second = top[:, -2] if rows.shape[1] > 1 else -np.inf
     return top[:, -1] - second > rel * np.abs(top[:, -1])
