@@ -77,6 +77,67 @@ def test_convex_optimum_matches_cvxpy(loss, reg, p, seed):
     assert est.objective_ == pytest.approx(ref, rel=1e-6)
 
 
+def cvx_exact(loss, X, y, rho, p, kappa):
+    """Optimal J of the exact Wasserstein-DRO forms, written from the cited theorems."""
+    q = dual(p)
+    n, d = X.shape
+    w, b = cp.Variable(d), cp.Variable()
+    r = X @ w + b - y
+    grow = cp.norm(w, q) if kappa == math.inf else cp.norm(cp.hstack([w, 1 / kappa]), q)
+    if loss == "absolute":
+        return cp.Problem(cp.Minimize(cp.sum(cp.abs(r)) / n + rho * grow)).solve(solver="CLARABEL")
+    if loss == "squared":  # (sqrt(MSE) + sqrt(rho) ||.||)^2 / 2, minimised through its root
+        root = cp.Problem(cp.Minimize(cp.norm(r, 2) / math.sqrt(n) + math.sqrt(rho) * grow))
+        return 0.5 * root.solve(solver="CLARABEL") ** 2
+    z = X @ w + b
+    if kappa == math.inf:
+        return cp.Problem(cp.Minimize(cvx_data(loss, w, b, X, y) + rho * cp.norm(w, q))).solve(
+            solver="CLARABEL")
+    lam, s = cp.Variable(), cp.Variable(n)
+    cons = [s >= cp.logistic(z) - cp.multiply(y, z),
+            s >= cp.logistic(z) - cp.multiply(1 - y, z) - lam * kappa, cp.norm(w, q) <= lam]
+    return cp.Problem(cp.Minimize(lam * rho + cp.sum(s) / n), cons).solve(solver="CLARABEL")
+
+
+def fit_exact(loss, X, y, rho, p, kappa):
+    if loss == "logistic":
+        return WassersteinRobustClassifier(rho=rho, norm=p, regularizer="exact", kappa=kappa).fit(X, y)
+    return WassersteinRobustRegressor(loss=loss, rho=rho, norm=p, regularizer="exact",
+                                      kappa=kappa).fit(X, y)
+
+
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("loss", ["squared", "absolute", "logistic"])
+@pytest.mark.parametrize("kappa", [math.inf, 0.5])
+def test_exact_optimum_matches_cvxpy(loss, p, kappa):
+    X, y = problem(loss, 10)
+    est = fit_exact(loss, X, y, 0.2, p, kappa)
+    assert est.converged_
+    assert est.objective_ == pytest.approx(cvx_exact(loss, X, y, 0.2, p, kappa), rel=1e-6)
+    w = est.coef_
+    grow = np.linalg.norm(w if kappa == math.inf or loss == "logistic" else np.r_[w, 1 / kappa],
+                          dual(p))
+    assert est.lipschitz_ == pytest.approx(grow)
+    assert est.data_bounds_ is None
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_relaxations_bound_the_exact_problem(p):
+    """Where the balls agree (fixed labels, absolute and logistic): paper >= exact; tight
+    absolute is exact with label cost kappa = 1; a finite label cost only enlarges the ball."""
+    for loss in ("absolute", "logistic"):
+        X, y = problem(loss, 11)
+        exact = fit_exact(loss, X, y, 0.1, p, math.inf).objective_
+        cls = WassersteinRobustClassifier if loss == "logistic" else WassersteinRobustRegressor
+        kw = {} if loss == "logistic" else {"loss": loss}
+        assert cls(rho=0.1, norm=p, **kw).fit(X, y).objective_ >= exact - 1e-9
+        assert fit_exact(loss, X, y, 0.1, p, 2.0).objective_ >= exact - 1e-9
+    X, y = problem("absolute", 12)
+    tight = WassersteinRobustRegressor(loss="absolute", rho=0.1, norm=p, regularizer="tight")
+    assert tight.fit(X, y).objective_ == pytest.approx(
+        fit_exact("absolute", X, y, 0.1, p, 1.0).objective_, rel=1e-7)
+
+
 @pytest.mark.parametrize("p", NORMS)
 def test_tight_squared_global_optimum(p):
     """Nonconvex: reference = min over V of the convex problem at fixed V = ||(w, 1)||_q."""
@@ -172,7 +233,10 @@ def test_convergence_warning():
 @pytest.mark.parametrize("kwargs,match", [
     ({"rho": -1.0}, "rho"), ({"norm": 0.5}, "norm"), ({"regularizer": "ridge"}, "regularizer"),
     ({"c1": -1.0}, "c1"), ({"loss": "hinge"}, "loss"), ({"data_bounds": (1.0,)}, "data_bounds"),
-    ({"regularizer": "tight", "c2": 1.0}, "c1/c2")])
+    ({"regularizer": "tight", "c2": 1.0}, "c1/c2"), ({"c2": -0.5}, "c2"),
+    ({"regularizer": "exact", "kappa": 0.0}, "kappa"), ({"regularizer": "exact", "kappa": -1}, "kappa"),
+    ({"kappa": 2.0}, "kappa"), ({"regularizer": "exact", "norm": 3.0}, "norm"),
+    ({"rho": float("nan")}, "rho")])
 def test_bad_parameters(kwargs, match):
     X, y = problem("squared", 0)
     with pytest.raises(ValueError, match=match):
@@ -193,8 +257,13 @@ def test_bad_data():
         with pytest.raises(ValueError, match="y"):
             WassersteinRobustRegressor().fit(X, yb)
     clf = WassersteinRobustClassifier().fit(X, y)
-    with pytest.raises(ValueError, match="features"):
-        clf.predict(X[:, :2])
+    for method in (clf.predict, clf.predict_proba, clf.decision_function,
+                   lambda Z: clf.score(Z, y)):
+        with pytest.raises(ValueError, match="X has 2 features"):
+            method(X[:, :2])
+    reg = WassersteinRobustRegressor(regularizer="exact").fit(X, y)
+    with pytest.raises(ValueError, match="X has 4 features"):
+        reg.score(np.hstack([X, X[:, :1]]), y)
 
 
 with warnings.catch_warnings():
