@@ -24,7 +24,10 @@ namespace fp = fixed_point;
 
 constexpr int64_t kChunkRows = 64;          // rows per chunk, at least
 constexpr int64_t kMaxChunks = 16;          // caps the partial sums a pass adds up
-constexpr int64_t kParallelWork = 1 << 15;  // n*d below this: one thread per pass
+// n*d below this: one thread per pass. A pass opens two parallel regions;
+// below ~2^18 row entries (~0.1 ms of work) their start and barrier cost more
+// than they save, and much more when the cores are shared with other work.
+constexpr int64_t kParallelWork = 1 << 18;
 constexpr int kLanes = 8;                   // independent accumulators of a dot product
 
 int64_t n_chunks(int64_t n) { return std::clamp<int64_t>(n / kChunkRows, 1, kMaxChunks); }

@@ -34,7 +34,6 @@ BACKENDS = ("cpp", "cuda")
 FRAC_BITS = 40
 GAMMA_TOL = 1e-12
 MAX_BASE = 2**31 - 1
-MAX_BUFFER_BYTES = 1 << 30  # per problem
 _LOSS = {"logistic": 0, "squared": 1}
 # Status codes of csrc/include/rmd.h (0 is success).
 _CAPACITY, _INT64, _NOT_FINITE, _RANGE, _NOT_RECOVERED, _NO_MEMORY = 1, 2, 3, 4, 5, 6
@@ -43,8 +42,9 @@ _CAPACITY, _INT64, _NOT_FINITE, _RANGE, _NOT_RECOVERED, _NO_MEMORY = 1, 2, 3, 4,
 def gamma_fraction(gamma):
     """(num, den): the simplest fraction within 1e-12 of gamma in (0, 1), both < 2**31."""
     if not 0 < gamma < 1:
-        raise ValueError(f"gamma={gamma} must lie in (0, 1) for mode='reversible' (the reversal divides "
-                         "by gamma); for gamma = 0 use mode='trajectory'.")
+        raise ValueError(f"gamma={gamma} must lie in (0, 1) for mode='reversible': without momentum "
+                         "v_t is forgotten at every step and cannot be reversed; use "
+                         "mode='trajectory' or 'checkpoint', or gamma > 0.")
     g, tol = Fraction(gamma), Fraction(GAMMA_TOL)
     f = _simplest_between(max(g - tol, g / 2), g + tol)
     if f.denominator > MAX_BASE:
@@ -75,8 +75,12 @@ def run(problems, mode, backend, frac_bits=None):
     if frac_bits is not None and mode != "reversible":
         raise ValueError(f"frac_bits={frac_bits} applies to mode='reversible' only; drop it.")
     f = FRAC_BITS if frac_bits is None else frac_bits
-    if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or not 1 <= f <= 62:
-        raise ValueError(f"frac_bits={f!r} must be an int in [1, 62] (default {FRAC_BITS}).")
+    if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
+        raise TypeError(f"frac_bits must be an int (fractional bits of the fixed point, default "
+                        f"{FRAC_BITS}), got {type(f).__name__} {f!r}.")
+    if not 1 <= f <= fixedpoint.MAX_FRAC_BITS:
+        raise ValueError(f"frac_bits={f} is out of range; it must be in [1, "
+                         f"{fixedpoint.MAX_FRAC_BITS}] (default {FRAC_BITS}).")
     module = _module(backend)
     packed = [_pack(pb, mode, int(f)) for pb in problems]  # every check before any kernel
     groups = {}
@@ -110,10 +114,12 @@ def _pack(pb, mode, f):
         num, den = gamma_fraction(pb.gamma)
         gamma = num / den
         words = fixedpoint.required_words(pb.T, num, den)
-        if (d + 1) * words * 4 > MAX_BUFFER_BYTES:
-            raise ValueError(f"mode='reversible' with T={pb.T}, gamma={pb.gamma} ({num}/{den}) needs "
-                             f"{words} buffer words per weight ({(d + 1) * words * 4} bytes), above "
-                             f"{MAX_BUFFER_BYTES}; raise gamma or use mode='checkpoint'.")
+        buffer_bytes, cap = (d + 1) * words * 4, (pb.T + 1) * (d + 1) * 8
+        if buffer_bytes > cap:
+            raise ValueError(f"mode='reversible' with T={pb.T} and gamma={pb.gamma} (= {num}/{den}) "
+                             f"needs a {buffer_bytes}-byte bit buffer ({words} words per weight), "
+                             f"more than the {cap}-byte trajectory it replaces; use "
+                             "mode='checkpoint' or a larger gamma.")
         try:
             fixedpoint.encode(theta0, f)
         except fixedpoint.FixedPointOverflow:
@@ -121,7 +127,9 @@ def _pack(pb, mode, f):
                 f"w0 does not fit int64 fixed point with frac_bits={f} (|w0| must be < 2**{63 - f}); "
                 "lower frac_bits.") from None
         info = dict(frac_bits=f, gamma_fraction=(num, den), buffer_words=words,
-                    state_bytes=(d + 1) * (16 + 4 * words))
+                    state_bytes=(d + 1) * 16 + buffer_bytes)
+    elif mode == "trajectory":
+        info = dict(state_bytes=(pb.T + 1) * (d + 1) * 8)
     arrays = [np.ascontiguousarray(a) for a in (pb.Xc, pb.yc, pb.Xp, pb.yp, pb.Xv, pb.yv)]
     args = (*arrays, theta0, pb.T, pb.alpha, gamma, float(np.exp(pb.lam)), num, den, words, f,
             _LOSS[pb.loss], pb.fit_intercept, np.empty(d + 1), np.zeros((k, d)), np.zeros(3))
@@ -132,11 +140,13 @@ def _raise(code, step, j, i, pb, mode, info, f):
     where = f"problem {i}: " + (f"step {step}, coordinate {j}" if step >= 0 else f"coordinate {j}")
     if code in (_CAPACITY, _INT64, _RANGE):
         raise fixedpoint.FixedPointOverflow(
-            f"{where}: theta or v left the int64 fixed-point range |x| < 2**{63 - f} "
-            f"(frac_bits={f}); lower frac_bits (e.g. frac_bits={max(f - 8, 1)}) or alpha.")
+            f"{where}: theta or v left the int64 fixed-point range [-2**{63 - f}, 2**{63 - f}) of "
+            f"frac_bits={f}; lower frac_bits (e.g. frac_bits={max(f - 8, 1)}), or alpha if "
+            "training diverges, or rescale the data.")
     if code == _NOT_FINITE:
-        raise FloatingPointError(f"{where}: the training gradient is nan or inf, the inner loop "
-                                 f"diverged; lower alpha (now {pb.alpha}).")
+        raise fixedpoint.FixedPointOverflow(
+            f"{where}: the training gradient is nan or inf, the inner loop diverged; lower alpha "
+            f"(now {pb.alpha}).")
     if code == _NOT_RECOVERED:
         raise RuntimeError(f"problem {i}: the reversible sweep did not restore w0, v = 0 and an empty "
                            "buffer bit for bit (non-deterministic gradient?); use mode='trajectory'.")
