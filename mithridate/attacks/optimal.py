@@ -1,0 +1,387 @@
+"""Hyperparameter-aware optimal poisoning (paper 002, Algorithm 1) and its victim.
+
+The attacker maximises the validation loss of a logistic regression trained by
+T steps of gradient descent on a poisoned training set, while the defender's L2
+hyperparameter lam minimises it (the minimax problem (3)); with ``lam`` fixed it
+is the classic attack of Xiao et al. (lam = -8, a large value, or lam_CLEAN).
+
+Regulariser scale. The paper's Tables 2-3 (lam up to log(400) with inner steps
+of 0.08-0.1, lam = log(20) with steps of 0.2 on 33 points) only give stable
+gradient descent if the regulariser is divided by the training-set size, so
+every trainer here minimises
+
+    (1/n) [ sum_i l(z_i, y_i) + exp(lam)/2 ||w||^2 ],  intercept not penalised,
+
+i.e. the hypergradient engine (mean loss + exp(lam')/2 ||w||^2) runs with
+lam' = lam - log(n). Poisoning points *replace* training points, so n, and with
+it this shift, stays fixed during an attack.
+"""
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..hypergrad import hypergrad
+
+MODELS = ("logistic",)
+
+
+@dataclass
+class PoisoningResult:
+    """Outcome of :meth:`OptimalPoisoning.run`.
+
+    Xp, yp: the poisoning points (n_points, d), batch by batch; Xp_init: their
+    initial values (flipped-label validation clones); replaced: indices of the
+    training rows they replace (row ``replaced[i]`` holds ``Xp[i]``);
+    lam_batches: lam in force after 0, 1, ..., n_batches batches (entry 0 is lam
+    learned on the clean set, or the fixed lam); values: validation loss of the
+    inner model after each batch (entry 0: clean); history: per hyperiteration
+    arrays ``batch``, ``attempt``, ``iteration``, ``value`` (outer objective),
+    ``grad_norm`` (mean L2 norm of the per-point hypergradients; nan while lam
+    is learned on the clean set), ``grad_lam`` (nan for fixed lam) and ``lam``
+    (after the step); lam_shift: log(n), the offset to the engine's lam.
+    """
+    Xp: np.ndarray
+    yp: np.ndarray
+    Xp_init: np.ndarray
+    replaced: np.ndarray
+    lam_batches: np.ndarray
+    values: np.ndarray
+    history: dict
+    batch_size: int
+    lam_shift: float
+    X_train: np.ndarray = field(repr=False)
+    y_train: np.ndarray = field(repr=False)
+
+    @property
+    def lam(self):
+        """lam after the last batch."""
+        return float(self.lam_batches[-1])
+
+    def training_set(self, n_batches=None):
+        """(X, y): the training set with the first ``n_batches`` batches (all by
+        default) substituted for the rows they replace; n rows always."""
+        n_batches = len(self.lam_batches) - 1 if n_batches is None else n_batches
+        if not 0 <= n_batches < len(self.lam_batches):
+            raise ValueError(f"n_batches={n_batches} must lie in [0, {len(self.lam_batches) - 1}].")
+        k = n_batches * self.batch_size
+        X, y = self.X_train.copy(), self.y_train.copy()
+        X[self.replaced[:k]], y[self.replaced[:k]] = self.Xp[:k], self.yp[:k]
+        return X, y
+
+
+def _int(name, v, low):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name}={v!r} must be an integer >= {low}.")
+    return int(v)
+
+
+def _pos(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name}={v!r} must be a finite number > 0.")
+    return float(v)
+
+
+def _interval(name, v):
+    try:
+        lo, hi = (float(a) for a in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={v!r} must be a pair (lo, hi) of numbers.") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name}={v!r} must be finite.")
+    if lo >= hi:
+        raise ValueError(f"{name}=({lo:g}, {hi:g}) is reversed or empty; give (lo, hi) with lo < hi.")
+    return lo, hi
+
+
+def _data(name, data, dtype=None):
+    """(X, y) as C-contiguous float arrays with labels {0, 1}."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{name} must be a pair (X, y) of numpy arrays.")
+    X, y = data
+    if not isinstance(X, np.ndarray) or not isinstance(y, np.ndarray):
+        raise TypeError(f"{name} must be a pair (X, y) of numpy arrays.")
+    if X.dtype.name not in ("float32", "float64"):
+        raise TypeError(f"{name} X has dtype {X.dtype}; use float32 or float64.")
+    dtype = dtype or X.dtype
+    X = np.ascontiguousarray(X, dtype=dtype)
+    y = np.ascontiguousarray(y, dtype=dtype)
+    if X.ndim != 2 or y.shape != X.shape[:1] or X.shape[0] == 0:
+        raise ValueError(f"{name}: X must be (n, d) with n >= 1 and y (n,), got {X.shape} and {y.shape}.")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} X contains nan or inf; remove or impute those values first.")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"{name} y must hold labels in {{0, 1}}; map them with (y > 0).")
+    return X, y
+
+
+class OptimalPoisoning:
+    """Algorithm 1 of paper 002: projected hypergradient ascent on the poisoning
+    features and descent on lam, coordinate-wise, batch after batch.
+
+    Parameters (Table 2 names): ``lam`` "learned" (minimax, lam_RMD) or a fixed
+    number; ``n_points`` poisoning points optimised ``batch_size`` at a time,
+    cumulatively (a finished batch stays fixed); ``T`` inner gradient steps of
+    size ``eta`` (momentum ``gamma``) from zeros; ``T_outer`` hyperiterations
+    per batch (T_Dp / T_mul); ``T_lam`` hyperiterations learning lam on the
+    clean set first (lam="learned"); ``alpha``/``beta`` step sizes for Xp (the
+    hypergradient of each point is normalised to unit L2 norm) and lam;
+    ``box`` the feasible (lo, hi) of every feature; ``lam_range`` the feasible
+    lam; ``lam_init`` the warm start on the clean set (log 5); ``restarts``
+    extra attempts per batch from other validation clones and lam drawn in
+    [lam - 0.5, lam + 0.5] (footnote 8), the attempt with the largest final
+    validation loss kept; ``mode``/``backend`` go to
+    :func:`mithridate.hypergrad.hypergrad`. lam is on the regulariser scale
+    described in the module docstring.
+    """
+
+    def __init__(self, model="logistic", lam="learned", n_points=17, batch_size=17, T=150,
+                 T_outer=100, T_lam=50, alpha=0.99, beta=0.8, eta=0.1, box=(0.0, 1.0),
+                 lam_range=(-8.0, math.log(200)), lam_init=math.log(5), gamma=0.0,
+                 mode="trajectory", backend="numba", restarts=0, random_state=None,
+                 progress=False):
+        self.model, self.lam, self.n_points, self.batch_size = model, lam, n_points, batch_size
+        self.T, self.T_outer, self.T_lam = T, T_outer, T_lam
+        self.alpha, self.beta, self.eta, self.box = alpha, beta, eta, box
+        self.lam_range, self.lam_init, self.gamma = lam_range, lam_init, gamma
+        self.mode, self.backend, self.restarts = mode, backend, restarts
+        self.random_state, self.progress = random_state, progress
+
+    def _check(self, train, val):
+        if self.model not in MODELS:
+            raise ValueError(f"model={self.model!r} is not supported; use one of {list(MODELS)}.")
+        learned = isinstance(self.lam, str)
+        if learned and self.lam != "learned":
+            raise ValueError(f"lam={self.lam!r}: give 'learned' or a fixed number.")
+        if not learned and (isinstance(self.lam, bool) or not isinstance(
+                self.lam, (int, float, np.integer, np.floating)) or not math.isfinite(self.lam)):
+            raise ValueError(f"lam={self.lam!r} must be 'learned' or a finite number.")
+        n_points = _int("n_points", self.n_points, 0)
+        bs = _int("batch_size", self.batch_size, 1)
+        if n_points % bs:
+            raise ValueError(f"n_points={n_points} must be a multiple of batch_size={bs} "
+                             f"(batches are cumulative); e.g. n_points={bs * max(1, n_points // bs)}.")
+        for name in ("T", "T_outer"):
+            _int(name, getattr(self, name), 1)
+        _int("T_lam", self.T_lam, 0)
+        _int("restarts", self.restarts, 0)
+        for name in ("alpha", "beta", "eta"):
+            _pos(name, getattr(self, name))
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) \
+                or not 0 <= self.gamma < 1:
+            raise ValueError(f"gamma={self.gamma!r} must lie in [0, 1) (0: plain gradient descent).")
+        if self.mode == "forward":
+            raise ValueError("mode='forward' gives no gradient wrt the poisoning points; use "
+                             "'trajectory' (or another reverse mode).")
+        box = _interval("box", self.box)
+        lam_range = _interval("lam_range", self.lam_range)
+        if learned and not lam_range[0] <= self.lam_init <= lam_range[1]:
+            raise ValueError(f"lam_init={self.lam_init!r} must lie in lam_range={lam_range}.")
+        X, y = _data("train", train)
+        Xv, yv = _data("val", val, X.dtype)
+        if Xv.shape[1] != X.shape[1]:
+            raise ValueError(f"val has {Xv.shape[1]} features but train has {X.shape[1]}.")
+        if np.unique(yv).size < 2:
+            raise ValueError("val holds one class only; the validation set needs labels 0 and 1.")
+        if n_points >= X.shape[0]:
+            raise ValueError(f"n_points={n_points} must be < the {X.shape[0]} training rows "
+                             "(poisoning points replace training rows).")
+        if n_points > Xv.shape[0]:
+            raise ValueError(f"n_points={n_points} exceeds the {Xv.shape[0]} validation rows "
+                             "they are cloned from; lower n_points.")
+        if Xv.min() < box[0] or Xv.max() > box[1]:
+            raise ValueError(f"box={box} does not contain the validation points the poisoning "
+                             f"points are cloned from (range [{Xv.min():g}, {Xv.max():g}]); widen box.")
+        return learned, box, lam_range, X, y, Xv, yv
+
+    def run(self, train, val):
+        """Poison ``train`` = (X, y) against the validation set ``val`` = (X, y).
+
+        Labels {0, 1}; X float32 or float64 (the computation runs in X's dtype).
+        Returns a :class:`PoisoningResult`.
+        """
+        learned, box, lam_range, X, y, Xv, yv = self._check(train, val)
+        rng = np.random.default_rng(self.random_state)
+        n, d = X.shape
+        bs = self.batch_size
+        n_batches = self.n_points // bs
+        shift = math.log(n)
+        replaced = rng.permutation(n)[:self.n_points]
+        clones = rng.permutation(Xv.shape[0])[:self.n_points]
+        self._ctx = dict(Xv=Xv, yv=yv, shift=shift, box=box, lam_range=lam_range, learned=learned)
+        self._hist = {k: [] for k in ("batch", "attempt", "iteration", "value", "grad_norm",
+                                      "grad_lam", "lam")}
+        total = self.T_lam * learned + n_batches * self.T_outer * (self.restarts + 1)
+        from tqdm import tqdm
+        self._bar = tqdm(total=total, desc="optimal poisoning", unit="it",
+                         disable=not self.progress)
+        try:
+            lam = float(self.lam_init if learned else self.lam)
+            if learned and self.T_lam:
+                lam = self._learn_clean_lam(X, y, lam)
+            lams, values = [lam], [self._value(X, y, lam)]
+            Xcur, ycur = X.copy(), y.copy()
+            Xp_init = Xv[clones].copy()
+            for b in range(n_batches):
+                rows, src = replaced[b * bs:(b + 1) * bs], clones[b * bs:(b + 1) * bs]
+                keep = np.ones(n, bool)
+                keep[rows] = False
+                Xc, yc = np.ascontiguousarray(Xcur[keep]), np.ascontiguousarray(ycur[keep])
+                best = None
+                for attempt in range(self.restarts + 1):
+                    if attempt:  # footnote 8: other clones, lam jittered around its start
+                        src = rng.choice(Xv.shape[0], bs, replace=False)
+                        lam0 = float(np.clip(lam + rng.uniform(-0.5, 0.5), *lam_range)) \
+                            if learned else lam
+                    else:
+                        lam0 = lam
+                    out = self._batch(Xc, yc, Xv[src].copy(), 1 - yv[src], lam0, b + 1, attempt)
+                    if best is None or out[2] > best[2]:
+                        best = out + (src,)
+                Xp, lam, value, src = best
+                Xp_init[b * bs:(b + 1) * bs] = Xv[src]
+                Xcur[rows], ycur[rows] = Xp, 1 - yv[src]
+                lams.append(lam)
+                values.append(value)
+        finally:
+            self._bar.close()
+        history = {k: np.asarray(v) for k, v in self._hist.items()}
+        del self._ctx, self._hist, self._bar
+        return PoisoningResult(Xcur[replaced].copy(), ycur[replaced].copy(), Xp_init, replaced,
+                               np.asarray(lams), np.asarray(values), history, bs, shift, X, y)
+
+    def _hg(self, Xc, yc, Xp, yp, lam):
+        c = self._ctx
+        return hypergrad(Xc, yc, Xp, yp, c["Xv"], c["yv"], lam=lam - c["shift"], T=self.T,
+                         alpha=self.eta, gamma=self.gamma, mode=self.mode, backend=self.backend)
+
+    def _lam_step(self, lam, grad_lam):
+        return float(np.clip(lam - self.beta * grad_lam, *self._ctx["lam_range"]))
+
+    def _record(self, batch, attempt, it, value, grad_norm, grad_lam, lam):
+        for k, v in zip(self._hist, (batch, attempt, it, value, grad_norm, grad_lam, lam)):
+            self._hist[k].append(v)
+        self._bar.update()
+
+    def _split_last(self, X, y):
+        # The engine wants at least one 'poisoning' row; on the clean set the last
+        # training row plays it (the training set is unchanged).
+        return X[:-1], y[:-1], X[-1:], y[-1:]
+
+    def _learn_clean_lam(self, X, y, lam):
+        """T_lam steps of projected hypergradient descent on lam, clean training set."""
+        parts = self._split_last(X, y)
+        for it in range(self.T_lam):
+            hg = self._hg(*parts, lam)
+            lam = self._lam_step(lam, hg.grad_lam)
+            self._record(0, 0, it, hg.value, np.nan, hg.grad_lam, lam)
+        return lam
+
+    def _value(self, X, y, lam):
+        return float(self._hg(*self._split_last(X, y), lam).value)
+
+    def _batch(self, Xc, yc, Xp, yp, lam, batch, attempt):
+        """T_outer coordinate-wise steps on one batch: ascent on Xp, then descent on lam."""
+        lo, hi = self._ctx["box"]
+        for it in range(self.T_outer):
+            hg = self._hg(Xc, yc, Xp, yp, lam)
+            g = hg.grad_Xp
+            norms = np.linalg.norm(g, axis=1, keepdims=True)
+            Xp = np.clip(Xp + self.alpha * g / np.maximum(norms, np.finfo(g.dtype).tiny), lo, hi)
+            Xp = Xp.astype(Xc.dtype, copy=False)
+            grad_lam = np.nan
+            if self._ctx["learned"]:  # Algorithm 1, line 9: at the updated points
+                grad_lam = self._hg(Xc, yc, Xp, yp, lam).grad_lam
+                lam = self._lam_step(lam, grad_lam)
+            self._record(batch, attempt, it, hg.value, float(norms.mean()), grad_lam, lam)
+        return Xp, lam, float(self._hg(Xc, yc, Xp, yp, lam).value)
+
+
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def train_sgd(X, y, lam, *, lr=0.01, batch_size=64, epochs=200, random_state=None):
+    """The victim of Table 3: mini-batch SGD from zeros on the logistic loss with
+    the regulariser (1/n) exp(lam)/2 ||w||^2 (n = len(X); see the module
+    docstring). Each epoch visits the rows in a fresh random order. Returns
+    theta = [w; b] in float64."""
+    X, y = _data("train", (X, y), np.float64)
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(lam):
+        raise ValueError(f"lam={lam!r} must be a finite number.")
+    lr = _pos("lr", lr)
+    batch_size, epochs = _int("batch_size", batch_size, 1), _int("epochs", epochs, 1)
+    n, d = X.shape
+    reg = math.exp(lam) / n
+    rng = np.random.default_rng(random_state)
+    w, b = np.zeros(d), 0.0
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            r = _sigmoid(X[idx] @ w + b) - y[idx]
+            w -= lr * (X[idx].T @ r / len(idx) + reg * w)
+            b -= lr * r.mean()
+    return np.append(w, b)
+
+
+def evaluate(theta, X, y):
+    """Test metrics of theta = [w; b] on (X, y): error, false positive rate
+    (negatives called 1), false negative rate, and ||w||^2."""
+    theta = np.asarray(theta, dtype=np.float64)
+    X, y = _data("test", (X, y), np.float64)
+    if theta.shape != (X.shape[1] + 1,):
+        raise ValueError(f"theta has shape {theta.shape}, expected ({X.shape[1] + 1},) = [w; b].")
+    pred = (X @ theta[:-1] + theta[-1]) > 0
+    pos = y > 0.5
+    return {"error": float(np.mean(pred != pos)),
+            "fpr": float(np.mean(pred[~pos])) if (~pos).any() else float("nan"),
+            "fnr": float(np.mean(~pred[pos])) if pos.any() else float("nan"),
+            "w_norm2": float(theta[:-1] @ theta[:-1])}
+
+
+def train_gd(X, y, lams, *, T, eta, gamma=0.0):
+    """T steps of full-batch (heavy-ball) gradient descent from zeros, the attack's
+    inner trainer, for every lam in ``lams`` at once (one matrix product per
+    step). Returns thetas (len(lams), d + 1) float64."""
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n, d = X.shape
+    reg = np.exp(np.asarray(lams, dtype=np.float64)) / n
+    W, b = np.zeros((len(reg), d)), np.zeros(len(reg))
+    vW, vb = np.zeros_like(W), np.zeros_like(b)
+    for _ in range(T):
+        r = _sigmoid(W @ X.T + b[:, None]) - y
+        gW, gb = r @ X / n + reg[:, None] * W, r.mean(1)
+        vW, vb = gamma * vW - (1 - gamma) * gW, gamma * vb - (1 - gamma) * gb
+        W, b = W + eta * vW, b + eta * vb
+    return np.hstack([W, b[:, None]])
+
+
+def lam_clean(X, y, *, grid=None, n_splits=5, T=150, eta=0.1, gamma=0.0, random_state=None):
+    """lam_CLEAN: the lam of ``grid`` (default -8, -7.5, ..., 1: Appendix D.3's
+    range) with the lowest mean held-out error over ``n_splits``-fold cross-
+    validation (sklearn KFold, shuffled with ``random_state``) on the clean set,
+    ties broken by the held-out logistic loss. Each fold is trained with the
+    attack's inner trainer (``train_gd``: T full-batch steps of size eta), all
+    lams at once. Returns (lam, table) with table[i] = (lam, error, loss)."""
+    from sklearn.model_selection import KFold
+    X, y = _data("X, y", (X, y), np.float64)
+    grid = np.arange(-8.0, 1.01, 0.5) if grid is None else np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all():
+        raise ValueError("grid must be a non-empty 1-D array of finite lam values.")
+    n_splits = _int("n_splits", n_splits, 2)
+    if n_splits > X.shape[0]:
+        raise ValueError(f"n_splits={n_splits} exceeds the {X.shape[0]} rows.")
+    _int("T", T, 1)
+    _pos("eta", eta)
+    err, loss = np.zeros(grid.size), np.zeros(grid.size)
+    for tr, te in KFold(n_splits, shuffle=True, random_state=random_state).split(X):
+        th = train_gd(X[tr], y[tr], grid, T=T, eta=eta, gamma=gamma)
+        z = X[te] @ th[:, :-1].T + th[:, -1]
+        err += np.mean((z > 0) != (y[te, None] > 0.5), axis=0) / n_splits
+        loss += np.mean(np.logaddexp(0, z) - y[te, None] * z, axis=0) / n_splits
+    best = np.lexsort((loss, err))[0]
+    return float(grid[best]), np.column_stack([grid, err, loss])
