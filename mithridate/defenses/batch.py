@@ -5,7 +5,7 @@
 ``estimator``  a WassersteinRobustRegressor or WassersteinRobustClassifier; only its
                parameters are read (it is not fitted): they are the defaults of every problem.
 ``X, y``       one training set, X (n, d) and y (n,); or S sets of one size, X (S, n, d) and
-               y (S, n); or S sets as two lists of arrays (row counts may differ, d may not).
+               y (S, n); or S sets as two lists of arrays (shapes may differ).
 ``params``     None (the estimator's own setting); a dict {name: list of values}, the
                Cartesian grid in ``sklearn.model_selection.ParameterGrid`` order; or a list
                of dicts, the settings themselves. Names are estimator parameters (rho, c1, c2,
@@ -23,7 +23,7 @@ Speed: the convex problems with norm p in {1, 2, inf} (every regulariser except 
 nonconvex tight squared/logistic forms) are solved together by one interior-point run
 (``barrier.solve``, the solver ``fit`` uses for them): per Newton step one pass over each
 training set for all its settings (G parameter vectors, one matrix-matrix product) and
-one batched (p + m)-sized linear solve. Problems with equal row counts share a run. The
+one batched (p + m)-sized linear solve. Training sets of one shape share a run. The
 rest are fitted one by one by ``fit``'s SLSQP.
 """
 import warnings
@@ -130,25 +130,27 @@ def fit_batch(estimator, X, y, params=None):
 
 def _fit_all(models, sets):
     """Fit models[s][g] on sets[s]: the barrier forms together, the rest one by one."""
-    groups, design = {}, {}
+    checked = []  # every parameter and training set is validated before any solve
     for s, (row, (X, y)) in enumerate(zip(models, sets)):
-        for g, m in enumerate(row):
+        for m in row:
             m._check_params()
             Xv, yv = m._validate(X, y)
-            form = m._form(Xv, yv)
-            if form is None:
-                m._fit(Xv, yv)
-                continue
-            fi = bool(m.fit_intercept)
-            if (s, fi) not in design:
-                design[s, fi] = (np.hstack([Xv, np.ones((len(yv), 1))]) if fi else Xv, yv)
-            key = (form["kind"], form["q"], tuple(form["sel"]), fi, m.tol, m.max_iter)
-            groups.setdefault(key, {}).setdefault(s, []).append((m, form))
+            checked.append((s, m, Xv, yv, m._form(Xv, yv)))
+    groups, design = {}, {}
+    for s, m, Xv, yv, form in checked:
+        if form is None:
+            m._fit(Xv, yv)
+            continue
+        fi = bool(m.fit_intercept)
+        if (s, fi) not in design:
+            design[s, fi] = (np.hstack([Xv, np.ones((len(yv), 1))]) if fi else Xv, yv)
+        key = (form["kind"], form["q"], tuple(form["sel"]), fi, m.tol, m.max_iter)
+        groups.setdefault(key, {}).setdefault(s, []).append((m, form))
     for (kind, q, sel, fi, tol, max_iter), by_set in groups.items():
-        # one solve per block of sets with the same row count and number of problems
+        # one solve per block of sets with the same shape and number of problems
         blocks = {}
         for s, probs in by_set.items():
-            blocks.setdefault((len(design[s, fi][1]), len(probs)), []).append(s)
+            blocks.setdefault((design[s, fi][0].shape, len(probs)), []).append(s)
         for block in blocks.values():
             Xa = np.stack([design[s, fi][0] for s in block])
             y = np.stack([design[s, fi][1] for s in block])
