@@ -13,8 +13,9 @@ every trainer here minimises
     (1/n) [ sum_i l(z_i, y_i) + exp(lam)/2 ||w||^2 ],  intercept not penalised,
 
 i.e. the hypergradient engine (mean loss + exp(lam')/2 ||w||^2) runs with
-lam' = lam - log(n). Poisoning points *replace* training points, so n, and with
-it this shift, stays fixed during an attack.
+lam' = lam - log(n), n the rows trained on. Poisoning points *replace* training
+points (Algorithm 1), so n stays fixed during an attack; ``replace=False``
+appends them instead (the 2-D example of Figure 1).
 """
 import math
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ class PoisoningResult:
     arrays ``batch``, ``attempt``, ``iteration``, ``value`` (outer objective),
     ``grad_norm`` (mean L2 norm of the per-point hypergradients; nan while lam
     is learned on the clean set), ``grad_lam`` (nan for fixed lam) and ``lam``
-    (after the step); lam_shift: log(n), the offset to the engine's lam.
+    (after the step); replace: whether the points replace training rows
+    (``replaced`` then indexes them) or are appended.
     """
     Xp: np.ndarray
     yp: np.ndarray
@@ -49,7 +51,7 @@ class PoisoningResult:
     values: np.ndarray
     history: dict
     batch_size: int
-    lam_shift: float
+    replace: bool
     X_train: np.ndarray = field(repr=False)
     y_train: np.ndarray = field(repr=False)
 
@@ -60,11 +62,14 @@ class PoisoningResult:
 
     def training_set(self, n_batches=None):
         """(X, y): the training set with the first ``n_batches`` batches (all by
-        default) substituted for the rows they replace; n rows always."""
+        default) substituted for the rows they replace (or appended)."""
         n_batches = len(self.lam_batches) - 1 if n_batches is None else n_batches
         if not 0 <= n_batches < len(self.lam_batches):
             raise ValueError(f"n_batches={n_batches} must lie in [0, {len(self.lam_batches) - 1}].")
         k = n_batches * self.batch_size
+        if not self.replace:
+            return np.concatenate([self.X_train, self.Xp[:k]]), np.concatenate(
+                [self.y_train, self.yp[:k]])
         X, y = self.X_train.copy(), self.y_train.copy()
         X[self.replaced[:k]], y[self.replaced[:k]] = self.Xp[:k], self.yp[:k]
         return X, y
@@ -131,7 +136,9 @@ class OptimalPoisoning:
     lam; ``lam_init`` the warm start on the clean set (log 5); ``restarts``
     extra attempts per batch from other validation clones and lam drawn in
     [lam - 0.5, lam + 0.5] (footnote 8), the attempt with the largest final
-    validation loss kept; ``mode``/``backend`` go to
+    validation loss kept; ``replace`` False appends the points to the training
+    set instead of replacing rows; ``clone_class`` (0 or 1) clones only
+    validation points of that class (Figure 1); ``mode``/``backend`` go to
     :func:`mithridate.hypergrad.hypergrad`. lam is on the regulariser scale
     described in the module docstring.
     """
@@ -139,13 +146,14 @@ class OptimalPoisoning:
     def __init__(self, model="logistic", lam="learned", n_points=17, batch_size=17, T=150,
                  T_outer=100, T_lam=50, alpha=0.99, beta=0.8, eta=0.1, box=(0.0, 1.0),
                  lam_range=(-8.0, math.log(200)), lam_init=math.log(5), gamma=0.0,
-                 mode="trajectory", backend="numba", restarts=0, random_state=None,
-                 progress=False):
+                 mode="trajectory", backend="numba", restarts=0, replace=True,
+                 clone_class=None, random_state=None, progress=False):
         self.model, self.lam, self.n_points, self.batch_size = model, lam, n_points, batch_size
         self.T, self.T_outer, self.T_lam = T, T_outer, T_lam
         self.alpha, self.beta, self.eta, self.box = alpha, beta, eta, box
         self.lam_range, self.lam_init, self.gamma = lam_range, lam_init, gamma
-        self.mode, self.backend, self.restarts = mode, backend, restarts
+        self.mode, self.backend, self.restarts, self.replace = mode, backend, restarts, replace
+        self.clone_class = clone_class
         self.random_state, self.progress = random_state, progress
 
     def _check(self, train, val):
@@ -166,6 +174,8 @@ class OptimalPoisoning:
             _int(name, getattr(self, name), 1)
         _int("T_lam", self.T_lam, 0)
         _int("restarts", self.restarts, 0)
+        if not isinstance(self.replace, (bool, np.bool_)):
+            raise TypeError(f"replace={self.replace!r} must be True (replace training rows) or False (append).")
         for name in ("alpha", "beta", "eta"):
             _pos(name, getattr(self, name))
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) \
@@ -184,11 +194,14 @@ class OptimalPoisoning:
             raise ValueError(f"val has {Xv.shape[1]} features but train has {X.shape[1]}.")
         if np.unique(yv).size < 2:
             raise ValueError("val holds one class only; the validation set needs labels 0 and 1.")
-        if n_points >= X.shape[0]:
+        if self.replace and n_points >= X.shape[0]:
             raise ValueError(f"n_points={n_points} must be < the {X.shape[0]} training rows "
                              "(poisoning points replace training rows).")
-        if n_points > Xv.shape[0]:
-            raise ValueError(f"n_points={n_points} exceeds the {Xv.shape[0]} validation rows "
+        if self.clone_class not in (None, 0, 1):
+            raise ValueError(f"clone_class={self.clone_class!r} must be None (any), 0 or 1.")
+        pool = Xv.shape[0] if self.clone_class is None else int(np.sum(yv == self.clone_class))
+        if n_points > pool:
+            raise ValueError(f"n_points={n_points} exceeds the {pool} validation rows "
                              "they are cloned from; lower n_points.")
         if Xv.min() < box[0] or Xv.max() > box[1]:
             raise ValueError(f"box={box} does not contain the validation points the poisoning "
@@ -206,10 +219,11 @@ class OptimalPoisoning:
         n, d = X.shape
         bs = self.batch_size
         n_batches = self.n_points // bs
-        shift = math.log(n)
         replaced = rng.permutation(n)[:self.n_points]
-        clones = rng.permutation(Xv.shape[0])[:self.n_points]
-        self._ctx = dict(Xv=Xv, yv=yv, shift=shift, box=box, lam_range=lam_range, learned=learned)
+        pool = np.arange(Xv.shape[0]) if self.clone_class is None else \
+            np.flatnonzero(yv == self.clone_class)
+        clones = rng.permutation(pool)[:self.n_points]
+        self._ctx = dict(Xv=Xv, yv=yv, box=box, lam_range=lam_range, learned=learned)
         self._hist = {k: [] for k in ("batch", "attempt", "iteration", "value", "grad_norm",
                                       "grad_lam", "lam")}
         total = self.T_lam * learned + n_batches * self.T_outer * (self.restarts + 1)
@@ -225,13 +239,16 @@ class OptimalPoisoning:
             Xp_init = Xv[clones].copy()
             for b in range(n_batches):
                 rows, src = replaced[b * bs:(b + 1) * bs], clones[b * bs:(b + 1) * bs]
-                keep = np.ones(n, bool)
-                keep[rows] = False
-                Xc, yc = np.ascontiguousarray(Xcur[keep]), np.ascontiguousarray(ycur[keep])
+                if self.replace:
+                    keep = np.ones(n, bool)
+                    keep[rows] = False
+                    Xc, yc = np.ascontiguousarray(Xcur[keep]), np.ascontiguousarray(ycur[keep])
+                else:
+                    Xc, yc = Xcur, ycur
                 best = None
                 for attempt in range(self.restarts + 1):
                     if attempt:  # footnote 8: other clones, lam jittered around its start
-                        src = rng.choice(Xv.shape[0], bs, replace=False)
+                        src = rng.choice(pool, bs, replace=False)
                         lam0 = float(np.clip(lam + rng.uniform(-0.5, 0.5), *lam_range)) \
                             if learned else lam
                     else:
@@ -241,7 +258,11 @@ class OptimalPoisoning:
                         best = out + (src,)
                 Xp, lam, value, src = best
                 Xp_init[b * bs:(b + 1) * bs] = Xv[src]
-                Xcur[rows], ycur[rows] = Xp, 1 - yv[src]
+                if self.replace:
+                    Xcur[rows], ycur[rows] = Xp, 1 - yv[src]
+                else:
+                    Xcur, ycur = np.concatenate([Xcur, Xp]), np.concatenate([ycur, 1 - yv[src]])
+                    replaced[b * bs:(b + 1) * bs] = np.arange(Xcur.shape[0] - bs, Xcur.shape[0])
                 lams.append(lam)
                 values.append(value)
         finally:
@@ -249,11 +270,13 @@ class OptimalPoisoning:
         history = {k: np.asarray(v) for k, v in self._hist.items()}
         del self._ctx, self._hist, self._bar
         return PoisoningResult(Xcur[replaced].copy(), ycur[replaced].copy(), Xp_init, replaced,
-                               np.asarray(lams), np.asarray(values), history, bs, shift, X, y)
+                               np.asarray(lams), np.asarray(values), history, bs,
+                               bool(self.replace), X, y)
 
     def _hg(self, Xc, yc, Xp, yp, lam):
         c = self._ctx
-        return hypergrad(Xc, yc, Xp, yp, c["Xv"], c["yv"], lam=lam - c["shift"], T=self.T,
+        n = Xc.shape[0] + Xp.shape[0]  # the regulariser is divided by n (module docstring)
+        return hypergrad(Xc, yc, Xp, yp, c["Xv"], c["yv"], lam=lam - math.log(n), T=self.T,
                          alpha=self.eta, gamma=self.gamma, mode=self.mode, backend=self.backend)
 
     def _lam_step(self, lam, grad_lam):

@@ -1,0 +1,137 @@
+"""PNGs of the paper-002 figures (matplotlib, Agg) and the claim lines of their summaries."""
+from pathlib import Path
+
+import numpy as np
+
+from .plots import plot_metric_vs_fraction
+
+LABELS = {"-8": "lam = -8", "large": "lam large", "clean": "lam_CLEAN", "rmd": "lam_RMD"}
+
+
+def claim(holds, text):
+    """One summary line: whether a claim of the paper holds in this run, and why."""
+    return f"- {'HOLDS' if holds else 'DOES NOT HOLD'}: {text}."
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def plot_fig1(df, out):
+    """Three panels: error maps (plain, L2) with boundaries and the point; lam map."""
+    from ..datasets import gaussian_2d_paper002
+    plt = _plt()
+    out = Path(out)
+    r = {p: df[df["panel"] == p].iloc[0] for p in ("plain", "l2", "lam")}
+    box, grid = float(r["plain"]["box"]), int(r["plain"]["grid"])
+    tr, _ = gaussian_2d_paper002(int(r["plain"]["seed"]))
+    ext = (-box, box, -box, box)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.3))
+    xs = np.linspace(-box, box, 2)
+    for ax, p in zip(axes, ("plain", "l2", "lam")):
+        m = np.asarray(r[p]["map"]).reshape(grid, grid)
+        im = ax.imshow(m, origin="lower", extent=ext, cmap="viridis", aspect="auto")
+        fig.colorbar(im, ax=ax, label="learned lam" if p == "lam" else "validation error")
+        ax.scatter(*tr.X[tr.y == 0].T, c="tab:blue", s=14, edgecolor="w", linewidth=0.4)
+        ax.scatter(*tr.X[tr.y == 1].T, c="tab:green", s=14, edgecolor="w", linewidth=0.4)
+        ax.add_patch(plt.Rectangle((-box, -box), 2 * box, 2 * box, fill=False, ls="-.", ec="grey"))
+        if p != "lam":
+            for key, style in (("theta_clean", dict(color="w", ls="--")),
+                               ("theta_poisoned", dict(color="r", ls="-"))):
+                w1, w2, b = r[p][key]
+                if abs(w2) > 1e-12:
+                    ax.plot(xs, -(w1 * xs + b) / w2, **style)
+            ax.scatter(*r[p]["xp"], c="r", s=60, marker="o", edgecolor="k")
+            ax.set_title(f"{'no regularisation' if p == 'plain' else 'L2'} (lam = {r[p]['lam']:.3g})")
+        else:
+            ax.set_title("lam minimising the validation error")
+        ax.set_xlim(-box, box)
+        ax.set_ylim(-box, box)
+    return [_save(fig, out / "paper002_fig1.png")]
+
+
+def plot_fig2(df, out):
+    """Figure 2 (test error; lam and ||w||^2), 4 (rates), 6 (histograms), 8/9 (images)."""
+    out = Path(out)
+    tag = df["dataset"].iloc[0]
+    d = df.assign(lam_setting=df["setting"].map(LABELS))
+    paths = [plot_metric_vs_fraction(d.rename(columns={"test_error": "test error"}), "test error",
+                                     out / f"{tag}_fig2_test_error.png", x="fraction",
+                                     hue="lam_setting", title=f"{tag}: optimal poisoning")]
+    rates = d.melt(id_vars=["lam_setting", "fraction", "seed"], value_vars=["fpr", "fnr"],
+                   var_name="rate", value_name="test rate")
+    paths.append(plot_metric_vs_fraction(rates, "test rate", out / f"{tag}_fig4_rates.png",
+                                         x="fraction", hue="lam_setting", col="rate",
+                                         title=f"{tag}: false positive / negative rates"))
+    plt = _plt()
+    rmd = d[d["setting"] == "rmd"]
+    if not rmd.empty:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for ax, col, name in zip(axes, ("lam", "w_norm2"), ("learned lam", "||w||^2")):
+            s = rmd.groupby("fraction")[col].agg(["mean", "std"]).fillna(0.0)
+            ax.plot(s.index, s["mean"], marker="o")
+            ax.fill_between(s.index, s["mean"] - s["std"], s["mean"] + s["std"], alpha=0.2)
+            ax.set_xlabel("poisoning fraction")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{tag}: lam_RMD, mean ± 1 std over {rmd['seed'].nunique()} seeds", fontsize=10)
+        paths.append(_save(fig, out / f"{tag}_fig2_lam_wnorm.png"))
+    if "weights" in d:
+        paths += _histograms(d, out / f"{tag}_fig6_histograms.png", tag)
+    if "images_init" in d:
+        paths += _images(d, out / f"{tag}_fig8_9_points.png", tag)
+    return paths
+
+
+def _histograms(d, path, tag):
+    plt = _plt()
+    rows = d[d["weights"].apply(lambda v: isinstance(v, list))]
+    settings = [s for s in ("-8", "rmd") if s in set(rows["setting"])]
+    if not settings:
+        return []
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.8 * len(settings), 3.4), squeeze=False)
+    for ax, s in zip(axes[0], settings):
+        sub = rows[rows["setting"] == s].sort_values("n_points")
+        ws = [np.asarray(w) for w in sub["weights"]]
+        bins = np.linspace(min(w.min() for w in ws), max(w.max() for w in ws), 60)
+        for w, n, f in zip(ws, sub["n_points"], sub["fraction"]):
+            ax.hist(w, bins=bins, weights=np.full(w.size, 1 / w.size), alpha=0.6,
+                    label="clean" if n == 0 else f"{100 * f:.1f}% poisoned")
+        ax.set_title(f"{LABELS[s]} (seed {int(sub['seed'].iloc[0])})")
+        ax.set_xlabel("weight value")
+        ax.set_ylabel("relative frequency")
+        ax.legend()
+    fig.suptitle(f"{tag}: histograms of the logistic-regression weights", fontsize=10)
+    return [_save(fig, path)]
+
+
+def _images(d, path, tag):
+    plt = _plt()
+    rows = d[d["images_init"].apply(lambda v: isinstance(v, list))].set_index("setting")
+    settings = [s for s in ("-8", "rmd") if s in rows.index]
+    if not settings:
+        return []
+    side = 28  # MNIST and Fashion-MNIST images
+    panels = [("initial", rows["images_init"].iloc[0])] + [
+        (f"optimised, {LABELS[s]}", rows.loc[s, "images_opt"]) for s in settings]
+    k = len(panels[0][1]) // (side * side)
+    fig, axes = plt.subplots(len(panels), k, figsize=(1.4 * k, 1.5 * len(panels)), squeeze=False)
+    for r, (name, px) in enumerate(panels):
+        imgs = np.asarray(px).reshape(k, side, side)
+        for c in range(k):
+            axes[r, c].imshow(imgs[c], cmap="gray", vmin=0, vmax=255)
+            axes[r, c].axis("off")
+        axes[r, 0].set_title(name, fontsize=8, loc="left")
+    fig.suptitle(f"{tag}: poisoning points (sampled across batches)", fontsize=10)
+    return [_save(fig, path)]
