@@ -19,8 +19,8 @@ the clean training set over [-8, 1], inner GD trainer) and lam_RMD (learned,
 warm start log 5, T_lam = 50 steps on the clean set first). The victim is
 trained by mini-batch SGD (batch 64, step 0.01, 200 epochs) with the lam in
 force; rows hold test error, false positive/negative rates, ||w||^2, lam.
-Extra PNGs: Figure 4 (rates), Figure 6 (weight histograms, first seed), Figures
-8/9 (poisoning points as images, first seed). lam is on the scale of
+Extra PNGs: Figure 4 (rates), Figure 6 (weight histograms) and Figures 8/9
+(poisoning points as images) of the repetition ``figure_seed``. lam is on the scale of
 :mod:`mithridate.attacks.optimal` (regulariser divided by n). The attack runs
 in float32.
 """
@@ -77,14 +77,14 @@ def _pixels(X):
     return np.rint(np.clip(X, 0, 1) * 255).astype(int).ravel().tolist()
 
 
-@experiment("paper002-fig2", batch_keys=("seed", "n_points"))
+@experiment("paper002-fig2", batch_keys=("n_points",))
 def fig2(configs):
     """One cumulative attack per seed (up to the largest n_points asked), evaluated
-    after each batch; one metrics row per config."""
+    after each batch; one metrics row per config. A call gets one (setting, seed),
+    so worker processes balance and a killed run resumes per attack."""
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
     out = {}
-    first_seed = min(c["seed"] for c in configs)
     seeds = sorted({c["seed"] for c in configs})
     with threadpool_limits(1, user_api="blas"):  # BLAS threads fight numba's on few cores
         for seed in tqdm(seeds, desc=f"{configs[0]['dataset']} lam={configs[0]['setting']}",
@@ -111,9 +111,9 @@ def fig2(configs):
                        "fpr": m["fpr"], "fnr": m["fnr"], "w_norm2": m["w_norm2"],
                        "lam": float(res.lam_batches[j]), "val_loss": float(res.values[j]),
                        "attack_seconds": seconds}
-                if seed == first_seed and c["n_points"] in (0, top):  # Figure 6 histograms
+                if seed == c["figure_seed"] and c["n_points"] in (0, top):  # Figure 6 histograms
                     row["weights"] = np.round(theta[:-1], 5).tolist()
-                if seed == first_seed and c["n_points"] == top and top:  # Figures 8-9
+                if seed == c["figure_seed"] and c["n_points"] == top and top:  # Figures 8-9
                     pick = np.linspace(0, top - 1, min(IMAGES, top)).astype(int)
                     row["images_init"] = _pixels(res.Xp_init[pick])
                     row["images_opt"] = _pixels(res.Xp[pick])
@@ -122,7 +122,7 @@ def fig2(configs):
 
 
 def _fig2_spec(dataset, quick):
-    t = dict(TABLES[dataset], batch_size=17, n_train=512, n_val=171)
+    t = dict(TABLES[dataset], batch_size=17, n_train=512, n_val=171, figure_seed=0)
     points = [0, 17, 34, 51, 68, 85]
     seeds = list(range(10))
     if quick:
