@@ -338,6 +338,9 @@ def train_sgd(X, y, lam, *, lr=0.01, batch_size=64, epochs=200, random_state=Non
     batch_size, epochs = _int("batch_size", batch_size, 1), _int("epochs", epochs, 1)
     n, d = X.shape
     reg = math.exp(lam) / n
+    if lr * reg >= 2:
+        raise ValueError(f"lr * exp(lam) / n = {lr * reg:.3g} >= 2: the regulariser's SGD steps "
+                         "diverge; lower lr or lam.")
     rng = np.random.default_rng(random_state)
     w, b = np.zeros(d), 0.0
     for _ in range(epochs):

@@ -1,0 +1,181 @@
+"""OptimalPoisoning (paper 002, Algorithm 1), its victim trainer and lam_CLEAN."""
+import math
+
+import numpy as np
+import pytest
+
+from mithridate.attacks import (OptimalPoisoning, evaluate, lam_clean, train_gd, train_sgd)
+
+
+def _data(seed=0, n=40, nv=30, d=4):
+    rng = np.random.default_rng(seed)
+
+    def draw(m):
+        y = np.arange(m) % 2
+        X = rng.normal(size=(m, d)) * 0.15 + 0.5 + 0.2 * (2 * y[:, None] - 1)
+        return np.clip(X, 0, 1), y.astype(float)
+    return draw(n), draw(nv)
+
+
+SMALL = dict(n_points=4, batch_size=2, T=30, T_outer=8, T_lam=3, alpha=0.3, beta=0.5, eta=0.5,
+             box=(0.0, 1.0), lam_range=(-8.0, 6.0))
+
+
+def _val_loss(theta, X, y):
+    z = X @ theta[:-1] + theta[-1]
+    return float(np.mean(np.logaddexp(0, z) - y * z))
+
+
+def test_attack_raises_validation_loss_of_inner_model():
+    train, val = _data()
+    res = OptimalPoisoning(lam=-8.0, random_state=0, **SMALL).run(train, val)
+    # Independent of the engine: retrain with the numpy inner trainer on each set.
+    n = len(train[1])
+    clean = train_gd(*train, [-8.0], T=30, eta=0.5)[0]
+    pois = train_gd(*res.training_set(), [-8.0], T=30, eta=0.5)[0]
+    assert _val_loss(pois, *val) > _val_loss(clean, *val) + 0.05
+    assert res.values[-1] > res.values[0]
+    assert np.isclose(res.values[0], _val_loss(clean, *val), rtol=1e-6)
+    X, y = res.training_set()
+    assert X.shape == (n, 4)  # replaced, not appended
+    # Clones of validation points with flipped labels moved away from their start.
+    assert np.abs(res.Xp - res.Xp_init).max() > 0.1
+    assert set(np.unique(res.yp)) <= {0.0, 1.0}
+
+
+def test_lam_step_follows_the_hypergradient_sign():
+    train, val = _data(1)
+    res = OptimalPoisoning(lam="learned", **{**SMALL, "T_lam": 2, "T_outer": 2},
+                           lam_init=1.0, random_state=0).run(train, val)
+    h = res.history
+    lam_before = np.concatenate([[1.0], h["lam"][:-1]])
+    step = h["lam"] - lam_before
+    assert np.all(np.isfinite(h["grad_lam"]))
+    # descent: the step is -beta * grad_lam (nothing clipped in this range)
+    np.testing.assert_allclose(step, -SMALL["beta"] * h["grad_lam"], rtol=1e-9, atol=1e-12)
+    assert np.all(np.sign(step[h["grad_lam"] != 0]) == -np.sign(h["grad_lam"][h["grad_lam"] != 0]))
+    # lam in force: after the clean-set steps, then after each batch's last step (warm start)
+    assert res.lam_batches[0] == h["lam"][h["batch"] == 0][-1]
+    for b in (1, 2):
+        assert res.lam_batches[b] == h["lam"][h["batch"] == b][-1]
+    assert h["lam"][h["batch"] == 1][0] == res.lam_batches[0] - SMALL["beta"] * h["grad_lam"][h["batch"] == 1][0]
+
+
+def test_projections_hold():
+    train, val = _data(2)
+    box = (0.2, 0.8)
+    tr = (np.clip(train[0], *box), train[1])
+    va = (np.clip(val[0], *box), val[1])
+    res = OptimalPoisoning(lam="learned", **{**SMALL, "alpha": 5.0, "beta": 1e4, "box": box,
+                                            "lam_range": (0.5, 0.7)},
+                           lam_init=0.6, random_state=0).run(tr, va)
+    assert res.Xp.min() >= box[0] and res.Xp.max() <= box[1]
+    assert np.isin(res.Xp, box).mean() > 0.5  # a step of 5 lands on the faces
+    assert np.all((res.history["lam"] >= 0.5) & (res.history["lam"] <= 0.7))
+    assert set(np.round(res.history["lam"], 12)) <= {0.5, 0.7}
+
+
+def test_cumulative_batches_keep_earlier_batches_fixed():
+    train, val = _data(3)
+    one = OptimalPoisoning(lam=-2.0, **{**SMALL, "n_points": 2}, random_state=5).run(train, val)
+    two = OptimalPoisoning(lam=-2.0, **SMALL, random_state=5).run(train, val)
+    np.testing.assert_array_equal(two.Xp[:2], one.Xp)
+    np.testing.assert_array_equal(two.replaced[:2], one.replaced)
+    assert not np.array_equal(two.Xp[2:], two.Xp_init[2:])
+    X1, _ = two.training_set(1)
+    np.testing.assert_array_equal(X1[two.replaced[:2]], one.Xp)
+    np.testing.assert_array_equal(X1[two.replaced[2:]], train[0][two.replaced[2:]])
+    assert len(two.lam_batches) == 3 and len(two.values) == 3
+
+
+def test_restarts_keep_the_best_attempt():
+    train, val = _data(4)
+    kw = dict(lam="learned", **{**SMALL, "n_points": 2}, random_state=1)
+    base = OptimalPoisoning(restarts=0, **kw).run(train, val)
+    more = OptimalPoisoning(restarts=2, **kw).run(train, val)
+    att = more.history["attempt"][more.history["batch"] == 1]
+    assert sorted(set(att)) == [0, 1, 2]
+    assert more.values[1] >= base.values[1] - 1e-12  # attempt 0 is the base run
+
+
+def test_deterministic_with_random_state():
+    train, val = _data(5)
+    a = OptimalPoisoning(lam="learned", **SMALL, random_state=7).run(train, val)
+    b = OptimalPoisoning(lam="learned", **SMALL, random_state=7).run(train, val)
+    np.testing.assert_array_equal(a.Xp, b.Xp)
+    np.testing.assert_array_equal(a.lam_batches, b.lam_batches)
+    c = OptimalPoisoning(lam="learned", **SMALL, random_state=8).run(train, val)
+    assert not np.array_equal(a.replaced, c.replaced)
+
+
+def test_append_mode_and_clone_class():
+    train, val = _data(6)
+    res = OptimalPoisoning(lam=-8.0, **SMALL, replace=False, clone_class=0,
+                           random_state=0).run(train, val)
+    X, y = res.training_set()
+    assert X.shape[0] == len(train[1]) + 4 and np.all(res.yp == 1.0)
+
+
+@pytest.mark.parametrize("kw, data_change, err, match", [
+    (dict(box=(0.3, 0.6)), None, ValueError, "box"),
+    (dict(T=0), None, ValueError, "T=0"),
+    (dict(T_outer=-1), None, ValueError, "T_outer"),
+    (dict(gamma=1.0), None, ValueError, "gamma"),
+    (dict(lam_range=(2.0, -8.0)), None, ValueError, "lam_range"),
+    (dict(n_points=3), None, ValueError, "multiple of batch_size"),
+    (dict(lam="auto"), None, ValueError, "lam="),
+    (dict(lam_init=9.0), None, ValueError, "lam_init"),
+    (dict(mode="forward"), None, ValueError, "mode='forward'"),
+    (dict(alpha=0.0), None, ValueError, "alpha"),
+    (dict(n_points=40, batch_size=4), None, ValueError, "n_points=40"),
+    (dict(clone_class=2), None, ValueError, "clone_class"),
+    ({}, "one_class", ValueError, "one class"),
+    ({}, "labels", ValueError, "labels in"),
+    ({}, "nan", ValueError, "nan"),
+    ({}, "list", TypeError, "pair"),
+])
+def test_bad_inputs(kw, data_change, err, match):
+    train, val = _data()
+    if data_change == "one_class":
+        val = (val[0], np.zeros_like(val[1]))
+    elif data_change == "labels":
+        train = (train[0], train[1] * 2)
+    elif data_change == "nan":
+        X = train[0].copy()
+        X[0, 0] = np.nan
+        train = (X, train[1])
+    elif data_change == "list":
+        train = train[0]
+    with pytest.raises(err, match=match):
+        OptimalPoisoning(**{"lam": "learned", **SMALL, **kw}).run(train, val)
+
+
+def test_victim_sgd_and_metrics():
+    (X, y), (Xt, yt) = _data(7, n=200, nv=200)
+    theta = train_sgd(X, y, -8.0, lr=0.5, epochs=30, random_state=0)
+    m = evaluate(theta, Xt, yt)
+    assert m["error"] < 0.1 and 0 <= m["fpr"] <= 1 and 0 <= m["fnr"] <= 1
+    # error is the class-weighted mix of the two rates
+    pos = yt.mean()
+    assert math.isclose(m["error"], pos * m["fnr"] + (1 - pos) * m["fpr"])
+    strong = train_sgd(X, y, math.log(200), lr=0.5, epochs=30, random_state=0)
+    assert evaluate(strong, Xt, yt)["w_norm2"] < m["w_norm2"]
+    np.testing.assert_array_equal(theta, train_sgd(X, y, -8.0, lr=0.5, epochs=30, random_state=0))
+    with pytest.raises(ValueError, match="lr"):
+        train_sgd(X, y, 0.0, lr=-1)
+    with pytest.raises(ValueError, match="diverge"):
+        train_sgd(X, y, math.log(200 * 200), lr=0.5)
+    with pytest.raises(ValueError, match="theta"):
+        evaluate(theta[:-1], Xt, yt)
+
+
+def test_lam_clean_cross_validation():
+    (X, y), _ = _data(8, n=100)
+    lam, table = lam_clean(X, y, grid=[-8.0, 0.0, 8.0], T=50, eta=0.5, random_state=0)
+    assert table.shape == (3, 3) and lam in (-8.0, 0.0)  # exp(8)/n crushes w: worse held-out loss
+    best = np.lexsort((table[:, 2], table[:, 1]))[0]
+    assert lam == table[best, 0]
+    with pytest.raises(ValueError, match="grid"):
+        lam_clean(X, y, grid=[])
+    with pytest.raises(ValueError, match="n_splits"):
+        lam_clean(X, y, n_splits=1)
