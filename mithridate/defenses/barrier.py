@@ -23,12 +23,14 @@ plus one pass over its data: X'diag(h)X for all problems of one training set at 
 Problems are batched as (S, G): S training sets (Xa (S, n, p)), G settings each; every
 problem has its own mu schedule and stops on its own.
 """
+import copy
+
 import numpy as np
 from scipy.special import expit
 
 # mu divisor per stage: a primal barrier needs O(nu) damped Newton steps after a long
 # stage, so the forms with n row slacks (nu ~ 2n) take short stages
-MU_FACTOR, MU_FACTOR_ROWS = 100.0, 3.0
+MU_FACTOR, MU_FACTOR_ROWS = 30.0, 3.0
 ARMIJO = 0.25
 
 
@@ -76,7 +78,7 @@ class _Problem:
             zero = np.zeros_like(r)
             return (r, -r), (1.0, -1.0), (0.0, 0.0), (zero, zero)
         sig = expit(z)
-        sp = np.logaddexp(0.0, z)
+        sp = _softplus(z)
         curv = sig * (1 - sig)
         kt = (self.kappa * t)[..., None]
         return (sp - y * z, sp - (1 - y) * z), (sig - y, sig - (1 - y)), (curv, curv), \
@@ -89,7 +91,7 @@ class _Problem:
         if self.kind == "squared":
             return 0.5 * np.mean((z - y) ** 2, -1), 0.0
         if self.kind == "logistic":
-            return np.mean(np.logaddexp(0.0, z) - y * z, -1), 0.0
+            return np.mean(_softplus(z) - y * z, -1), 0.0
         if self.kind == "rmse":
             return np.sqrt(np.mean((z - y) ** 2, -1)), 0.0
         phi, _, _, kap = self._rows(z, t)
@@ -263,9 +265,21 @@ class _Problem:
             alpha = np.minimum(alpha, roots.min(0))
         return np.where(self.norm_on, alpha, np.inf)
 
+    def take(self, cols):
+        """The problems of settings ``cols`` only (same training sets)."""
+        sub = copy.copy(self)
+        for name in ("c", "a", "b", "kappa", "norm_on", "c1", "nu"):
+            setattr(sub, name, getattr(self, name)[:, cols])
+        return sub
+
     def norm_value(self, theta):
         v = np.concatenate([theta[..., self.sel], np.broadcast_to(self.c[..., None], theta.shape[:-1] + (1,))], -1)
         return np.linalg.norm(v, self.q, axis=-1)
+
+
+def _softplus(z):
+    """log(1 + e^z), stably (numpy's logaddexp is slower)."""
+    return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
 
 
 def _neglog(parts):
@@ -294,39 +308,46 @@ def solve(Xa, y, *, kind, q, sel, c, a, b, kappa, tol, max_iter):
     mu = (1.0 + np.abs(phi)) / pb.nu
     done = np.zeros((S, G), bool)
     n_iter = np.zeros((S, G), int)
-    off = ~pb.norm_on
     stuck = np.zeros((S, G), bool)
+    factor = MU_FACTOR_ROWS if pb.rows else MU_FACTOR
     for _ in range(max_iter * 4):
+        # work on the settings (columns) with a problem still running: iteration counts
+        # differ mostly between settings, and finished ones would cost as much as live ones
+        cols = np.flatnonzero(~(done | (n_iter >= max_iter)).all(0))
+        if cols.size == 0:
+            break
+        sub = pb if cols.size == G else pb.take(cols)
+        th, ee, ss, m = theta[:, cols], e[:, cols], None if s is None else s[:, cols], mu[:, cols]
+        dn, st, it = done[:, cols], stuck[:, cols], n_iter[:, cols]
+        off = ~sub.norm_on
         if off.any():  # t is free and unpriced there: keep it feasible, out of the step
-            e = np.where(off[..., None], pb.start(theta)[0], e)
-        F, phi = pb.merit(theta, e, s, mu)
-        dth, de, ds, lam2 = pb.newton(theta, e, s, mu)
-        centred = (lam2 / 2 <= 0.1 * tol * (1 + np.abs(phi))) | stuck
-        finished = centred & (pb.nu * mu <= tol * (1 + np.abs(phi)))
-        done |= finished
-        mu = np.where(centred & ~done, mu / (MU_FACTOR_ROWS if pb.rows else MU_FACTOR), mu)
-        move = ~centred & ~done & (n_iter < max_iter)
-        if not move.any():
-            if done.all() or not (centred & ~done).any():
-                break
-            continue
-        alpha = np.where(move, np.minimum(1.0, 0.99 * pb.max_step(theta, e, dth, de)), 0.0)
+            ee = np.where(off[..., None], sub.start(th)[0], ee)
+        F, phi = sub.merit(th, ee, ss, m)
+        dth, de, ds, lam2 = sub.newton(th, ee, ss, m)
+        # stages before the last stop at a scaled decrement lam2 / mu <= 1/4 (the
+        # quadratic-convergence region); the last one centres to 0.1 tol
+        last = sub.nu * m <= tol * (1 + np.abs(phi))
+        dn = dn | (last & ((lam2 / 2 <= 0.1 * tol * (1 + np.abs(phi))) | st))
+        shrink = ~last & ((lam2 <= 0.25 * m) | st)
+        m = np.where(shrink, m / factor, m)
+        move = ~shrink & ~dn & (it < max_iter)
+        alpha = np.where(move, np.minimum(1.0, 0.99 * sub.max_step(th, ee, dth, de)), 0.0)
         pending = move.copy()
-        for _ in range(60):
-            F_new, _ = pb.merit(theta + alpha[..., None] * dth, e + alpha[..., None] * de,
-                                None if s is None else s + alpha[..., None] * ds, mu)
+        for _ in range(60 if move.any() else 0):
+            F_new, _ = sub.merit(th + alpha[..., None] * dth, ee + alpha[..., None] * de,
+                                 None if ss is None else ss + alpha[..., None] * ds, m)
             ok = np.isfinite(F_new) & (F_new <= F - ARMIJO * alpha * lam2)
             pending &= ~ok
             if not pending.any():
                 break
             alpha = np.where(pending, alpha / 2, alpha)
         alpha = np.where(pending, 0.0, alpha)  # no decrease found: treat as stuck
-        n_iter += move
-        theta = theta + alpha[..., None] * dth
-        e = e + alpha[..., None] * de
+        theta[:, cols] = th + alpha[..., None] * dth
+        e[:, cols] = ee + alpha[..., None] * de
         if s is not None:
-            s = s + alpha[..., None] * ds
-        stuck = move & (alpha == 0)  # no decrease at roundoff level: count as centred
+            s[:, cols] = ss + alpha[..., None] * ds
+        mu[:, cols], done[:, cols], n_iter[:, cols] = m, dn, it + move
+        stuck[:, cols] = move & (alpha == 0)  # no decrease at roundoff level: count as centred
     t = pb.t_of(e) if kind == "flip" else pb.norm_value(theta)
     t = np.where(pb.norm_on, t, pb.norm_value(theta))
     objective = _objective(pb, theta, t)
