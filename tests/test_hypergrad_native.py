@@ -79,11 +79,12 @@ def test_float32_matches_float32_reference(mode, loss):
         close(hg.grad_Xp, gX, 10 * rtol, "grad_Xp")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("loss,fi,gamma", [("logistic", True, 0.9), ("squared", False, 0.0)])
-def test_matches_numba_backend(dtype, loss, fi, gamma):
-    D = data(n=70, k=4, nv=23, d=29, dtype=dtype, seed=3)
-    rtol = 1e-10 if dtype == np.float64 else TOLERANCES["float32"][0]
+def test_matches_numba_backend(loss, fi, gamma):
+    """float64 only: float32 is checked against the float32 reference above
+    (and numba's float32 compile would double this file's time)."""
+    D = data(n=70, k=4, nv=23, d=29, seed=3)
+    rtol = 1e-10
     for mode in ("trajectory", "forward"):
         ref = hypergrad(*D, mode=mode, backend="numba", **kw(loss, fi, gamma, T=35))
         hg = hypergrad(*D, mode=mode, backend="cpp", **kw(loss, fi, gamma, T=35))

@@ -28,13 +28,17 @@ constexpr int64_t kMaxChunks = 16;          // caps the partial sums a pass adds
 // below ~2^18 row entries (~0.1 ms of work) their start and barrier cost more
 // than they save, and much more when the cores are shared with other work.
 constexpr int64_t kParallelWork = 1 << 18;
-constexpr int kLanes = 8;                   // independent accumulators of a dot product
+// Independent accumulators of a dot product: 4 AVX-512 (8 AVX2) vectors of
+// add chains, enough to hide the add latency (one chain ran 2.5x slower).
+constexpr int kLanes = 32;
 
 int64_t n_chunks(int64_t n) { return std::clamp<int64_t>(n / kChunkRows, 1, kMaxChunks); }
 
-// Sum of kLanes partial sums in a fixed order.
-inline double combine(const double* a) {
-  return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+// Sum of kLanes partial sums in a fixed (pairwise) order; consumes a.
+inline double combine(double* a) {
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) a[l] += a[l + w];
+  return a[0];
 }
 
 // x . w over d entries in kLanes lanes (vectorisable without reassociation).
@@ -73,51 +77,97 @@ inline void axpy(double* acc, double c, const T* x, int64_t d) {
   for (int64_t j = 0; j < d; ++j) acc[j] += c * static_cast<double>(x[j]);
 }
 
-// One read of the rows at theta = th: G: g = X^T l'(z); H: h = X^T (l''(z) (X u));
-// M: dXp[r] -= a_r th_w + b_r u_w on the poisoning rows (mixed_coefs). Row
-// sums, not divided by n; slot d sums the coefficients when fitting an
-// intercept. Returns sum_i l(z_i). part: scratch of n_chunks(n) * (2p + 1).
+// Rows [i0, i1) at theta = th into the chunk sums gc, hc (p each): G: X^T l'(z);
+// H: X^T (l''(z) (X u)); M: dXp[r] -= a_r th_w + b_r u_w on the poisoning rows
+// (mixed_coefs). Slot d sums the coefficients when fitting an intercept.
+// Returns sum_i l(z_i).
+template <class T, bool G, bool H, bool M>
+inline __attribute__((always_inline)) double chunk_body(const Rows<T>& R, int loss, bool fit_b,
+                                                        const double* th, const double* u, double* dXp,
+                                                        double gamma, int64_t i0, int64_t i1,
+                                                        double* gc, double* hc) {
+  static_assert(!M || H, "the mixed products need X u");
+  const int64_t n = R.n, d = R.d;
+  std::fill(gc, gc + d + 1, 0.0);
+  std::fill(hc, hc + d + 1, 0.0);
+  double total = 0.0;
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* x = R.row(i);
+    double z, xu = 0.0;
+    if (H) {
+      dot2(x, th, u, d, &z, &xu);
+      xu += u[d];
+    } else {
+      z = dot(x, th, d);
+    }
+    z += th[d];
+    double c1, c2;
+    total += loss_terms(loss, z, R.label(i), &c1, &c2);
+    if (G) {
+      axpy(gc, c1, x, d);
+      if (fit_b) gc[d] += c1;
+    }
+    if (H) {
+      const double a = c2 * xu;
+      axpy(hc, a, x, d);
+      if (fit_b) hc[d] += a;
+    }
+    if (M && i >= R.na) {
+      double a, b;
+      mixed_coefs(c1, c2, xu, n, gamma, &a, &b);
+      double* out = dXp + (i - R.na) * d;
+      for (int64_t j = 0; j < d; ++j) out[j] -= a * th[j] + b * u[j];
+    }
+  }
+  return total;
+}
+
+// The chunk loop compiled for AVX-512, AVX2 and baseline x86-64, picked at
+// load time (the build itself targets baseline x86-64). One non-template
+// function per instantiation: GCC clones functions, not templates.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MITHRIDATE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MITHRIDATE_CLONES
+#endif
+
+template <class T, bool G, bool H, bool M>
+struct Chunk;
+
+#define MITHRIDATE_CHUNK(NAME, T, G, H, M)                                                          \
+  MITHRIDATE_CLONES double NAME(const Rows<T>& R, int loss, bool fit_b, const double* th,          \
+                                const double* u, double* dXp, double gamma, int64_t i0, int64_t i1, \
+                                double* gc, double* hc) {                                          \
+    return chunk_body<T, G, H, M>(R, loss, fit_b, th, u, dXp, gamma, i0, i1, gc, hc);               \
+  }                                                                                                 \
+  template <>                                                                                       \
+  struct Chunk<T, G, H, M> {                                                                        \
+    static constexpr auto run = NAME;                                                               \
+  };
+
+MITHRIDATE_CHUNK(chunk_g_f32, float, true, false, false)
+MITHRIDATE_CHUNK(chunk_g_f64, double, true, false, false)
+MITHRIDATE_CHUNK(chunk_gh_f32, float, true, true, false)
+MITHRIDATE_CHUNK(chunk_gh_f64, double, true, true, false)
+MITHRIDATE_CHUNK(chunk_hm_f32, float, false, true, true)
+MITHRIDATE_CHUNK(chunk_hm_f64, double, false, true, true)
+MITHRIDATE_CHUNK(chunk_ghm_f32, float, true, true, true)
+MITHRIDATE_CHUNK(chunk_ghm_f64, double, true, true, true)
+#undef MITHRIDATE_CHUNK
+
+// One read of the rows (chunk_body over every chunk), then the chunk sums
+// added in chunk order into g (G) and h (H); row sums, not divided by n.
+// Returns sum_i l(z_i). part: scratch of n_chunks(n) * (2p + 1).
 template <class T, bool G, bool H, bool M>
 double pass(const Rows<T>& R, int loss, bool fit_b, const double* th, const double* u, double* g,
             double* h, double* dXp, double gamma, double* part, bool par) {
-  static_assert(!M || H, "the mixed products need X u");
   const int64_t n = R.n, d = R.d, p = d + 1, chunks = n_chunks(n), stride = 2 * p + 1;
   const bool threads = par && n * d >= kParallelWork;
 #pragma omp parallel for schedule(static) if (threads)
   for (int64_t c = 0; c < chunks; ++c) {
     double* gc = part + c * stride;
-    double* hc = gc + p;
-    std::fill(gc, gc + 2 * p, 0.0);
-    double total = 0.0;
-    for (int64_t i = c * n / chunks; i < (c + 1) * n / chunks; ++i) {
-      const T* x = R.row(i);
-      double z, xu = 0.0;
-      if (H) {
-        dot2(x, th, u, d, &z, &xu);
-        xu += u[d];
-      } else {
-        z = dot(x, th, d);
-      }
-      z += th[d];
-      double c1, c2;
-      total += loss_terms(loss, z, R.label(i), &c1, &c2);
-      if (G) {
-        axpy(gc, c1, x, d);
-        if (fit_b) gc[d] += c1;
-      }
-      if (H) {
-        const double a = c2 * xu;
-        axpy(hc, a, x, d);
-        if (fit_b) hc[d] += a;
-      }
-      if (M && i >= R.na) {
-        double a, b;
-        mixed_coefs(c1, c2, xu, n, gamma, &a, &b);
-        double* out = dXp + (i - R.na) * d;
-        for (int64_t j = 0; j < d; ++j) out[j] -= a * th[j] + b * u[j];
-      }
-    }
-    part[c * stride + 2 * p] = total;
+    part[c * stride + 2 * p] = Chunk<T, G, H, M>::run(R, loss, fit_b, th, u, dXp, gamma, c * n / chunks,
+                                                      (c + 1) * n / chunks, gc, gc + p);
   }
 #pragma omp parallel for schedule(static) if (threads)
   for (int64_t j = 0; j < p; ++j) {
