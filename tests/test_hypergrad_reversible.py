@@ -6,7 +6,7 @@ from fractions import Fraction
 import numba
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mithridate import _C
@@ -86,6 +86,39 @@ def test_port_step_matches_cpp(draw, base):
         assert nfp.mul(q, buf, d, m) == (nfp.OK, -1)
         np.testing.assert_array_equal(q, q0)
         np.testing.assert_array_equal(buf, buf0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(doubles, min_size=1, max_size=8), st.integers(0, 62))
+def test_scaled_encode_decode_match_cpp(xs, frac_bits):
+    """The loop's encode/decode by a power-of-two product, without ldexp."""
+    scale, inv_scale = 2.0**frac_bits, 2.0**-frac_bits
+    x = np.array(xs, np.float64)
+    q = np.zeros(x.size, np.int64)
+    code, bad = CPP.encode(x, q, frac_bits)
+    for i, xi in enumerate(x[:bad] if bad >= 0 else x):
+        assert nfp.encode_scaled(xi, scale) == (nfp.OK, q[i])
+        assert nfp.decode_scaled(q[i], inv_scale) == nfp.decode1(q[i], frac_bits)
+    if bad >= 0:
+        assert nfp.encode_scaled(x[bad], scale)[0] == code
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), bases)
+def test_lanes_step_matches_cpp(draw, base):
+    """step_lanes (limb-major, float-reciprocal division) == the C++ step."""
+    n, w = draw.draw(st.integers(1, 40)), draw.draw(st.integers(1, 4))
+    q = np.array(draw.draw(st.lists(int64s, min_size=n, max_size=n)), np.int64)
+    buf = np.array(draw.draw(st.lists(limbs, min_size=n * w, max_size=n * w)),
+                   np.uint32).reshape(n, w)
+    buf[:, -1] = 0
+    m, d = base
+    q_cpp, buf_cpp = q.copy(), buf.copy()
+    assume(CPP.mul(q_cpp, buf_cpp, w, m, d)[0] == nfp.OK)  # step_lanes is for checked steps
+    lanes = np.ascontiguousarray(buf.T)
+    nfp.step_lanes(q, lanes, w, m, d, np.empty(n, np.int64), np.empty(n, np.int64))
+    np.testing.assert_array_equal(q, q_cpp)
+    np.testing.assert_array_equal(lanes.T, buf_cpp)
 
 
 @settings(max_examples=200, deadline=None)
@@ -185,8 +218,9 @@ def run_kernel(pb, frac_bits):
     theta0 = np.zeros(d + 1)
     theta0[:pb.theta0.size] = pb.theta0
     words = rmd_reversible.step_words(pb.T, num, den)
-    thq, vq = np.full(d + 1, 7, np.int64), np.full(d + 1, 7, np.int64)
-    buf = np.full((d + 1, words[-1]), 7, np.uint32)
+    p = d + pb.fit_intercept
+    thq, vq = np.full(p, 7, np.int64), np.full(p, 7, np.int64)  # overwritten by the kernel
+    buf = np.full((words[-1], p), 7, np.uint32)
     block = _block_rows(d, X.itemsize)
     out = rmd_reversible.reversible(
         X, y, k, pb.Xv, pb.yv, LOSS_CODES[pb.loss], pb.fit_intercept, theta0, pb.alpha, pb.gamma,
@@ -208,9 +242,7 @@ def test_w0_recovered_bit_for_bit(seed, dtype, loss, fi, gamma, frac_bits, T):
     pb = make_problem(*D, -1.0, w0, T, 0.2, gamma, loss, fi, "trajectory", "numba")
     theta0, thq, vq, buf, (status, *_, recovered) = run_kernel(pb, frac_bits)
     assert status == nfp.OK and recovered
-    expected = np.zeros(d + 1, np.int64)
-    expected[:d + fi] = fp.encode(theta0[:d + fi], frac_bits)  # the C++ encode
-    np.testing.assert_array_equal(thq, expected)
+    np.testing.assert_array_equal(thq, fp.encode(theta0[:d + fi], frac_bits))  # the C++ encode
     assert not vq.any() and not buf.any()
 
 

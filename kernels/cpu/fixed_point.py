@@ -45,6 +45,25 @@ def decode1(q, frac_bits):
     return math.ldexp(np.float64(q), -frac_bits)
 
 
+@njit(inline="always", **EXACT_JIT)
+def encode_scaled(x, scale):
+    """encode1 with scale = 2.0**frac_bits, without the libm call: x * 2^f is
+    exact, and overflows to inf exactly where ldexp does, so the bits agree."""
+    if not np.isfinite(x):
+        return NOT_FINITE, np.int64(0)
+    y = np.rint(x * scale)
+    if not (y >= -_TWO63 and y < _TWO63):
+        return RANGE, np.int64(0)
+    return OK, np.int64(y)
+
+
+@njit(inline="always", **EXACT_JIT)
+def decode_scaled(q, inv_scale):
+    """decode1 with inv_scale = 2.0**-frac_bits: exact for frac_bits <= 62 (the
+    result is 0 or at least 2^-62, never subnormal)."""
+    return np.float64(q) * inv_scale
+
+
 @njit(**EXACT_JIT)
 def encode(x, q, frac_bits):
     """cpu::encode over flat arrays: (code, first bad index or -1)."""
@@ -176,3 +195,56 @@ def required_words(n_steps, num, den):
     growth = max(0.0, math.log2(np.float64(den)) - math.log2(np.float64(num)))
     bits = math.log2(np.float64(den)) + math.log2(t) + (t - 1.0) * growth + 1.0
     return np.int64(math.ceil(bits / 32.0))
+
+
+# ---- the same step on many elements at once (the hypergradient loop's path) ----
+
+_BELOW = 1.0 - 2.0**-40  # biases 1/base down, so that the float quotient never overshoots
+
+
+@njit(inline="always", **EXACT_JIT)
+def _divmod_small(cur, base, inv):
+    """(cur // base, cur % base) for 0 <= cur < base * 2^32, base < 2^31 (int64),
+    inv = (1.0 / base) * _BELOW. The float quotient q_f < 2^32 has relative
+    error in [-2^-40 - 2^-51, -2^-40 + 2^-51], so cur/base - 1 < q_f <= cur/base
+    and trunc(q_f) is the exact quotient or one below; one branch-free
+    correction makes it exact, so loops over elements vectorise (there is
+    no SIMD integer division)."""
+    q = np.int64(np.float64(cur) * inv)
+    r = cur - q * base
+    high = np.int64(r >= base)
+    return q + high, r - high * base
+
+
+@njit(**EXACT_JIT)
+def step_lanes(x, B, w, m, d, rem, hi):
+    """step_apply on every element: x[j] and column j of the limb-major buffer
+    B (W, n) uint32, first w limbs, for the step (m, d). No checks (the caller
+    has proven the step fits). rem, hi: int64 scratch (n,). Each limb is a
+    loop over elements, which vectorises; only the split of x (full int64)
+    divides one element at a time."""
+    n = x.shape[0]
+    m = np.int64(m)
+    d = np.int64(d)
+    m_inv = 1.0 / np.float64(m) * _BELOW
+    d_inv = 1.0 / np.float64(d) * _BELOW
+    for j in range(n):
+        hi[j], lo = floor_divmod(x[j], d)
+        x[j] = lo  # x holds lo until the end
+        rem[j] = 0
+    for i in range(w - 1, -1, -1):  # pop: B div m, digits s into rem
+        row = B[i]
+        for j in range(n):
+            q, r = _divmod_small((rem[j] << 32) | np.int64(row[j]), m, m_inv)
+            row[j] = np.uint32(q)
+            rem[j] = r
+    for j in range(n):  # y = lo m + s; x' = hi m + y div d; carry y mod d
+        q, r = _divmod_small(x[j] * m + rem[j], d, d_inv)
+        x[j] = mul_add(hi[j], m, q)
+        rem[j] = r
+    for i in range(w):  # push: B = B d + carry
+        row = B[i]
+        for j in range(n):
+            cur = np.int64(row[j]) * d + rem[j]
+            row[j] = np.uint32(cur & 0xFFFFFFFF)
+            rem[j] = cur >> 32

@@ -12,90 +12,138 @@ recovered theta_t, then takes the adjoint step of rmd.trajectory there. So
 only theta_q, v_q and the buffer are stored, never the trajectory.
 
 Exactness needs g(theta_t) bit for bit as in the forward pass: both come from
-the same _pass, whose gradient path runs the same instructions whether or not
-it also computes the HVP, in row chunks fixed by the shape. The fixed-point
+the same _pass (gradient and HVP together, no branch between them), in row
+chunks fixed by the shape. The fixed-point
 glue (_v_step, _theta_step) is compiled without fastmath, so it rounds as IEEE
 says wherever it is inlined.
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
 from . import fixed_point as fp
 from ._math import JIT
-from .linear import _axpy_rows, _dot_rows, _terms
+from .linear import _dot2_rows, _terms
 
 V_STATE, THETA_STATE = 0, 1  # which state left int64, in the status
 
 
+@njit(**JIT)
+def _axpy2_rows(X, r0, m, c, e, g, h, fit_b):
+    """g += X[r0:r0+m]^T c, h += X[r0:r0+m]^T e in one read of the rows (and the
+    column sums into slot d when fitting an intercept); g, h in X's dtype.
+    Four rows per load/store of g and h, as linear._axpy_rows."""
+    d = X.shape[1]
+    cast = X.dtype.type
+    i = 0
+    while i + 4 <= m:
+        c0, c1, c2, c3 = cast(c[i]), cast(c[i + 1]), cast(c[i + 2]), cast(c[i + 3])
+        e0, e1, e2, e3 = cast(e[i]), cast(e[i + 1]), cast(e[i + 2]), cast(e[i + 3])
+        for j in range(d):
+            x0, x1, x2, x3 = X[r0 + i, j], X[r0 + i + 1, j], X[r0 + i + 2, j], X[r0 + i + 3, j]
+            g[j] += (c0 * x0 + c1 * x1) + (c2 * x2 + c3 * x3)
+            h[j] += (e0 * x0 + e1 * x1) + (e2 * x2 + e3 * x3)
+        i += 4
+    for k in range(i, m):
+        ck = cast(c[k])
+        ek = cast(e[k])
+        for j in range(d):
+            g[j] += ck * X[r0 + k, j]
+            h[j] += ek * X[r0 + k, j]
+    if fit_b:
+        for k in range(m):
+            g[d] += cast(c[k])
+            h[d] += cast(e[k])
+
+
+@njit(**JIT)
+def workspace(X, n_chunks, block):
+    """Buffers of _pass, allocated once per call (not per step): chunk
+    partials (float64), per-chunk scratch and accumulators in X's dtype."""
+    d = X.shape[1]
+    return (np.zeros((n_chunks, 2, d + 1)), np.zeros(n_chunks), np.zeros((n_chunks, 5, block)),
+            np.zeros((n_chunks, block), dtype=np.int64), np.zeros((n_chunks, 2, d + 1), dtype=X.dtype))
+
+
 @njit(parallel=True, **JIT)
-def _pass(X, y, code, fit_b, th, u, want_h, n_chunks, block, g, h):
-    """g = X^T l'(z) at z = X th; if want_h also h = X^T (l''(z) (X u)) (row
-    sums, not divided by n). th, u (d + 1,) in X's dtype. Returns sum l(z).
-    X u is a second dot over the block while it is in cache, so that the
-    gradient path does not depend on want_h."""
+def _pass(X, y, code, fit_b, th, u, n_chunks, block, ws, g, h, k, rows):
+    """g = X^T l'(z) and h = X^T (l''(z) (X u)) at z = X th (row sums, not
+    divided by n), in one read of X; th, u (d + 1,) in X's dtype; ws from
+    workspace(). For the last k rows, rows[0], rows[1], rows[2] = l'(z),
+    l''(z), x.u[:d] + u[d] (the mixed products' factors). Returns sum l(z). The forward needs only g but runs this
+    same pass: then g is the same instructions on the same bits as in the
+    reverse, so bit for bit the same (row chunks fixed by the shape, summed in
+    order). Both products share each load of X, so h costs little."""
     n, d = X.shape
-    part = np.zeros((n_chunks, 2, d + 1))
-    loss = np.zeros(n_chunks)
+    part, loss, scratch, all_bits, acc = ws
+    first = n - k
     for c in prange(n_chunks):
         i0 = c * n // n_chunks
         i1 = (c + 1) * n // n_chunks
-        z = np.empty(block)
-        xu = np.empty(block)
-        c1 = np.empty(block)
-        c2 = np.empty(block)
-        t = np.empty(block)
-        bits = np.empty(block, dtype=np.int64)
-        acc = np.zeros(d + 1, dtype=X.dtype)
+        z = scratch[c, 0]
+        xu = scratch[c, 1]
+        c1 = scratch[c, 2]
+        c2 = scratch[c, 3]
+        t = scratch[c, 4]
+        bits = all_bits[c]
+        gb = acc[c, 0]
+        hb = acc[c, 1]
         total = 0.0
+        for j in range(d + 1):
+            part[c, 0, j] = 0.0
+            part[c, 1, j] = 0.0
         for r0 in range(i0, i1, block):
             m = min(block, i1 - r0)
-            _dot_rows(X, r0, m, th, th[d], z)
+            _dot2_rows(X, r0, m, th, th[d], u, u[d], z, xu)
             total += _terms(code, z, y[r0:r0 + m], None, m, c1, c2, t, bits)
-            _axpy_rows(X, r0, m, c1, acc, fit_b)
+            for i in range(max(0, first - r0), m):
+                rows[0, r0 + i - first] = c1[i]
+                rows[1, r0 + i - first] = c2[i]
+                rows[2, r0 + i - first] = xu[i]
+            for i in range(m):
+                c2[i] *= xu[i]
+            _axpy2_rows(X, r0, m, c1, c2, gb, hb, fit_b)
             for j in range(d + 1):
-                part[c, 0, j] += acc[j]
-                acc[j] = 0
-            if want_h:
-                _dot_rows(X, r0, m, u, u[d], xu)
-                for i in range(m):
-                    c2[i] *= xu[i]
-                _axpy_rows(X, r0, m, c2, acc, fit_b)
-                for j in range(d + 1):
-                    part[c, 1, j] += acc[j]
-                    acc[j] = 0
+                part[c, 0, j] += gb[j]
+                part[c, 1, j] += hb[j]
+                gb[j] = 0
+                hb[j] = 0
         loss[c] = total
     g[:] = 0.0
     h[:] = 0.0
+    total = 0.0
     for c in range(n_chunks):  # in order: deterministic sums
         g += part[c, 0]
         h += part[c, 1]
-    return loss.sum()
+        total += loss[c]
+    return total
 
 
 @njit(**fp.EXACT_JIT)
-def _decode(thq, th, thx, frac_bits):
-    """th = decode(thq) (float64) and its copy thx in X's dtype."""
+def _decode(thq, th, thx, inv_scale):
+    """th[:p] = decode(thq) (float64) and its copy thx in X's dtype."""
     for j in range(thq.shape[0]):
-        th[j] = fp.decode1(thq[j], frac_bits)
+        th[j] = fp.decode_scaled(thq[j], inv_scale)
         thx[j] = th[j]
 
 
-@njit(**fp.EXACT_JIT)
-def _v_step(g, n, e, th, j, d, s, frac_bits):
+@njit(inline="always", **fp.EXACT_JIT)
+def _v_step(g, n, e, th, j, d, s, scale):
     """(code, Q(s g_j)) with g_j = g[j]/n + e th[j] (no L2 on the intercept)."""
     gj = g[j] / n
     if j < d:
         gj += e * th[j]
-    return fp.encode1(s * gj, frac_bits)
+    return fp.encode_scaled(s * gj, scale)
 
 
-@njit(**fp.EXACT_JIT)
-def _theta_step(vq, alpha, frac_bits):
+@njit(inline="always", **fp.EXACT_JIT)
+def _theta_step(vq, alpha, scale, inv_scale):
     """(code, Q(alpha decode(vq)))."""
-    return fp.encode1(alpha * fp.decode1(vq, frac_bits), frac_bits)
+    return fp.encode_scaled(alpha * fp.decode_scaled(vq, inv_scale), scale)
 
 
-@njit(**fp.EXACT_JIT)
+@njit(inline="always", **fp.EXACT_JIT)
 def _add_fits(a, b):
     """Whether a + b fits int64."""
     if b > 0:
@@ -103,7 +151,7 @@ def _add_fits(a, b):
     return a >= -fp._I64_MAX - 1 - b
 
 
-@njit(**fp.EXACT_JIT)
+@njit(inline="always", **fp.EXACT_JIT)
 def _sub_fits(a, b):
     """Whether a - b fits int64."""
     if b < 0:
@@ -111,11 +159,49 @@ def _sub_fits(a, b):
     return a >= -fp._I64_MAX - 1 + b
 
 
+@njit(**fp.EXACT_JIT)
+def _forward_update(thq, vq, buf, w, num, den, g, n, e, th, d, s, alpha, scale, inv_scale,
+                    rem, hi):
+    """v_q = mul(v_q); v_q -= Q(s g); theta_q += Q(alpha decode(v_q)).
+    Returns (status, which, j): OK, or the first element that left int64."""
+    fp.step_lanes(vq, buf, w, num, den, rem, hi)
+    for j in range(thq.shape[0]):
+        status, dv = _v_step(g, n, e, th, j, d, s, scale)
+        if status == fp.OK and not _sub_fits(vq[j], dv):
+            status = fp.INT64
+        if status != fp.OK:
+            return status, V_STATE, j
+        vq[j] -= dv
+        status, dth = _theta_step(vq[j], alpha, scale, inv_scale)
+        if status == fp.OK and not _add_fits(thq[j], dth):
+            status = fp.INT64
+        if status != fp.OK:
+            return status, THETA_STATE, j
+        thq[j] += dth
+    return fp.OK, V_STATE, -1
+
+
+@njit(**fp.EXACT_JIT)
+def _undo_theta(thq, vq, alpha, scale, inv_scale):
+    """theta_q -= Q(alpha decode(v_q)): the forward's increment, so it fits."""
+    for j in range(thq.shape[0]):
+        thq[j] -= _theta_step(vq[j], alpha, scale, inv_scale)[1]
+
+
+@njit(**fp.EXACT_JIT)
+def _undo_v(vq, buf, w, num, den, g, n, e, th, d, s, scale, rem, hi):
+    """v_q += Q(s g); v_q = unmul(v_q): back to the state the forward held."""
+    for j in range(vq.shape[0]):
+        vq[j] += _v_step(g, n, e, th, j, d, s, scale)[1]
+    fp.step_lanes(vq, buf, w, den, num, rem, hi)
+
+
 @njit(**JIT)
-def _validation(Xv, yv, code, fit_b, th, thx, n_chunks, block, grad):
-    """Mean validation loss at th (no regulariser); its gradient into grad."""
-    h = np.empty(th.shape[0])
-    total = _pass(Xv, yv, code, fit_b, thx, thx, False, n_chunks, block, grad, h)
+def _validation(Xv, yv, code, fit_b, thx, n_chunks, block, grad):
+    """Mean validation loss at thx (no regulariser); its gradient into grad."""
+    h = np.empty(grad.shape[0])
+    ws = workspace(Xv, n_chunks, block)
+    total = _pass(Xv, yv, code, fit_b, thx, thx, n_chunks, block, ws, grad, h, 0, np.empty((3, 0)))
     grad /= Xv.shape[0]
     return total / Xv.shape[0]
 
@@ -125,92 +211,64 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
                words, n_chunks, block, v_chunks, v_block, dXp, theta_T, thq, vq, buf):
     """T heavy-ball steps from theta0 (d + 1,) in fixed point, then the reverse
     sweep with the adjoints of rmd.trajectory. The poisoning rows are the last
-    k of X. thq, vq (d + 1,) int64 and buf (d + 1, W) uint32 are the state
-    (overwritten); step t touches only the first words[t + 1] limbs, which by
-    the bound of required_words hold the whole buffer after t + 1 muls. The
-    muls need no step_check: the buffer fits by that bound and |v| * num/den
-    with num < den cannot leave int64. The reverse only revisits states the
-    forward held, so it needs no checks either.
+    k of X. The state (overwritten): thq, vq (p,) int64 and the limb-major
+    buffer buf (W, p) uint32, p = d + fit_b. Step t touches only the first
+    words[t + 1] limbs, which by the bound of required_words hold the whole
+    buffer after t + 1 muls. The muls need no step_check: the buffer fits by
+    that bound and |v| num/den with num < den cannot leave int64. The
+    reverse only revisits states the forward held, so it needs no checks.
 
-    Writes dXp (k, d) and theta_T (d + 1,), float64. Returns (status, which, t, j, value, dlam,
-    recovered): status a fixed_point code (OK, or the first state `which` at
-    step t, element j, that left int64: then nothing else is meaningful);
+    Writes dXp (k, d) and theta_T (d + 1,), float64. Returns (status, which,
+    t, j, value, dlam, recovered): status a fixed_point code (OK, or state
+    `which` left int64 at step t, element j: nothing else is meaningful then);
     recovered: theta_q came back to encode(theta0) and v_q, buf to zero.
     """
     n, d = X.shape
-    p = d + 1 if fit_b else d  # without an intercept slot d stays 0
+    p = thq.shape[0]
     s = 1.0 - gamma
-    num = np.uint64(num)
-    den = np.uint64(den)
-    th = np.zeros(d + 1)
+    scale = math.ldexp(1.0, frac_bits)
+    inv_scale = math.ldexp(1.0, -frac_bits)
+    th = np.zeros(d + 1)  # slot d stays 0 without an intercept
     thx = np.zeros(d + 1, dtype=X.dtype)
     ux = np.zeros(d + 1, dtype=X.dtype)
     g = np.empty(d + 1)
     h = np.empty(d + 1)
-    thq[:] = 0
+    rows = np.empty((3, k))
+    rem = np.empty(p, dtype=np.int64)
+    hi = np.empty(p, dtype=np.int64)
+    ws = workspace(X, n_chunks, block)
     vq[:] = 0
     buf[:] = 0
-    status, j = fp.encode(theta0[:p], thq[:p], frac_bits)
+    status, j = fp.encode(theta0[:p], thq, frac_bits)
     if status != fp.OK:
         return status, THETA_STATE, 0, j, 0.0, 0.0, False
     for t in range(T):
-        _decode(thq, th, thx, frac_bits)
-        _pass(X, y, code, fit_b, thx, ux, False, n_chunks, block, g, h)
-        w = words[t + 1]
-        for j in range(p):
-            status, dv = _v_step(g, n, e, th, j, d, s, frac_bits)
-            vj = fp.step_apply(vq[j], buf[j], w, num, den)
-            if status == fp.OK and not _sub_fits(vj, dv):
-                status = fp.INT64
-            if status != fp.OK:
-                return status, V_STATE, t, j, 0.0, 0.0, False
-            vq[j] = vj - dv
-            status, dth = _theta_step(vq[j], alpha, frac_bits)
-            if status == fp.OK and not _add_fits(thq[j], dth):
-                status = fp.INT64
-            if status != fp.OK:
-                return status, THETA_STATE, t, j, 0.0, 0.0, False
-            thq[j] += dth
+        _decode(thq, th, thx, inv_scale)
+        _pass(X, y, code, fit_b, thx, ux, n_chunks, block, ws, g, h, k, rows)
+        status, which, j = _forward_update(thq, vq, buf, words[t + 1], num, den, g, n, e, th, d,
+                                           s, alpha, scale, inv_scale, rem, hi)
+        if status != fp.OK:
+            return status, which, t, j, 0.0, 0.0, False
 
-    _decode(thq, th, thx, frac_bits)
+    _decode(thq, th, thx, inv_scale)
     tb = np.empty(d + 1)
-    value = _validation(Xv, yv, code, fit_b, th, thx, v_chunks, v_block, tb)
+    value = _validation(Xv, yv, code, fit_b, thx, v_chunks, v_block, tb)
     theta_T[:] = th
     vb = np.zeros(d + 1)
     u = np.empty(d + 1)
-    zk = np.empty(k)
-    uk = np.empty(k)
-    c1 = np.empty(k)
-    c2 = np.empty(k)
-    tk = np.empty(k)
-    bits = np.empty(k, dtype=np.int64)
     dXp[:] = 0.0
     dlam = 0.0
     for t in range(T - 1, -1, -1):
-        for j in range(p):
-            thq[j] -= _theta_step(vq[j], alpha, frac_bits)[1]
-        _decode(thq, th, thx, frac_bits)
+        _undo_theta(thq, vq, alpha, scale, inv_scale)
+        _decode(thq, th, thx, inv_scale)
         for j in range(d + 1):
             u[j] = vb[j] + alpha * tb[j]
             ux[j] = u[j]
-        _pass(X, y, code, fit_b, thx, ux, True, n_chunks, block, g, h)
-        w = words[t + 1]
-        for j in range(p):
-            vq[j] = fp.step_apply(vq[j] + _v_step(g, n, e, th, j, d, s, frac_bits)[1],
-                                  buf[j], w, den, num)
-        for r in range(k):  # mixed products on the poisoning rows, float64
-            x = X[n - k + r]
-            zr = th[d]
-            ur = u[d]
-            for j in range(d):
-                zr += np.float64(x[j]) * th[j]
-                ur += np.float64(x[j]) * u[j]
-            zk[r] = zr
-            uk[r] = ur
-        _terms(code, zk, y[n - k:], None, k, c1, c2, tk, bits)
-        for r in range(k):
-            a = s * c2[r] * uk[r] / n
-            b = s * c1[r] / n
+        _pass(X, y, code, fit_b, thx, ux, n_chunks, block, ws, g, h, k, rows)
+        _undo_v(vq, buf, words[t + 1], num, den, g, n, e, th, d, s, scale, rem, hi)
+        for r in range(k):  # mixed products d/dx_r (g . u) on the poisoning rows
+            a = s * rows[1, r] * rows[2, r] / n
+            b = s * rows[0, r] / n
             for j in range(d):
                 dXp[r, j] -= a * th[j] + b * u[j]
         wu = 0.0
@@ -222,8 +280,8 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
             tb[j] -= s * hj
             vb[j] = gamma * u[j]
 
-    q0 = np.zeros(d + 1, dtype=np.int64)
-    fp.encode(theta0[:p], q0[:p], frac_bits)
+    q0 = np.empty(p, dtype=np.int64)
+    fp.encode(theta0[:p], q0, frac_bits)
     recovered = (thq == q0).all() and not vq.any() and not buf.any()
     return fp.OK, V_STATE, T, -1, value, dlam, recovered
 

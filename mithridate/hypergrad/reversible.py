@@ -74,7 +74,7 @@ def _plan(pb, frac_bits, max_buffer_bytes):
         raise ValueError(f"T={pb.T!r} must be a positive integer (the number of inner steps).")
     num, den = gamma_fraction(pb.gamma)
     words = fixedpoint.required_words(pb.T, num, den)
-    slots = pb.d + 1
+    slots = pb.d + pb.fit_intercept
     buffer_bytes = slots * words * 4
     cap = (pb.T + 1) * slots * 8 if max_buffer_bytes is None else max_buffer_bytes
     if buffer_bytes > cap:
@@ -119,9 +119,10 @@ def _one(pb, frac_bits, num, den, words, state_bytes, where):
     theta0[:pb.theta0.shape[0]] = pb.theta0
     dXp = np.empty((k, d))
     theta_T = np.empty(d + 1)
-    thq = np.empty(d + 1, np.int64)
-    vq = np.empty(d + 1, np.int64)
-    buf = np.empty((d + 1, words), np.uint32)
+    p = d + pb.fit_intercept
+    thq = np.empty(p, np.int64)
+    vq = np.empty(p, np.int64)
+    buf = np.empty((words, p), np.uint32)
     block = _block_rows(d, X.itemsize)
     status, which, t, j, value, dlam, recovered = reversible(
         X, y, k, pb.Xv, pb.yv, LOSS_CODES[pb.loss], pb.fit_intercept, theta0, pb.alpha, pb.gamma,
@@ -143,5 +144,4 @@ def _one(pb, frac_bits, num, den, words, state_bytes, where):
                 frac_bits=frac_bits, gamma_fraction=(num, den), buffer_words=words,
                 state_bytes=state_bytes)
     dt = pb.Xc.dtype
-    return HyperGrad(float(value), dXp.astype(dt), float(dlam),
-                     theta_T[:d + pb.fit_intercept].astype(dt), info)
+    return HyperGrad(float(value), dXp.astype(dt), float(dlam), theta_T[:p].astype(dt), info)
