@@ -41,7 +41,7 @@ TABLES = {
     "fashion-mnist": dict(T=200, T_outer=100, T_lam=50, alpha=0.9, beta=0.3, eta=0.08,
                           lam_large=math.log(400), lr=0.01, epochs=200),
 }
-QUICK = dict(T=20, T_outer=3, T_lam=3, epochs=3, n_train=96, n_val=48, batch_size=4)
+QUICK = dict(T=20, T_outer=3, T_lam=3, epochs=20, lr=0.1, n_train=96, n_val=48, batch_size=4)
 SETTINGS = ("-8", "large", "clean", "rmd")
 LAM_SMALL = -8.0
 IMAGES = 6  # poisoning points shown per setting (Figures 8-9)
