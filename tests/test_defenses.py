@@ -268,8 +268,10 @@ def test_bad_data():
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    CHECKS = list(parametrize_with_checks([WassersteinRobustRegressor(),
-                                           WassersteinRobustClassifier()]).args[1])
+    CHECKS = list(parametrize_with_checks([
+        WassersteinRobustRegressor(), WassersteinRobustClassifier(),
+        WassersteinRobustRegressor(regularizer="exact", kappa=2.0),
+        WassersteinRobustClassifier(regularizer="exact", kappa=1.0)]).args[1])
 
 
 @pytest.mark.parametrize("estimator,check", CHECKS)

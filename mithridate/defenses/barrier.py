@@ -13,23 +13,28 @@ theta = [w; b] (p), ``sel`` the entries under the norm (all of theta, or w), c a
   flip       1/n sum s_i,  s_i >= l(z_i, y_i),  s_i >= l(z_i, 1 - y_i) - kappa t   (t free >= norm)
 The norm's epigraph is a cone (q = 2), 2k + 1 half-spaces in (v, t) (q = inf) or
 u_j >= +-v_j with t = sum u + |c| (q = 1). The barrier method (Boyd & Vandenberghe ch. 11)
-minimises F_mu = objective + mu * (sum of -log of the constraint slacks) by damped Newton,
-then divides mu by 10; the point centred for mu is within nu * mu of the optimum (nu = the
-barrier parameter), so it stops at nu * mu <= tol * (1 + |objective|): the gap is certified,
-not estimated. The row slacks s (absolute, flip) enter the Hessian diagonally and are
-eliminated (Schur complement), so each Newton step is one p + m linear system per problem
-plus one pass over its data: X'diag(h)X for all problems of one training set at once.
+minimises F_mu = objective + mu * (sum of -log of the constraint slacks) by damped Newton
+(backtracking, the first trial capped at 0.99 of the step to the norm block's boundary),
+then divides mu by 30 (by 3 with row slacks: a primal barrier needs O(nu) damped steps
+after a long stage). The point centred for mu is within nu * mu of the optimum (nu = the
+barrier parameter), so the last stage (nu * mu <= tol * (1 + |objective|)) centres to a
+Newton decrement lam^2 / 2 <= 0.1 tol (1 + |objective|): the gap is certified, not
+estimated. Earlier stages stop at lam^2 <= mu / 4 (quadratic convergence region).
+The row slacks s (absolute, flip) enter the Hessian diagonally and are eliminated
+(Schur complement), so each Newton step is one (p + m)-sized linear system per problem
+plus passes over its data: X'diag(h)X for all problems of one training set at once.
 
 Problems are batched as (S, G): S training sets (Xa (S, n, p)), G settings each; every
-problem has its own mu schedule and stops on its own.
+problem has its own mu schedule and stops on its own; settings whose problems have all
+stopped leave the batch.
 """
 import copy
 
 import numpy as np
 from scipy.special import expit
+from threadpoolctl import threadpool_limits
 
-# mu divisor per stage: a primal barrier needs O(nu) damped Newton steps after a long
-# stage, so the forms with n row slacks (nu ~ 2n) take short stages
+# mu divisor per stage; the forms with n row slacks (nu ~ 2n) take short stages
 MU_FACTOR, MU_FACTOR_ROWS = 30.0, 3.0
 ARMIJO = 0.25
 
@@ -300,6 +305,13 @@ def solve(Xa, y, *, kind, q, sel, c, a, b, kappa, tol, max_iter):
     exactly at theta (slacks replaced by the max they bound; for ``flip`` at t the
     solver's lambda), Newton steps n_iter (S, G) and converged (S, G): gap <= tol.
     """
+    # One BLAS thread: the products here are small, and OpenBLAS's spinning threads
+    # slow them down several times on a busy machine (see experiments/quickstart.py).
+    with threadpool_limits(1, user_api="blas"):
+        return _solve(Xa, y, kind, q, sel, c, a, b, kappa, tol, max_iter)
+
+
+def _solve(Xa, y, kind, q, sel, c, a, b, kappa, tol, max_iter):
     S, G = c.shape
     pb = _Problem(Xa, y, kind, q, np.asarray(sel), c, a, b, kappa)
     theta = np.zeros((S, G, pb.p))

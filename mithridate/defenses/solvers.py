@@ -1,5 +1,8 @@
 """Smooth epigraph reformulations of the Wasserstein-DRO objectives (8), solved by SLSQP.
 
+Used where ``barrier`` does not apply: the nonconvex tight squared/logistic forms, and
+norms p outside {1, 2, inf} (their dual-norm cone has no barrier there).
+
 Every nonsmooth piece (a dual norm, |r_i|, a max over rows) becomes a
 variable bounded by smooth inequalities, so SLSQP sees a smooth problem with
 the same optimum; runtime needs scipy only (cvxpy is the test oracle).
