@@ -58,8 +58,11 @@ def fit_logistic(groups, a, c, sel):
             Yk, Wk = Y[:, cols[k]], W[:, cols[k]]
             ak, ck = a[k][cols[k]], c[k][cols[k]]
             Z = Xa @ T.T
-            val = np.sum(Wk * (np.logaddexp(0.0, Z) - Yk * Z), axis=0)
-            grad = (Xa.T @ (Wk * (expit(Z) - Yk))).T
+            e = np.exp(-np.abs(Z))  # one exp for both softplus and sigmoid
+            val = np.einsum("ng,ng->g", Wk, np.maximum(Z, 0.0) + np.log1p(e) - Yk * Z)
+            sig = np.where(Z >= 0, 1.0, e)
+            sig /= 1.0 + e
+            grad = (Xa.T @ (Wk * (sig - Yk))).T
             Ts = T[:, sel]
             t = np.linalg.norm(Ts, axis=1)
             val = val + ak * t ** 2 + ck * t
