@@ -77,6 +77,29 @@ inline void axpy(double* acc, double c, const T* x, int64_t d) {
   for (int64_t j = 0; j < d; ++j) acc[j] += c * static_cast<double>(x[j]);
 }
 
+// acc += X_rows^T c for kGroup rows: one load and store of acc per kGroup
+// rows (the accumulator traffic, not the FLOPs, bounded the one-row loop).
+constexpr int kGroup = 4;
+
+template <class T>
+inline void axpy4(double* acc, const double* c, const T* const* x, int64_t d) {
+  for (int64_t j = 0; j < d; ++j)
+    acc[j] += (c[0] * static_cast<double>(x[0][j]) + c[1] * static_cast<double>(x[1][j])) +
+              (c[2] * static_cast<double>(x[2][j]) + c[3] * static_cast<double>(x[3][j]));
+}
+
+// acc[:d] += X_rows^T c for m <= kGroup rows; acc[d] += sum(c) if fit_b.
+template <class T>
+inline void accumulate(double* acc, const double* c, const T* const* x, int m, int64_t d, bool fit_b) {
+  if (m == kGroup) {
+    axpy4(acc, c, x, d);
+  } else {
+    for (int r = 0; r < m; ++r) axpy(acc, c[r], x[r], d);
+  }
+  if (fit_b)
+    for (int r = 0; r < m; ++r) acc[d] += c[r];
+}
+
 // Rows [i0, i1) at theta = th into the chunk sums gc, hc (p each): G: X^T l'(z);
 // H: X^T (l''(z) (X u)); M: dXp[r] -= a_r th_w + b_r u_w on the poisoning rows
 // (mixed_coefs). Slot d sums the coefficients when fitting an intercept.
@@ -91,33 +114,33 @@ inline __attribute__((always_inline)) double chunk_body(const Rows<T>& R, int lo
   std::fill(gc, gc + d + 1, 0.0);
   std::fill(hc, hc + d + 1, 0.0);
   double total = 0.0;
-  for (int64_t i = i0; i < i1; ++i) {
-    const T* x = R.row(i);
-    double z, xu = 0.0;
-    if (H) {
-      dot2(x, th, u, d, &z, &xu);
-      xu += u[d];
-    } else {
-      z = dot(x, th, d);
+  for (int64_t i = i0; i < i1; i += kGroup) {  // groups fixed by the chunk: same sums every pass
+    const int m = static_cast<int>(std::min<int64_t>(kGroup, i1 - i));
+    const T* x[kGroup];
+    double cg[kGroup], ch[kGroup];
+    for (int r = 0; r < m; ++r) {
+      x[r] = R.row(i + r);
+      double z, xu = 0.0;
+      if (H) {
+        dot2(x[r], th, u, d, &z, &xu);
+        xu += u[d];
+      } else {
+        z = dot(x[r], th, d);
+      }
+      z += th[d];
+      double c1, c2;
+      total += loss_terms(loss, z, R.label(i + r), &c1, &c2);
+      cg[r] = c1;
+      ch[r] = c2 * xu;
+      if (M && i + r >= R.na) {
+        double a, b;
+        mixed_coefs(c1, c2, xu, n, gamma, &a, &b);
+        double* out = dXp + (i + r - R.na) * d;
+        for (int64_t j = 0; j < d; ++j) out[j] -= a * th[j] + b * u[j];
+      }
     }
-    z += th[d];
-    double c1, c2;
-    total += loss_terms(loss, z, R.label(i), &c1, &c2);
-    if (G) {
-      axpy(gc, c1, x, d);
-      if (fit_b) gc[d] += c1;
-    }
-    if (H) {
-      const double a = c2 * xu;
-      axpy(hc, a, x, d);
-      if (fit_b) hc[d] += a;
-    }
-    if (M && i >= R.na) {
-      double a, b;
-      mixed_coefs(c1, c2, xu, n, gamma, &a, &b);
-      double* out = dXp + (i - R.na) * d;
-      for (int64_t j = 0; j < d; ++j) out[j] -= a * th[j] + b * u[j];
-    }
+    if (G) accumulate(gc, cg, x, m, d, fit_b);
+    if (H) accumulate(hc, ch, x, m, d, fit_b);
   }
   return total;
 }
