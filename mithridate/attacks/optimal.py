@@ -265,10 +265,11 @@ class OptimalPoisoning:
                     replaced[b * bs:(b + 1) * bs] = np.arange(Xcur.shape[0] - bs, Xcur.shape[0])
                 lams.append(lam)
                 values.append(value)
-        finally:
+        finally:  # the per-run state never outlives the run
             self._bar.close()
-        history = {k: np.asarray(v) for k, v in self._hist.items()}
-        del self._ctx, self._hist, self._bar
+            hist = self._hist
+            del self._ctx, self._hist, self._bar
+        history = {k: np.asarray(v) for k, v in hist.items()}
         return PoisoningResult(Xcur[replaced].copy(), ycur[replaced].copy(), Xp_init, replaced,
                                np.asarray(lams), np.asarray(values), history, bs,
                                bool(self.replace), X, y)
