@@ -105,10 +105,17 @@ def _histograms(d, path, tag):
         sub = rows[rows["setting"] == s].sort_values("n_points")
         ws = [np.asarray(w) for w in sub["weights"]]
         bins = np.linspace(min(w.min() for w in ws), max(w.max() for w in ws), 60)
+        top = 0.0
         for w, n, f in zip(ws, sub["n_points"], sub["fraction"]):
-            ax.hist(w, bins=bins, weights=np.full(w.size, 1 / w.size), alpha=0.6,
-                    label="clean" if n == 0 else f"{100 * f:.1f}% poisoned")
-        ax.set_title(f"{LABELS[s]} (seed {int(sub['seed'].iloc[0])})")
+            h, _, _ = ax.hist(w, bins=bins, weights=np.full(w.size, 1 / w.size), alpha=0.6,
+                              label="clean" if n == 0 else f"{100 * f:.1f}% poisoned")
+            # pixels that are never lit keep weight 0: like the paper, cut that spike off
+            h[np.searchsorted(bins, 0.0, side="right") - 1 if bins[0] <= 0 <= bins[-1] else 0] = 0
+            top = max(top, h.max())
+        if top > 0:
+            ax.set_ylim(0, 1.15 * top)
+        ax.locator_params(axis="x", nbins=5)
+        ax.set_title(f"{LABELS[s]} (seed {int(sub['seed'].iloc[0])}; spike at 0 cut)")
         ax.set_xlabel("weight value")
         ax.set_ylabel("relative frequency")
         ax.legend()
