@@ -230,7 +230,8 @@ def select_rho(estimator, X, y, rhos, *, val_size=0.25, cv=None, seed=0, refit=T
 
     Hold-out by default: a random ``val_size`` fraction of (X, y) is held out
     (stratified for a classifier); ``cv=K`` (K >= 2) uses K folds instead
-    (stratified K-fold for a classifier). Every rho is fitted on the same split(s).
+    (stratified K-fold for a classifier). Every rho is fitted on the same split(s), all
+    (fold, rho) problems in one ``fit_batch`` call.
     The defender sees only the (possibly poisoned) training set, so validation
     happens on it too. ``estimator`` is an unfitted WassersteinRobust* whose
     other parameters are kept (c1/c2 must be None: they override rho).
@@ -263,11 +264,12 @@ def select_rho(estimator, X, y, rhos, *, val_size=0.25, cv=None, seed=0, refit=T
         splitter = (StratifiedKFold if is_classifier(estimator) else KFold)(
             cv, shuffle=True, random_state=seed)
         folds = list(splitter.split(X, y))
-    losses = np.empty((len(grid), len(folds)))
-    for j, (tr, va) in enumerate(folds):
-        for i, rho in enumerate(grid):
-            est = clone(estimator).set_params(rho=float(rho)).fit(X[tr], y[tr])
-            losses[i, j] = mean_loss(est, X[va], y[va])
+    from .batch import fit_batch
+    # every (fold, rho) problem in one batched fit
+    res = fit_batch(estimator, [X[tr] for tr, _ in folds], [y[tr] for tr, _ in folds],
+                    {"rho": [float(r) for r in grid]})
+    losses = np.array([[mean_loss(res.estimator(j, i), X[va], y[va])
+                        for j, (_, va) in enumerate(folds)] for i in range(len(grid))])
     mean = losses.mean(1)
     if not np.isfinite(mean).any():
         raise ValueError("every rho gave a non-finite validation loss; rescale X or y.")
