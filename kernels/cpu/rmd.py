@@ -1,16 +1,29 @@
 """Compiled hypergradient loops for linear models (numba).
 
-One call runs all T steps of heavy-ball gradient descent and, for
-``trajectory``, the whole reverse sweep (or, for ``forward``, the tangent
-recursion for lam): no Python between steps. Per step the forward reads the
-rows once for the gradient; the reverse reads them once for the HVP and
-re-reads only the k poisoning rows (the last k of X) for the mixed products.
+One call runs all T steps of heavy-ball gradient descent and, for RMD, the
+whole reverse sweep (or, for ``forward``, the tangent recursion for lam): no
+Python between steps. Per step the forward reads the rows once for the
+gradient; the reverse reads them once for the HVP and the mixed products of
+the k poisoning rows (the last k of X) come out of the same pass.
 
 Step (Maclaurin et al. 2015; gamma = 0 is plain GD), v_0 = 0:
     v_{t+1} = gamma v_t - (1 - gamma) g(theta_t),   theta_{t+1} = theta_t + alpha v_{t+1},
     g = 1/n X^T l'(z) + exp(lam) [w; 0],  z = X w + b.
 State is float64; the row passes read X in its own dtype (as kernels/cpu/linear.py).
 theta has d + 1 slots here; slot d is the intercept (kept 0 without one).
+
+Threading: a pass is one parallel region of ``n_threads`` workers; worker w
+always takes the same contiguous run of row groups, so on a small problem
+each core keeps its share of X in its own L2 across the T steps. The groups
+are fixed by the shape alone and reduced in order (float64), so the bits do
+not depend on the thread count. Within a group, rows go in cache-sized blocks:
+z = X_blk th is computed, then the block is read again from cache for X^T c.
+All buffers live in one workspace allocated per hypergradient call.
+
+Batches (``*_batch``): one parallel region over the B problems for the whole
+call, each problem run serially by one worker with the very same group
+partials and reduction order, so each result equals its single call bit for
+bit.
 """
 import numpy as np
 from numba import njit, prange
@@ -18,30 +31,53 @@ from numba import njit, prange
 from ._math import JIT
 from .linear import _axpy_rows, _dot2_rows, _dot_rows, _terms
 
+BLOCK_BYTES = 1 << 17     # rows per block: re-read from cache for X^T c; long enough
+                          # for the vectorised loss terms (8-row blocks cost 3x)
+GROUP_ELEMS = 1 << 14     # about this many elements of X per reduction group
+MAX_GROUPS = 64
 
-@njit(parallel=True, **JIT)
-def _pass(X, y, code, fit_b, th, u, want_g, want_h, n_chunks, block, g, h):
-    """One read of X in deterministic row chunks: g = X^T l'(z) if want_g,
-    h = X^T (l''(z) (X u)) if want_h (row sums, not divided by n), z = X th.
-    th, u (d + 1,) in X's dtype. Returns sum_i l(z_i) (when z is computed)."""
+
+def layout(n, d, itemsize):
+    """(groups, block): row-group bounds (n_groups + 1,) and rows per block.
+    n_groups is a power of two (balanced over 2, 4, 8... threads)."""
+    block = max(4, BLOCK_BYTES // (d * itemsize) // 4 * 4)
+    want = max(1, min(MAX_GROUPS, n * d // GROUP_ELEMS, n // 4))
+    n_groups = 1 << (want.bit_length() - 1)
+    return (np.arange(n_groups + 1, dtype=np.int64) * n) // n_groups, block
+
+
+@njit(**JIT)
+def workspace(X, groups, block, n_threads):
+    """Buffers of _pass: group partials (float64), per-worker scratch and
+    per-worker accumulators in X's dtype (zero between passes)."""
+    d = X.shape[1]
+    n_groups = groups.shape[0] - 1
+    return (np.zeros((n_groups, 2, d + 1)), np.zeros(n_groups),
+            np.zeros((n_threads, 5, block)), np.zeros((n_threads, block), dtype=np.int64),
+            np.zeros((n_threads, 2, d + 1), dtype=X.dtype))
+
+
+@njit(**JIT)
+def _groups(X, y, code, fit_b, th, u, want_g, want_h, groups, g0, g1, block, ws, w, k, rows):
+    """Row groups g0..g1-1 of _pass with worker w's scratch; partials into ws."""
     n, d = X.shape
-    part = np.zeros((n_chunks, 2, d + 1))
-    loss = np.zeros(n_chunks)
-    need_z = want_g or code == 0  # squared HVP needs X u only
-    for c in prange(n_chunks):
-        i0 = c * n // n_chunks
-        i1 = (c + 1) * n // n_chunks
-        z = np.zeros(block)
-        xu = np.empty(block)
-        c1 = np.empty(block)
-        c2 = np.empty(block)
-        t = np.empty(block)
-        bits = np.empty(block, dtype=np.int64)
-        gb = np.zeros(d + 1, dtype=X.dtype)
-        hb = np.zeros(d + 1, dtype=X.dtype)
+    part, part_loss, scratch, all_bits, acc = ws
+    first = n - k
+    z = scratch[w, 0]
+    xu = scratch[w, 1]
+    c1 = scratch[w, 2]
+    c2 = scratch[w, 3]
+    t = scratch[w, 4]
+    bits = all_bits[w]
+    gb = acc[w, 0]
+    hb = acc[w, 1]
+    for grp in range(g0, g1):
+        i1 = groups[grp + 1]
         total = 0.0
-        for r0 in range(i0, i1, block):
+        for r0 in range(groups[grp], i1, block):
             m = min(block, i1 - r0)
+            # squared HVP needs X u only, except on the poisoning rows
+            need_z = want_g or code == 0 or r0 + m > first
             if want_h and need_z:
                 _dot2_rows(X, r0, m, th, th[d], u, u[d], z, xu)
             elif want_h:
@@ -50,25 +86,70 @@ def _pass(X, y, code, fit_b, th, u, want_g, want_h, n_chunks, block, g, h):
                 _dot_rows(X, r0, m, th, th[d], z)
             if need_z:
                 total += _terms(code, z, y[r0:r0 + m], None, m, c1, c2, t, bits)
+            for i in range(max(0, first - r0), m):
+                rows[0, r0 + i - first] = c1[i]
+                rows[1, r0 + i - first] = c2[i]
+                rows[2, r0 + i - first] = xu[i]
             if want_g:
                 _axpy_rows(X, r0, m, c1, gb, fit_b)
-                for j in range(d + 1):
-                    part[c, 0, j] += gb[j]
-                    gb[j] = 0
             if want_h:
                 for i in range(m):
                     c2[i] = xu[i] * (c2[i] if need_z else 1.0)
                 _axpy_rows(X, r0, m, c2, hb, fit_b)
-                for j in range(d + 1):
-                    part[c, 1, j] += hb[j]
-                    hb[j] = 0
-        loss[c] = total
-    g[:] = 0.0
-    h[:] = 0.0
-    for c in range(n_chunks):  # in order: deterministic sums
-        g += part[c, 0]
-        h += part[c, 1]
-    return loss.sum()
+        part_loss[grp] = total
+        if want_g:
+            for j in range(d + 1):
+                part[grp, 0, j] = gb[j]
+                gb[j] = 0
+        if want_h:
+            for j in range(d + 1):
+                part[grp, 1, j] = hb[j]
+                hb[j] = 0
+
+
+@njit(**JIT)
+def _reduce(ws, want_g, want_h, g, h):
+    """Sum the group partials in order (deterministic); returns the loss sum."""
+    part, part_loss = ws[0], ws[1]
+    total = 0.0
+    for grp in range(part_loss.shape[0]):
+        total += part_loss[grp]
+    if want_g:
+        _sum_rows(part[:, 0], g)
+    if want_h:
+        _sum_rows(part[:, 1], h)
+    return total
+
+
+@njit(parallel=True, **JIT)
+def _pass(X, y, code, fit_b, th, u, want_g, want_h, groups, block, ws, g, h, k, rows):
+    """One read of X: g = X^T l'(z) if want_g, h = X^T (l''(z) (X u)) if
+    want_h (row sums, not divided by n), z = X th; th, u (d + 1,) in X's
+    dtype. For the last k rows, rows[0], rows[1], rows[2] = l'(z), l''(z),
+    x.u[:d] + u[d] (k = 0: none). Returns sum_i l(z_i) (when z is computed).
+    ws's worker count sets the parallel width; 1 runs serially in the caller
+    (for the batched loops, which are parallel over problems)."""
+    n_threads = ws[4].shape[0]
+    n_groups = groups.shape[0] - 1
+    if n_threads == 1:
+        _groups(X, y, code, fit_b, th, u, want_g, want_h, groups, 0, n_groups, block, ws, 0,
+                k, rows)
+    else:
+        for w in prange(n_threads):
+            _groups(X, y, code, fit_b, th, u, want_g, want_h, groups,
+                    w * n_groups // n_threads, (w + 1) * n_groups // n_threads, block, ws, w,
+                    k, rows)
+    return _reduce(ws, want_g, want_h, g, h)
+
+
+@njit(**JIT)
+def _sum_rows(parts, out):
+    """out = parts[0] + parts[1] + ... in that order."""
+    out[:] = parts[0]
+    for i in range(1, parts.shape[0]):
+        row = parts[i]
+        for j in range(out.shape[0]):
+            out[j] += row[j]
 
 
 @njit(**JIT)
@@ -78,18 +159,19 @@ def _cast(src, dst):
 
 
 @njit(**JIT)
-def _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, steps, n_chunks, block, traj):
+def _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, steps, groups, block, ws, traj):
     """`steps` heavy-ball steps from (theta, v), in place; stores the theta
     before each step in traj[0..steps-1] unless traj is None."""
     n, d = X.shape
     g = np.empty(d + 1)
     h = np.empty(d + 1)
     thx = np.empty(d + 1, dtype=X.dtype)
+    rows = np.empty((3, 0))
     for t in range(steps):
         if traj is not None:
             traj[t] = theta
         _cast(theta, thx)
-        _pass(X, y, code, fit_b, thx, thx, True, False, n_chunks, block, g, h)
+        _pass(X, y, code, fit_b, thx, thx, True, False, groups, block, ws, g, h, 0, rows)
         for j in range(d + 1):
             gj = g[j] / n + (e * theta[j] if j < d else 0.0)
             v[j] = gamma * v[j] - (1.0 - gamma) * gj
@@ -97,27 +179,31 @@ def _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, steps, n_chunks, bloc
 
 
 @njit(**JIT)
-def _validation(Xv, yv, code, fit_b, theta, n_chunks, block, grad):
+def _validation(Xv, yv, code, fit_b, theta, groups, block, n_threads, grad):
     """Mean validation loss at theta (no regulariser); its gradient into grad."""
     nv = Xv.shape[0]
     thx = np.empty(theta.shape[0], dtype=Xv.dtype)
     _cast(theta, thx)
-    h = np.empty(theta.shape[0])
-    total = _pass(Xv, yv, code, fit_b, thx, thx, True, False, n_chunks, block, grad, h)
+    ws = workspace(Xv, groups, block, n_threads)
+    total = _pass(Xv, yv, code, fit_b, thx, thx, True, False, groups, block, ws, grad,
+                  np.empty(theta.shape[0]), 0, np.empty((3, 0)))
     grad /= nv
     return total / nv
 
 
 @njit(**JIT)
-def train(X, y, code, fit_b, theta0, alpha, gamma, e, T, n_chunks, block):
+def train(X, y, code, fit_b, theta0, alpha, gamma, e, T, groups, block, n_threads):
     """theta_T and the full training gradient there (objective incl. L2)."""
     n, d = X.shape
+    ws = workspace(X, groups, block, n_threads)
     theta = theta0.copy()
-    _descend(X, y, code, fit_b, theta, np.zeros(d + 1), alpha, gamma, e, T, n_chunks, block, None)
+    _descend(X, y, code, fit_b, theta, np.zeros(d + 1), alpha, gamma, e, T, groups, block, ws,
+             None)
     g = np.empty(d + 1)
     thx = np.empty(d + 1, dtype=X.dtype)
     _cast(theta, thx)
-    _pass(X, y, code, fit_b, thx, thx, True, False, n_chunks, block, g, np.empty(d + 1))
+    _pass(X, y, code, fit_b, thx, thx, True, False, groups, block, ws, g, np.empty(d + 1), 0,
+          np.empty((3, 0)))
     g /= n
     for j in range(d):
         g[j] += e * theta[j]
@@ -138,8 +224,8 @@ def state_bytes(T, d, n_states):
 
 
 @njit(**JIT)
-def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
-            n_chunks, block, v_chunks, v_block, seg, dXp):
+def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
+            v_groups, v_block, n_threads, seg, dXp):
     """Exact RMD. The forward stores (theta_t, v_t) at t = 0, seg, 2 seg, ...;
     the reverse sweep recomputes each segment's thetas from its checkpoint with
     the same kernel (seg = 1: the whole trajectory is stored, nothing is
@@ -149,6 +235,7 @@ def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
         dXp -= (1 - gamma) d/dXp (g . u),   dlam -= (1 - gamma) e w_t . u_w.
     Writes dXp (k, d) float64; returns (value, dlam, theta_T)."""
     n, d = X.shape
+    ws = workspace(X, groups, block, n_threads)
     n_ckpt = (T + seg - 1) // seg
     ck_theta = np.empty((n_ckpt, d + 1))
     ck_v = np.empty((n_ckpt if seg > 1 else 0, d + 1))
@@ -160,21 +247,16 @@ def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
         if seg > 1:
             ck_v[c] = v
         _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, min(seg, T - c * seg),
-                 n_chunks, block, None)
+                 groups, block, ws, None)
     tb = np.empty(d + 1)
-    value = _validation(Xv, yv, code, fit_b, theta, v_chunks, v_block, tb)
+    value = _validation(Xv, yv, code, fit_b, theta, v_groups, v_block, n_threads, tb)
     vb = np.zeros(d + 1)
     u = np.empty(d + 1)
     g = np.empty(d + 1)
     h = np.empty(d + 1)
     thx = np.empty(d + 1, dtype=X.dtype)
     ux = np.empty(d + 1, dtype=X.dtype)
-    zk = np.empty(k)
-    uk = np.empty(k)
-    c1 = np.empty(k)
-    c2 = np.empty(k)
-    tk = np.empty(k)
-    bits = np.empty(k, dtype=np.int64)
+    rows = np.empty((3, k))
     dXp[:] = 0.0
     dlam = 0.0
     s = 1.0 - gamma
@@ -182,9 +264,8 @@ def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
         t0 = c * seg
         steps = min(seg, T - t0)
         if seg > 1:
-            th0 = ck_theta[c].copy()
-            _descend(X, y, code, fit_b, th0, ck_v[c].copy(), alpha, gamma, e, steps,
-                     n_chunks, block, buf)
+            _descend(X, y, code, fit_b, ck_theta[c].copy(), ck_v[c].copy(), alpha, gamma, e,
+                     steps, groups, block, ws, buf)
         else:
             buf[0] = ck_theta[c]
         for i in range(steps - 1, -1, -1):
@@ -193,20 +274,10 @@ def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
                 u[j] = vb[j] + alpha * tb[j]
             _cast(th, thx)
             _cast(u, ux)
-            _pass(X, y, code, fit_b, thx, ux, False, True, n_chunks, block, g, h)
-            for r in range(k):  # mixed products on the poisoning rows, float64
-                x = X[n - k + r]
-                zr = th[d]
-                ur = u[d]
-                for j in range(d):
-                    zr += np.float64(x[j]) * th[j]
-                    ur += np.float64(x[j]) * u[j]
-                zk[r] = zr
-                uk[r] = ur
-            _terms(code, zk, y[n - k:], None, k, c1, c2, tk, bits)
-            for r in range(k):
-                a = s * c2[r] * uk[r] / n
-                b = s * c1[r] / n
+            _pass(X, y, code, fit_b, thx, ux, False, True, groups, block, ws, g, h, k, rows)
+            for r in range(k):  # mixed products d/dx_r (g . u) on the poisoning rows
+                a = s * rows[1, r] * rows[2, r] / n
+                b = s * rows[0, r] / n
                 for j in range(d):
                     dXp[r, j] -= a * th[j] + b * u[j]
             wu = 0.0
@@ -221,12 +292,13 @@ def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
 
 
 @njit(**JIT)
-def forward(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
-            n_chunks, block, v_chunks, v_block):
+def forward(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
+            v_groups, v_block, n_threads):
     """Forward mode for lam: carry dtheta/dlam and dv/dlam; the tangent of g is
     H_data dtheta + e (dw + w) (d/dlam of e w). One fused gradient+HVP read of
     X per step. Returns (value, dlam, theta_T)."""
     n, d = X.shape
+    ws = workspace(X, groups, block, n_threads)
     theta = theta0.copy()
     v = np.zeros(d + 1)
     dth = np.zeros(d + 1)
@@ -235,11 +307,12 @@ def forward(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
     h = np.empty(d + 1)
     thx = np.empty(d + 1, dtype=X.dtype)
     ux = np.empty(d + 1, dtype=X.dtype)
+    rows = np.empty((3, 0))
     s = 1.0 - gamma
     for t in range(T):
         _cast(theta, thx)
         _cast(dth, ux)
-        _pass(X, y, code, fit_b, thx, ux, True, True, n_chunks, block, g, h)
+        _pass(X, y, code, fit_b, thx, ux, True, True, groups, block, ws, g, h, 0, rows)
         for j in range(d + 1):
             gj = g[j] / n
             dgj = h[j] / n
@@ -251,5 +324,36 @@ def forward(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
             theta[j] += alpha * v[j]
             dth[j] += alpha * dv[j]
     grad = np.empty(d + 1)
-    value = _validation(Xv, yv, code, fit_b, theta, v_chunks, v_block, grad)
+    value = _validation(Xv, yv, code, fit_b, theta, v_groups, v_block, n_threads, grad)
     return value, (grad * dth).sum(), theta
+
+
+@njit(parallel=True, **JIT)
+def reverse_batch(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
+                  v_groups, v_block, seg, dXp, out, theta_T):
+    """`reverse` for B problems: X (B, n, d), y (B, n); Xv, yv with 1 (shared)
+    or B leading; theta0 (B, d + 1), e (B,). Writes dXp (B, k, d), out (B, 2)
+    = (value, dlam), theta_T (B, d + 1)."""
+    B = X.shape[0]
+    for b in prange(B):
+        p = 0 if Xv.shape[0] == 1 else np.int64(b)
+        value, dlam, theta = reverse(X[b], y[b], k, Xv[p], yv[p], code, fit_b, theta0[b], alpha,
+                                     gamma, e[b], T, groups, block, v_groups, v_block, 1, seg,
+                                     dXp[b])
+        out[b, 0] = value
+        out[b, 1] = dlam
+        theta_T[b] = theta
+
+
+@njit(parallel=True, **JIT)
+def forward_batch(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
+                  v_groups, v_block, out, theta_T):
+    """`forward` for B problems (shapes as in reverse_batch)."""
+    B = X.shape[0]
+    for b in prange(B):
+        p = 0 if Xv.shape[0] == 1 else np.int64(b)
+        value, dlam, theta = forward(X[b], y[b], Xv[p], yv[p], code, fit_b, theta0[b], alpha,
+                                     gamma, e[b], T, groups, block, v_groups, v_block, 1)
+        out[b, 0] = value
+        out[b, 1] = dlam
+        theta_T[b] = theta

@@ -93,6 +93,9 @@ def _run(problems, mode, backend, tol, n_ckpt, frac_bits):
             gX = None if mode == "forward" else gX.astype(pb.Xc.dtype)
             out.append(HyperGrad(value, gX, glam, theta, info(pb)))
         return out
+    import numba
+    if len(problems) > 1 and len(problems) >= numba.get_num_threads():
+        return _numba_batch(problems, mode, n_ckpt, info)
     return [_numba(pb, mode, n_ckpt, info(pb)) for pb in problems]
 
 
@@ -112,6 +115,41 @@ def _numba(pb, mode, n_ckpt, info):
     return HyperGrad(float(value), gX.astype(dt), float(glam), _theta_out(pb, theta), info)
 
 
+def _numba_batch(problems, mode, n_ckpt, info):
+    """All problems in one compiled call, parallel over problems (same bits
+    as single calls)."""
+    from ..kernels.cpu import rmd
+    from ..kernels.cpu.linear import LOSS_CODES
+    pb0 = problems[0]
+    B, k, d, dt = len(problems), pb0.Xp.shape[0], pb0.d, pb0.Xc.dtype
+    X = np.stack([np.concatenate([pb.Xc, pb.Xp]) for pb in problems])
+    y = np.stack([np.concatenate([pb.yc, pb.yp]) for pb in problems])
+    shared_v = all(pb.Xv is pb0.Xv for pb in problems)
+    Xv = pb0.Xv[None] if shared_v else np.stack([pb.Xv for pb in problems])
+    yv = pb0.yv[None] if shared_v else np.stack([pb.yv for pb in problems])
+    theta0 = np.zeros((B, d + 1))
+    for b, pb in enumerate(problems):
+        theta0[b, :pb.theta0.shape[0]] = pb.theta0
+    e = np.exp([pb.lam for pb in problems])
+    common = (LOSS_CODES[pb0.loss], pb0.fit_intercept, theta0, pb0.alpha, pb0.gamma, e, pb0.T,
+              *rmd.layout(X.shape[1], d, X.itemsize), *rmd.layout(Xv.shape[1], d, X.itemsize))
+    out, theta_T = np.empty((B, 2)), np.empty((B, d + 1))
+    infos = [info(pb) for pb in problems]
+    if mode == "forward":
+        rmd.forward_batch(X, y, Xv, yv, *common, out, theta_T)
+        gX = [None] * B
+    else:
+        n_states = pb0.T + 1 if mode == "trajectory" else n_ckpt
+        for i in infos:
+            i["state_bytes"] = rmd.state_bytes(pb0.T, d, n_states)
+        dXp = np.empty((B, k, d))
+        rmd.reverse_batch(X, y, k, Xv, yv, *common, rmd.segment_length(pb0.T, n_states), dXp,
+                          out, theta_T)
+        gX = dXp.astype(dt)
+    return [HyperGrad(float(out[b, 0]), gX[b], float(out[b, 1]), _theta_out(pb, theta_T[b]),
+                      infos[b]) for b, pb in enumerate(problems)]
+
+
 def _stack(results):
     """One HyperGrad of (B, ...) arrays; info keys equal across problems stay
     scalars, the others become lists."""
@@ -126,15 +164,19 @@ def _stack(results):
 
 
 def _numba_args(pb):
-    from ..kernels.cpu.linear import LOSS_CODES, _block_rows, _n_chunks
+    """(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
+    v_groups, v_block, n_threads) for kernels/cpu/rmd.py."""
+    import numba
+    from ..kernels.cpu.linear import LOSS_CODES
+    from ..kernels.cpu.rmd import layout
     X = np.concatenate([pb.Xc, pb.Xp])
     y = np.concatenate([pb.yc, pb.yp])
     (n, d), nv = X.shape, pb.Xv.shape[0]
     theta0 = np.zeros(d + 1)
     theta0[:pb.theta0.shape[0]] = pb.theta0
     return (X, y, pb.Xv, pb.yv, LOSS_CODES[pb.loss], pb.fit_intercept, theta0, pb.alpha,
-            pb.gamma, float(np.exp(pb.lam)), pb.T, _n_chunks(n, d), _block_rows(d, X.itemsize),
-            _n_chunks(nv, d), _block_rows(d, X.itemsize))
+            pb.gamma, float(np.exp(pb.lam)), pb.T, *layout(n, d, X.itemsize),
+            *layout(nv, d, X.itemsize), numba.get_num_threads())
 
 
 def _theta_out(pb, theta):
@@ -151,7 +193,7 @@ def _implicit(pb, backend, tol, info):
     else:
         from ..kernels.cpu import rmd
         args = _numba_args(pb)
-        theta = _theta_out(pb, rmd.train(args[0], args[1], *args[4:13])[0])
+        theta = _theta_out(pb, rmd.train(*args[:2], *args[4:13], args[-1])[0])
     common = dict(loss=pb.loss, fit_intercept=pb.fit_intercept, backend=backend)
     _, g = ops.loss_grad(theta, X, y, lam=pb.lam, **common)
     info["grad_norm"] = float(np.linalg.norm(g))
