@@ -360,8 +360,7 @@ def _solve(Xa, y, kind, q, sel, c, a, b, kappa, tol, max_iter):
             s[:, cols] = ss + alpha[..., None] * ds
         mu[:, cols], done[:, cols], n_iter[:, cols] = m, dn, it + move
         stuck[:, cols] = move & (alpha == 0)  # no decrease at roundoff level: count as centred
-    t = pb.t_of(e) if kind == "flip" else pb.norm_value(theta)
-    t = np.where(pb.norm_on, t, pb.norm_value(theta))
+    t = pb.t_of(e) if kind == "flip" else pb.norm_value(theta)  # flip: lambda is free
     objective = _objective(pb, theta, t)
     return theta, objective, n_iter, done
 

@@ -24,12 +24,14 @@ logistic softplus(z) - y z) and L the Lipschitz constant of ``ops.lipschitz``
                 label term added to the residual's dual norm): sup E_G (z - y)^2 =
                 (sqrt(MSE) + sqrt(rho) ||(w, 1/kappa)||_q)^2. The fit minimises the root
                 sqrt(MSE) + sqrt(rho) ||(w, 1/kappa)||_q; ``objective_`` reports the
-                certificate for the loss 0.5 r^2, 0.5 (that root)^2.
+                certificate for the loss 0.5 r^2, 0.5 (that root)^2. Lemma 1's radius
+                is a W_1 radius: choose rho for the W_2 ball instead.
                 The intercept is not transported (the constant feature does not move).
 By Theorem 2, with rho = zeta(beta) + beta W(Q, P), ``objective_`` (J_n) bounds
 the expected loss under the true distribution with probability >= 1 - beta (for
-"exact", the worst case over the ball itself, by weak duality with equality).
-Where both hold (absolute and logistic with fixed labels), paper forms >= exact.
+"exact", J_n is the worst case over the ball itself: the cited dualities are tight).
+Where the balls agree (absolute and logistic, fixed labels) paper's L >= ||w||_q, so
+the paper objective bounds the exact one from above.
 ``lipschitz_`` is L(theta) for paper/tight and the dual-norm term
 ||(w, 1/kappa)||_q (||w||_q for logistic) for exact.
 
@@ -40,7 +42,7 @@ epigraph of ``solvers.solve``.
 The paper's figures weight the pieces instead: with ``c1`` or ``c2`` given
 (the other then defaults to 0; paper regulariser only) the regulariser is
 c1 t^2 + c2 t, t = ||theta||_*, and rho is ignored; ``objective_`` is then
-mean loss + c1 t^2 + c2 t, not a certificate. ``lipschitz_`` is always L.
+mean loss + c1 t^2 + c2 t, not a certificate. ``lipschitz_`` is still L.
 """
 import math
 import numbers
