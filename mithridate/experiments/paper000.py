@@ -19,15 +19,19 @@ Setup (the paper's, Section 6; the rest are our choices, all in results.csv):
   ``paper-val`` / ``exact-val``: the paper form with rho, and regularizer="exact",
   rho chosen on the grid ``RHOS`` by a 25% hold-out of the (poisoned) training
   half, then refitted on all of it (:func:`mithridate.defenses.rho.select_rho`'s
-  rule, batched over every config of the call).
+  rule, batched over every config of the call). Companion figure
+  ``paper000-wine-labels-regularisers``: ``<reg>:rho=R``, the paper, tight and
+  exact regularisers at the same fixed rho (exact squared reads rho as a W_2^2
+  radius, so only paper vs tight compare like for like).
 - Metrics on the clean test half: MSE (regression) or error rate (Adult);
   ``test_loss`` is the mean loss in the units of J_n (0.5 r^2, logistic), and
   ``holds`` says test_loss <= J_n (Theorem 2's event); J_n is a certificate
-  only for the rho models (``certificate``). For paper-val, ``beta_W`` =
-  beta W(Q, P) (POT, poisoned vs clean training rows in (x, y)) is the part of
-  Theorem 2's radius that is not the unknown concentration term.
+  only for the rho models (``certificate``). For the paper-form rho models,
+  ``beta_W`` = beta W(Q, P) (POT, poisoned vs clean training rows in (x, y)) is
+  the part of Theorem 2's radius that is not the unknown concentration term, and
+  ``rho_covers`` says rho >= beta_W.
 - Solvers: Wine/Boston through ``defenses.fit_batch`` (one interior-point run
-  per group of same-size sets). Adult: ``paper000_fit.fit_logistic``, one L-BFGS
+  per group of same-size sets; tight squared by SLSQP one by one). Adult: ``paper000_fit.fit_logistic``, one L-BFGS
   over all problems of a call with X shared per seed (the attack changes labels
   only), since the interior point needs ~1 s per 24k-row problem.
 """
@@ -68,7 +72,7 @@ COMPANIONS = {
         "wine-quality", "label", {"label_value": 10.0},
         "Wine labels set to 10: paper, tight and exact regularisers at equal rho"),
 }
-REG_RHOS, REG_RHOS_QUICK = [1e-3, 1e-2], [1e-2]
+REG_RHOS, REG_RHOS_QUICK = [1e-3, 1e-1], [1e-1]
 REGS = ("paper", "tight", "exact")
 BETAS_REG = [0.0, 0.2, 0.4]
 
@@ -187,23 +191,21 @@ def _fit_adult(reg, weights, configs, pois):
     out = [None] * len(configs)
 
     def run(columns):
-        """columns[seed] = list of (config index, rows mask or None, rho); one L-BFGS run."""
+        """columns[seed] = (rows, [(config index, rho)]): one L-BFGS run over every column;
+        rows = the hold-out's training rows (shared by a seed's configs) or None for all."""
         groups, a, c, keys, sel = [], [], [], [], None
-        for seed, cols in columns.items():
-            X = pois[cols[0][0]].X
-            Xa = np.hstack([X, np.ones((len(X), 1))])
-            Y = np.stack([pois[k].y for k, _, _ in cols], 1)
-            W = np.stack([m / m.sum() for m in (np.ones(len(X)) if m is None else m.astype(float)
-                                                for _, m, _ in cols)], 1)
-            forms = [_logistic_weights(reg, weights, X if m is None else X[m], rho)
-                     for _, m, rho in cols]
-            groups.append((Xa, Y, W))
+        for seed, (rows, cols) in columns.items():
+            keep = slice(None) if rows is None else rows
+            X = pois[cols[0][0]].X[keep]
+            Y = np.stack([pois[k].y[keep] for k, _ in cols], 1)
+            forms = [_logistic_weights(reg, weights, X, rho) for _, rho in cols]
+            groups.append((np.hstack([X, np.ones((len(X), 1))]), Y, np.full(Y.shape, 1 / len(X))))
             a.append(np.array([f[0] for f in forms]))
             c.append(np.array([f[1] for f in forms]))
             sel = forms[0][2]
             keys.append(cols)
         fits, _ = fit_logistic(groups, a, c, sel)
-        return [(cols, fit) for cols, fit in zip(keys, fits)]
+        return list(zip(keys, fits))
 
     for seed, ks in by_seed.items():  # the label flip leaves X untouched: one X per seed
         assert all(np.array_equal(pois[k].X, pois[ks[0]].X) for k in ks)
@@ -212,22 +214,22 @@ def _fit_adult(reg, weights, configs, pois):
                          "constraint per row: hours at 24k rows)")
     if weights is not None:
         rho = weights.get("rho", math.nan)
-        cols = {seed: [(k, None, rho) for k in ks] for seed, ks in by_seed.items()}
-    else:
-        masks = {k: _holdout(len(pois[k].y), c) for k, c in enumerate(configs)}
-        val = run({seed: [(k, masks[k], rho) for k in ks for rho in RHOS]
+        cols = {seed: (None, [(k, rho) for k in ks]) for seed, ks in by_seed.items()}
+    else:  # the hold-out depends on the seed only: one row subset per seed
+        masks = {seed: _holdout(len(pois[ks[0]].y), configs[ks[0]]) for seed, ks in by_seed.items()}
+        val = run({seed: (masks[seed], [(k, rho) for k in ks for rho in RHOS])
                    for seed, ks in by_seed.items()})
         chosen = {}
         for cl, (T, _, _) in val:
             for j in range(0, len(cl), len(RHOS)):
                 k = cl[j][0]
-                m = ~masks[k]
-                X, y = pois[k].X[m], pois[k].y[m]
+                held = ~masks[configs[k]["seed"]]
+                X, y = pois[k].X[held], pois[k].y[held]
                 Z = X @ T[j:j + len(RHOS), :-1].T + T[j:j + len(RHOS), -1]
                 chosen[k] = RHOS[_best(np.mean(np.logaddexp(0, Z) - y[:, None] * Z, 0))]
-        cols = {seed: [(k, None, chosen[k]) for k in ks] for seed, ks in by_seed.items()}
+        cols = {seed: (None, [(k, chosen[k]) for k in ks]) for seed, ks in by_seed.items()}
     for cl, (T, val, gn) in run(cols):
-        for j, (k, _, rho) in enumerate(cl):
+        for j, (k, rho) in enumerate(cl):
             out[k] = (T[j, :-1], T[j, -1], val[j], bool(gn[j] < 1e-5), rho)
     return out
 
