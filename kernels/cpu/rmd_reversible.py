@@ -12,10 +12,11 @@ recovered theta_t, then takes the adjoint step of rmd.trajectory there. So
 only theta_q, v_q and the buffer are stored, never the trajectory.
 
 Exactness needs g(theta_t) bit for bit as in the forward pass: both come from
-the same _pass (gradient and HVP together, no branch between them), in row
-chunks fixed by the shape. The fixed-point
-glue (_v_step, _theta_step) is compiled without fastmath, so it rounds as IEEE
-says wherever it is inlined.
+the same _pass, gradient and HVP together with no branch between them, in
+row chunks fixed by the shape (and the end of the reverse checks that w0
+came back). The fixed-point glue (_v_step,
+_theta_step) is compiled without fastmath, so it rounds as IEEE says
+wherever it is inlined.
 """
 import math
 
@@ -24,15 +25,15 @@ from numba import njit, prange
 
 from . import fixed_point as fp
 from ._math import JIT
-from .linear import _dot2_rows, _terms
+from .linear import _axpy_rows, _dot2_rows, _terms
 
 V_STATE, THETA_STATE = 0, 1  # which state left int64, in the status
 
 
 @njit(**JIT)
 def _axpy2_rows(X, r0, m, c, e, g, h, fit_b):
-    """g += X[r0:r0+m]^T c, h += X[r0:r0+m]^T e in one read of the rows (and the
-    column sums into slot d when fitting an intercept); g, h in X's dtype.
+    """g += X[r0:r0+m]^T c and h += X[r0:r0+m]^T e in one read of the rows
+    (column sums into slot d when fitting an intercept); g, h in X's dtype.
     Four rows per load/store of g and h, as linear._axpy_rows."""
     d = X.shape[1]
     cast = X.dtype.type
@@ -71,10 +72,13 @@ def _pass(X, y, code, fit_b, th, u, n_chunks, block, ws, g, h, k, rows):
     """g = X^T l'(z) and h = X^T (l''(z) (X u)) at z = X th (row sums, not
     divided by n), in one read of X; th, u (d + 1,) in X's dtype; ws from
     workspace(). For the last k rows, rows[0], rows[1], rows[2] = l'(z),
-    l''(z), x.u[:d] + u[d] (the mixed products' factors). Returns sum l(z). The forward needs only g but runs this
-    same pass: then g is the same instructions on the same bits as in the
-    reverse, so bit for bit the same (row chunks fixed by the shape, summed in
-    order). Both products share each load of X, so h costs little."""
+    l''(z), x.u[:d] + u[d] (the mixed products' factors). Returns sum l(z).
+
+    The forward needs only g but runs this same pass (u = 0): there is no
+    branch between g and h, so the reverse's g is the same instructions on
+    the same bits, bit for bit the forward's (row chunks fixed by the shape,
+    summed in order). Both products share each load of X: measured, this
+    costs less than a g-only forward plus separate h calls in the reverse."""
     n, d = X.shape
     part, loss, scratch, all_bits, acc = ws
     first = n - k
@@ -90,9 +94,6 @@ def _pass(X, y, code, fit_b, th, u, n_chunks, block, ws, g, h, k, rows):
         gb = acc[c, 0]
         hb = acc[c, 1]
         total = 0.0
-        for j in range(d + 1):
-            part[c, 0, j] = 0.0
-            part[c, 1, j] = 0.0
         for r0 in range(i0, i1, block):
             m = min(block, i1 - r0)
             _dot2_rows(X, r0, m, th, th[d], u, u[d], z, xu)
@@ -104,11 +105,11 @@ def _pass(X, y, code, fit_b, th, u, n_chunks, block, ws, g, h, k, rows):
             for i in range(m):
                 c2[i] *= xu[i]
             _axpy2_rows(X, r0, m, c1, c2, gb, hb, fit_b)
-            for j in range(d + 1):
-                part[c, 0, j] += gb[j]
-                part[c, 1, j] += hb[j]
-                gb[j] = 0
-                hb[j] = 0
+        for j in range(d + 1):  # the chunk's sums to float64
+            part[c, 0, j] = gb[j]
+            part[c, 1, j] = hb[j]
+            gb[j] = 0
+            hb[j] = 0
         loss[c] = total
     g[:] = 0.0
     h[:] = 0.0
