@@ -247,6 +247,8 @@ def test_bad_data():
     X, y = problem("logistic", 0)
     with pytest.raises(ValueError, match="y"):
         WassersteinRobustClassifier().fit(X, np.arange(len(y)) % 3)
+    with pytest.raises(ValueError, match="two classes"):
+        WassersteinRobustClassifier().fit(X, np.ones(len(y)))
     for bad in (np.nan, np.inf):
         Xb = X.copy()
         Xb[2, 1] = bad
