@@ -327,7 +327,7 @@ class WassersteinRobustClassifier(ClassifierMixin, _WassersteinRobust):
                              f"is {kind}: y must hold exactly two classes (got {np.unique(y)[:10]}).")
         self.classes_, y01 = np.unique(y, return_inverse=True)
         if len(self.classes_) != 2:
-            raise ValueError(f"y holds the single class {self.classes_[0]!r}; a binary classifier "
+            raise ValueError(f"y holds one class ({self.classes_[0]!r}); a binary classifier "
                              "needs examples of two classes.")
         return np.ascontiguousarray(X), y01.astype(np.float64)
 
