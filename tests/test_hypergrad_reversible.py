@@ -16,7 +16,7 @@ from mithridate.hypergrad import reversible
 from mithridate.hypergrad.problem import make_problem
 from mithridate.kernels.cpu import fixed_point as nfp
 from mithridate.kernels.cpu import rmd_reversible
-from mithridate.kernels.cpu.linear import LOSS_CODES, _block_rows, _n_chunks
+from mithridate.kernels.cpu.linear import LOSS_CODES
 from mithridate.testing import TOLERANCES, assert_verbose_allclose
 
 CPP = _C.fixed_point
@@ -221,11 +221,11 @@ def run_kernel(pb, frac_bits):
     p = d + pb.fit_intercept
     thq, vq = np.full(p, 7, np.int64), np.full(p, 7, np.int64)  # overwritten by the kernel
     buf = np.full((words[-1], p), 7, np.uint32)
-    block = _block_rows(d, X.itemsize)
     out = rmd_reversible.reversible(
         X, y, k, pb.Xv, pb.yv, LOSS_CODES[pb.loss], pb.fit_intercept, theta0, pb.alpha, pb.gamma,
-        num, den, np.exp(pb.lam), pb.T, frac_bits, words, _n_chunks(n, d), block,
-        _n_chunks(pb.Xv.shape[0], d), block, np.empty((k, d)), np.empty(d + 1), thq, vq, buf)
+        num, den, np.exp(pb.lam), pb.T, frac_bits, words, *rmd_reversible.layout(n, d, X.itemsize),
+        *rmd_reversible.layout(pb.Xv.shape[0], d, X.itemsize), np.empty((k, d)), np.empty(d + 1),
+        thq, vq, buf)
     return theta0, thq, vq, buf, out
 
 
@@ -249,8 +249,8 @@ def test_w0_recovered_bit_for_bit(seed, dtype, loss, fi, gamma, frac_bits, T):
 def test_w0_recovered_with_several_row_chunks_and_threads():
     """Wide rows, several row chunks: the recomputed gradient must not depend
     on the thread count, so 1 and 2 threads give the same bits."""
-    D = data(n=170, k=5, nv=30, d=400, seed=7)
-    assert _n_chunks(175, 400) > 1
+    D = data(n=1100, k=5, nv=30, d=400, seed=7)
+    assert rmd_reversible.layout(1105, 400, 8)[0] > 1
     opts = kw(T=12, gamma=0.9, mode="reversible")
     hg = hypergrad(*D, **opts)
     assert hg.info["w0_recovered"]

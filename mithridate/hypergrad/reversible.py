@@ -110,8 +110,8 @@ def run(problems, frac_bits=None, max_buffer_bytes=None):
 
 
 def _one(pb, frac_bits, num, den, words, state_bytes, where):
-    from ..kernels.cpu.linear import LOSS_CODES, _block_rows, _n_chunks
-    from ..kernels.cpu.rmd_reversible import THETA_STATE, reversible, step_words
+    from ..kernels.cpu.linear import LOSS_CODES
+    from ..kernels.cpu.rmd_reversible import THETA_STATE, layout, reversible, step_words
     X = np.concatenate([pb.Xc, pb.Xp])
     y = np.concatenate([pb.yc, pb.yp])
     (n, d), nv, k = X.shape, pb.Xv.shape[0], pb.Xp.shape[0]
@@ -123,11 +123,10 @@ def _one(pb, frac_bits, num, den, words, state_bytes, where):
     thq = np.empty(p, np.int64)
     vq = np.empty(p, np.int64)
     buf = np.empty((words, p), np.uint32)
-    block = _block_rows(d, X.itemsize)
     status, which, t, j, value, dlam, recovered = reversible(
         X, y, k, pb.Xv, pb.yv, LOSS_CODES[pb.loss], pb.fit_intercept, theta0, pb.alpha, pb.gamma,
         num, den, float(np.exp(pb.lam)), pb.T, frac_bits, step_words(pb.T, num, den),
-        _n_chunks(n, d), block, _n_chunks(nv, d), block, dXp, theta_T, thq, vq, buf)
+        *layout(n, d, X.itemsize), *layout(nv, d, X.itemsize), dXp, theta_T, thq, vq, buf)
     if status != 0:
         name = "theta" if which == THETA_STATE else "v"
         e = 63 - frac_bits
