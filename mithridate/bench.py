@@ -19,17 +19,27 @@ from . import backends, ops
 REFERENCE = "torch"
 CANDIDATES = tuple(b for b in backends.LINEAR if b != REFERENCE)
 GPU_BACKENDS = ("triton",)  # their data lives on the GPU, and so does their reference's
-OPS = ("loss_grad", "hvp", "loss_grad_batched", "lipschitz_batched")
+OPS = ("loss_grad", "hvp", "loss_grad_batched", "lipschitz_batched", "hypergrad",
+       "hypergrad_batched")
 BATCHED = ("loss_grad_batched", "lipschitz_batched")  # B thetas against one X
+# Hypergradients (mithridate.hypergrad), numba against the torch unrolled loop:
+# one problem per mode, and a batch of reps x lams problems (each repetition's
+# Xc shared by its lam settings, as in a paper 002 sweep) against single calls.
+HYPERGRAD = ("hypergrad", "hypergrad_batched")
+HYPERGRAD_MODES = ("trajectory", "checkpoint", "forward")
 BATCH = 64
 LAM = -2.0
 
 # (n, d) shapes; the batched op runs at batched_shape only. budget_s: time per
 # measurement beyond MIN_REPEATS rounds (the reference is slow on large shapes).
+# hypergrad: paper 002's size (512 clean + 17 poisoning rows, 171 validation
+# rows, MNIST's d = 784, T = 150), batches of 10 repetitions x 4 lams.
 FULL = dict(shapes=((100_000, 1000), (1_000_000, 100), (48_842, 14), (512, 784)),
-            batched_shape=(100_000, 1000), budget_s=2.0, max_repeats=20)
+            batched_shape=(100_000, 1000), budget_s=2.0, max_repeats=20,
+            hypergrad=dict(n=512, k=17, nv=171, d=784, T=150, reps=10, lams=4))
 QUICK = dict(shapes=((20_000, 100), (512, 784)),
-             batched_shape=(20_000, 100), budget_s=0.2, max_repeats=10)
+             batched_shape=(20_000, 100), budget_s=0.2, max_repeats=10,
+             hypergrad=dict(n=200, k=5, nv=50, d=64, T=20, reps=2, lams=2))
 DTYPES = ("float32", "float64")
 CACHE_BYTES = 64 << 20  # above this X streams from memory (twice a 32 MiB L3)
 MIN_REPEATS = 3
@@ -58,6 +68,62 @@ def make_problem(n, d, dtype, batch=None, independent=False, seed=0):
     theta = (rng.standard_normal(shape) / np.sqrt(d)).astype(dtype)
     v = rng.standard_normal(shape).astype(dtype)
     return theta, v, X, y
+
+
+def hypergrad_data(n, k, nv, d, dtype, reps=None, lams=1, seed=0):
+    """Arguments of mithridate.hypergrad.hypergrad for one poisoning problem,
+    or (reps given) reps x lams problems in the batched form, each
+    repetition's Xc shared by its lams settings (lam = log of 0.5 .. 10)."""
+    rng = np.random.default_rng(seed)
+    B = None if reps is None else reps * lams
+    lead = () if B is None else (B,)
+    Xc = rng.random((reps or 1, n, d), dtype=np.float32).astype(dtype)
+    yc = (rng.random((reps or 1, n)) < 0.5).astype(dtype)
+    Xc, yc = (Xc[0], yc[0]) if B is None else (np.repeat(Xc, lams, 0), np.repeat(yc, lams, 0))
+    Xp = rng.random(lead + (k, d), dtype=np.float32).astype(dtype)
+    yp = (rng.random(lead + (k,)) < 0.5).astype(dtype)
+    Xv = rng.random((nv, d), dtype=np.float32).astype(dtype)
+    yv = (np.arange(nv) % 2).astype(dtype)
+    lam = np.log(np.geomspace(0.5, 10.0, lams)) if B is not None else np.log(5.0)
+    return (Xc, yc, Xp, yp, Xv, yv), dict(lam=lam if B is None else np.tile(lam, reps))
+
+
+def _hypergrad_records(op, cfg, dt, backend, probe):
+    """Records of one hypergrad op: ours, the torch reference (B calls for a
+    batch) and, batched, B single calls of ours. Bytes: X read once per pass
+    (forward T, reverse T, checkpoint's recomputation T more)."""
+    from .hypergrad import hypergrad
+    hg = dict(cfg["hypergrad"])
+    batched = op == "hypergrad_batched"
+    shape = dict(n=hg["n"], k=hg["k"], nv=hg["nv"], d=hg["d"])
+    args, kw = hypergrad_data(**shape, dtype=dt, reps=hg["reps"] if batched else None,
+                              lams=hg["lams"])
+    kw.update(T=hg["T"], alpha=0.05)
+    one = lambda i, **o: hypergrad(*(a[i] for a in args[:4]), *args[4:], lam=kw["lam"][i],
+                                   T=kw["T"], alpha=0.05, **o)  # problem i of the batch
+    B = len(kw["lam"]) if batched else 1
+    records = []
+    for mode in (("trajectory",) if batched else HYPERGRAD_MODES):
+        calls = [lambda: hypergrad(*args, mode=mode, backend=backend, **kw)]
+        if batched:
+            calls += [lambda: [one(i, backend=REFERENCE) for i in range(B)],
+                      lambda: [one(i, mode=mode, backend=backend) for i in range(B)]]
+        else:
+            calls.append(lambda: hypergrad(*args, backend=REFERENCE, **kw))
+        times, reps = _medians(calls + [probe[0]], lambda: None, cfg["budget_s"],
+                               cfg["max_repeats"])
+        ours, ref = times[:2]
+        passes = {"trajectory": 2, "checkpoint": 3, "forward": 1}[mode] * hg["T"]
+        nbytes = B * passes * (hg["n"] + hg["k"]) * hg["d"] * np.dtype(dt).itemsize
+        bw = probe[1] / times[-1]
+        rec = dict(op=op, backend=backend, shape=[hg["n"] + hg["k"], hg["d"]], dtype=dt,
+                   batch=B if batched else None, mode=mode, T=hg["T"], median_s=ours,
+                   reference_median_s=ref, speedup=ref / ours, roof_gbps=bw / 1e9,
+                   roof_fraction=nbytes / ours / bw, repeats=reps)
+        if batched:
+            rec.update(singles_median_s=times[2], batch_gain=times[2] / ours)
+        records.append(rec)
+    return records
 
 
 def to_device(arrays, backend):
@@ -142,15 +208,20 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
                  "(GPU, torch), timed interleaved with each row whose X exceeds the cache")
 
     jobs = [(shape, dt, op, b) for shape in cfg["shapes"] for dt in DTYPES
-            for op in op_names if op not in BATCHED for b in chosen]
+            for op in op_names if op not in BATCHED + HYPERGRAD for b in chosen]
     jobs += [(cfg["batched_shape"], dt, op, b) for op in op_names if op in BATCHED
              for dt in DTYPES for b in chosen
              if op != "lipschitz_batched" or b in backends.LIPSCHITZ]
+    jobs += [(None, dt, op, b) for op in op_names if op in HYPERGRAD for dt in DTYPES
+             for b in chosen if b not in GPU_BACKENDS]
 
     from tqdm import tqdm
     records, data, key = [], {}, None
     for shape, dt, op, b in tqdm(jobs, desc="mithridate bench", file=sys.stderr,
                                  disable=not progress, leave=False):
+        if op in HYPERGRAD:
+            records += _hypergrad_records(op, cfg, dt, b, probes["cpu"])
+            continue
         batch = BATCH if op in BATCHED else None
         if (shape, dt, batch) != key:
             data.clear()  # free the previous size before allocating the next
@@ -193,7 +264,8 @@ def format_table(records):
     rows = [head]
     for r in records:
         shape = "x".join(map(str, r["shape"])) + (f" B={r['batch']}" if r["batch"] else "")
-        gain = (f"{r['batch_gain']:.2f}x singles" if "batch_gain" in r else
+        gain = (r["mode"] + " " if "mode" in r else "") + (
+                f"{r['batch_gain']:.2f}x singles" if "batch_gain" in r else
                 f"{r['matmul_ratio']:.2f}x W@X^T" if "matmul_ratio" in r else "")
         rows.append((r["op"], r["backend"], shape, r["dtype"], _fmt_time(r["median_s"]),
                      _fmt_time(r["reference_median_s"]), f"{r['speedup']:.2f}x",

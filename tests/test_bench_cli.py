@@ -23,7 +23,7 @@ def check_records(records):
         assert r["speedup"] == pytest.approx(r["reference_median_s"] / r["median_s"])
         assert isinstance(r["shape"], list) and all(isinstance(s, int) for s in r["shape"])
         assert r["dtype"] in ("float32", "float64")
-        if r["op"] == "loss_grad_batched":
+        if r["op"] in ("loss_grad_batched", "hypergrad_batched"):
             assert math.isfinite(r["batch_gain"]) and r["batch_gain"] > 0
         if r["op"] == "lipschitz_batched":
             assert r["matmul_ratio"] == pytest.approx(r["median_s"] / r["matmul_median_s"])
@@ -35,7 +35,7 @@ def test_bench_quick_json(capsys):
     records = json.loads(capsys.readouterr().out)  # stdout holds the JSON and nothing else
     check_records(records)
     assert {r["op"] for r in records} == {"loss_grad", "hvp", "loss_grad_batched",
-                                          "lipschitz_batched"}
+                                          "lipschitz_batched", "hypergrad", "hypergrad_batched"}
 
 
 def test_console_script_bench():
