@@ -81,3 +81,29 @@ class Sweep:
 
     def peakmem_sweep(self, *params):
         self.run()
+
+
+class ReversibleTarget:
+    """Issue 5's targets at T = 1000, d = 784 (numba, float64, gamma = 0.9):
+    reversible mode within 1.5x the time of trajectory mode and with at most
+    1/20 of its stored state (track_: info["state_bytes"]; peakmem_ is the
+    whole process, so the difference of the two modes is what to read)."""
+    params = [["trajectory", "reversible"]]
+    param_names = ["mode"]
+    timeout = 600
+
+    def setup(self, mode):
+        self.args, kw = hypergrad_data(**PAPER, dtype="float64")
+        self.kw = dict(kw, mode=mode, T=1000, alpha=0.05, gamma=0.9)
+        hypergrad(*self.args, **dict(self.kw, T=2))  # compile / warm up
+
+    def time_hypergrad(self, mode):
+        hypergrad(*self.args, **self.kw)
+
+    def peakmem_hypergrad(self, mode):
+        hypergrad(*self.args, **self.kw)
+
+    def track_state_bytes(self, mode):
+        return hypergrad(*self.args, **self.kw).info["state_bytes"]
+
+    track_state_bytes.unit = "bytes"
