@@ -87,6 +87,8 @@ def test_convergence_warning_lists_problems():
     ((WassersteinRobustRegressor(), np.zeros((2, 5, 3)), np.zeros(5)), ValueError, r"\(S, n\)"),
     ((WassersteinRobustRegressor(), [np.zeros((5, 3))], np.zeros(5)), ValueError, "lists"),
     ((WassersteinRobustRegressor(), [], []), ValueError, "empty"),
+    ((WassersteinRobustRegressor(), [np.ones((5, 3)), np.ones((5, 2))], [np.ones(5)] * 2),
+     ValueError, "same features"),
 ])
 def test_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):

@@ -5,7 +5,7 @@
 ``estimator``  a WassersteinRobustRegressor or WassersteinRobustClassifier; only its
                parameters are read (it is not fitted): they are the defaults of every problem.
 ``X, y``       one training set, X (n, d) and y (n,); or S sets of one size, X (S, n, d) and
-               y (S, n); or S sets as two lists of arrays (shapes may differ).
+               y (S, n); or S sets as two lists of arrays (row counts may differ).
 ``params``     None (the estimator's own setting); a dict {name: list of values}, the
                Cartesian grid in ``sklearn.model_selection.ParameterGrid`` order; or a list
                of dicts, the settings themselves. Names are estimator parameters (rho, c1, c2,
@@ -135,6 +135,9 @@ def _fit_all(models, sets):
         for m in row:
             m._check_params()
             Xv, yv = m._validate(X, y)
+            if checked and Xv.shape[1] != checked[0][2].shape[1]:
+                raise ValueError(f"training set {s} has {Xv.shape[1]} features but set 0 has "
+                                 f"{checked[0][2].shape[1]}; every set needs the same features.")
             checked.append((s, m, Xv, yv, m._form(Xv, yv)))
     groups, design = {}, {}
     for s, m, Xv, yv, form in checked:
