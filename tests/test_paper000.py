@@ -82,9 +82,12 @@ def test_run_metrics(name, model):
 
 def test_beta_zero_is_clean_and_poison_is_nested():
     c = _configs("paper000-wine-features", "c1=0,c2=0", betas=(0.0,), seeds=(3,))[0]
-    X, y, _, _ = P.clean_split("wine-quality", 3)
+    X, y, _, _ = P.clean_split("wine-quality", 3, False)
     p0 = P.poison(c)
     assert not p0.mask.any() and np.array_equal(p0.X, X)
+    Xs, _, _, _ = P.clean_split("wine-quality", 3, True)  # standardised on the clean half
+    np.testing.assert_allclose(Xs.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose((X - X.mean(0)) / X.std(0), Xs, atol=1e-12)
     p1, p2 = P.poison({**c, "beta": 0.1}), P.poison({**c, "beta": 0.3})
     assert (p1.mask <= p2.mask).all() and np.array_equal(p1.X[p1.mask], p2.X[p1.mask])
 
