@@ -64,6 +64,7 @@ def _configs(name, model, betas=(0.0, 0.3), seeds=(0, 1)):
 
 @pytest.mark.parametrize("name,model", [("paper000-wine-labels", "c1=0.1,c2=0"),
                                         ("paper000-boston-features", "paper-val"),
+                                        ("paper000-wine-features", "paper-theorem"),
                                         ("paper000-adult-labels", "c1=0.01,c2=0")])
 def test_run_metrics(name, model):
     cfgs = _configs(name, model)
@@ -73,11 +74,13 @@ def test_run_metrics(name, model):
         assert np.isfinite([m["test_metric"], m["test_loss"], m["J_n"]]).all()
         assert m["n_poisoned"] == attacks.n_poisoned(m["n_train"], c["beta"])
         assert m["holds"] == (m["test_loss"] <= m["J_n"]) and m["converged"]
-        assert m["certificate"] == model.endswith("-val")
+        assert m["certificate"] == (not model.startswith("c1="))
         if model.endswith("-val"):
             assert m["rho"] in P.RHOS
-    if model == "paper-val":  # beta W = 0 without poison, > 0 with it
+    if model.startswith("paper-"):  # beta W = 0 without poison, > 0 with it
         assert [m["beta_W"] > 0 for m in out] == [c["beta"] > 0 for c in cfgs]
+    if model == "paper-theorem":  # rho is Theorem 2's radius with zeta = 0
+        assert all(m["rho"] == m["beta_W"] and m["rho_covers"] for m in out)
 
 
 def test_beta_zero_is_clean_and_poison_is_nested():

@@ -21,7 +21,10 @@ Setup (the paper's, Section 6; the rest are our choices, all in results.csv):
   ``paper-val`` / ``exact-val``: the paper form with rho, and regularizer="exact",
   rho chosen on the grid ``RHOS`` by a 25% hold-out of the (poisoned) training
   half, then refitted on all of it (:func:`mithridate.defenses.rho.select_rho`'s
-  rule, batched over every config of the call). Companion figure
+  rule, batched over every config of the call); ``paper-theorem``: the paper form
+  with Theorem 2's radius rho = zeta + beta W(Q, P) taken with zeta = 0 and W
+  measured between the poisoned and the clean training rows (an oracle: a
+  defender does not know which rows are clean). Companion figure
   ``paper000-wine-labels-regularisers``: ``<reg>:rho=R``, the paper, tight and
   exact regularisers at the same fixed rho (exact squared reads rho as a W_2^2
   radius, so only paper vs tight compare like for like).
@@ -62,11 +65,12 @@ FIGS = {  # name: (data set, attack, fixed parameters, description)
 PAPER_GRID = [(0.0, 0.0), (0.01, 0.0), (0.1, 0.0), (0.0, 0.1), (0.0, 1.0), (0.1, 0.1)]
 PAPER_MODELS = [f"c1={a:g},c2={b:g}" for a, b in PAPER_GRID]
 PLAIN = PAPER_MODELS[0]
-VAL_MODELS = ["paper-val", "exact-val"]
+VAL_MODELS = ["paper-val", "exact-val", "paper-theorem"]
 RHOS = [0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 BETAS, BETAS_QUICK = [0.0, 0.1, 0.2, 0.3, 0.4], [0.0, 0.3]
 SEEDS, SEEDS_QUICK = list(range(10)), [0, 1]
 VAL_SIZE = 0.25
+THEOREM = "theorem"  # rho = rho_bound(beta, W(Q, P), zeta=0) of each config
 # Companion beyond the paper: paper, tight and exact regularisers at the same rho. The
 # tight squared form is nonconvex and fitted by SLSQP one problem at a time (~1.5 s CPU
 # each), which sets the size of this grid.
@@ -115,10 +119,13 @@ def poison(config):
 
 def parse_model(name):
     """(regularizer, setting): ('paper', {'c1': A, 'c2': B}) for 'c1=A,c2=B';
-    (reg, {'rho': r}) for '<reg>:rho=r'; (reg, None) for '<reg>-val' (rho by validation)."""
+    (reg, {'rho': r}) for '<reg>:rho=r'; (reg, None) for '<reg>-val' (rho by validation);
+    ('paper', {'rho': THEOREM}) for 'paper-theorem' (rho = beta W(Q, P) per config)."""
     regs = ("paper", "exact", "tight")
     if name.endswith("-val") and name[:-4] in regs:
         return name[:-4], None
+    if name == "paper-theorem":
+        return "paper", {"rho": THEOREM}
     reg, _, rest = name.rpartition(":")
     try:
         kv = dict(part.split("=") for part in rest.split(","))
@@ -148,8 +155,8 @@ def _best(val_losses):
 
 # --- regression: defenses.fit_batch -------------------------------------------------------
 
-def _fit_regression(reg, weights, configs, pois):
-    """Per config: (coef, intercept, J_n, converged, rho)."""
+def _fit_regression(reg, weights, configs, pois, rhos):
+    """Per config: (coef, intercept, J_n, converged, rho); ``rhos`` per config for THEOREM."""
     import warnings
     from sklearn.exceptions import ConvergenceWarning
     from ..defenses import WassersteinRobustRegressor, fit_batch
@@ -158,6 +165,10 @@ def _fit_regression(reg, weights, configs, pois):
     Xs, ys = [p.X for p in pois], [p.y for p in pois]
     with warnings.catch_warnings():  # non-convergence is reported per config instead
         warnings.simplefilter("ignore", ConvergenceWarning)
+        if weights == {"rho": THEOREM}:  # one rho per set: one call per set
+            fits = [fit_batch(est, X, y, [{"rho": r}]) for X, y, r in zip(Xs, ys, rhos)]
+            return [(f.coef[0, 0], f.intercept[0, 0], f.objective[0, 0], f.converged[0, 0], r)
+                    for f, r in zip(fits, rhos)]
         if weights is not None:
             r = fit_batch(est, Xs, ys, [weights])
             return [(r.coef[s, 0], r.intercept[s, 0], r.objective[s, 0], r.converged[s, 0],
@@ -189,7 +200,7 @@ def _logistic_weights(reg, weights, X, rho):
     return rho * a, rho * b, np.ones(d + 1, bool)
 
 
-def _fit_adult(reg, weights, configs, pois):
+def _fit_adult(reg, weights, configs, pois, rhos):
     from .paper000_fit import fit_logistic
     by_seed = {}
     for k, c in enumerate(configs):
@@ -220,7 +231,8 @@ def _fit_adult(reg, weights, configs, pois):
                          "constraint per row: hours at 24k rows)")
     if weights is not None:
         rho = weights.get("rho", math.nan)
-        cols = {seed: (None, [(k, rho) for k in ks]) for seed, ks in by_seed.items()}
+        cols = {seed: (None, [(k, rhos[k] if rho == THEOREM else rho) for k in ks])
+                for seed, ks in by_seed.items()}
     else:  # the hold-out depends on the seed only: one row subset per seed
         masks = {seed: _holdout(len(pois[ks[0]].y), configs[ks[0]]) for seed, ks in by_seed.items()}
         val = run({seed: (masks[seed], [(k, rho) for k in ks for rho in RHOS])
@@ -246,19 +258,23 @@ def _fit_adult(reg, weights, configs, pois):
 def run(configs):
     """Test metrics and Theorem 2 record of every config; one batched fit per call
     (configs share data set, attack and model)."""
-    from ..defenses.rho import wasserstein_distance
+    from ..defenses.rho import rho_bound
     c0 = configs[0]
     if c0["dataset"] not in TASKS:
         raise ValueError(f"paper000 supports the data sets {list(TASKS)}, got {c0['dataset']!r}")
     loss, kind = TASKS[c0["dataset"]]
     reg, weights = parse_model(c0["model"])
     pois = [poison(c) for c in configs]
-    fits = (_fit_adult(reg, weights, configs, pois) if loss == "logistic"
-            else _fit_regression(reg, weights, configs, pois))
     cert = weights is None or "rho" in weights
+    splits = [clean_split(c["dataset"], c["seed"], c["standardize"]) for c in configs]
+    W = [_w_qp(c, p, sp[0], sp[1]) for c, p, sp in zip(configs, pois, splits)] \
+        if reg == "paper" and cert else None
+    rhos = [rho_bound(c["beta"], w, 0.0) for c, w in zip(configs, W)] if W else None
+    fits = (_fit_adult(reg, weights, configs, pois, rhos) if loss == "logistic"
+            else _fit_regression(reg, weights, configs, pois, rhos))
     out = []
-    for c, p, (coef, b, J, ok, rho) in zip(configs, pois, fits):
-        Xtr, ytr, Xte, yte = clean_split(c["dataset"], c["seed"], c["standardize"])
+    for i, (c, p, (coef, b, J, ok, rho)) in enumerate(zip(configs, pois, fits)):
+        Xtr, ytr, Xte, yte = splits[i]
         z = Xte @ coef + b
         if loss == "logistic":
             metric = float(np.mean((z > 0) != (yte > 0.5)))
@@ -269,22 +285,23 @@ def run(configs):
         m = {"metric": kind, "test_metric": metric, "test_loss": test_loss, "J_n": float(J),
              "holds": bool(test_loss <= J), "certificate": cert, "rho": rho,
              "converged": bool(ok), "n_poisoned": int(p.mask.sum()), "n_train": len(p.y)}
-        if reg == "paper" and cert:
-            m["beta_W"] = _beta_w(c, p, Xtr, ytr, wasserstein_distance)
-            m["rho_covers"] = bool(rho >= m["beta_W"])
+        if W:
+            m["beta_W"] = c["beta"] * W[i]
+            m["rho_covers"] = bool(rho >= m["beta_W"] * (1 - 1e-12))
         out.append(m)
     return out
 
 
-def _beta_w(c, p, Xtr, ytr, wasserstein_distance):
-    """beta W(Q, P): poisoned rows vs clean training rows, (x, y) stacked, 2-norm cost
-    (exact EMD up to 1000 rows per cloud; Adult: the subsample estimate, one draw of 500)."""
+def _w_qp(c, p, Xtr, ytr):
+    """W(Q, P): poisoned rows vs clean training rows, (x, y) stacked, 2-norm cost (exact
+    EMD up to 1000 rows per cloud; Adult: the subsample estimate, one draw of 500 rows)."""
+    from ..defenses.rho import wasserstein_distance
     if not p.mask.any():
         return 0.0
     Q = np.column_stack([p.X[p.mask], p.y[p.mask]])
     P = np.column_stack([Xtr, ytr])
     big = dict(max_exact=500, n_repeats=1, seed=c["seed"]) if len(P) > 1000 else {}
-    return c["beta"] * wasserstein_distance(Q, P, 2, **big)
+    return wasserstein_distance(Q, P, 2, **big)
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -367,8 +384,9 @@ def summary(df):
             f"{mean.loc[PLAIN, bmax]:.4f} at beta={bmax:g}.", ""]
     val = [m for m in VAL_MODELS if m in mean.index]
     if val and PLAIN in mean.index:
-        lines.append("Beyond the paper (rho chosen by a 25% hold-out of the poisoned training "
-                     "half): at beta=" + f"{bmax:g}: " + ", ".join(
+        lines.append("Beyond the paper (*-val: rho chosen by a 25% hold-out of the poisoned "
+                     "training half; paper-theorem: rho = beta W(Q, P), Theorem 2's radius with "
+                     "zeta = 0, an oracle): at beta=" + f"{bmax:g}: " + ", ".join(
                          f"{m} {mean.loc[m, bmax]:.4f}" for m in val)
                      + f" vs {PLAIN} {mean.loc[PLAIN, bmax]:.4f}; at beta={b0:g}: " + ", ".join(
                          f"{m} {mean.loc[m, b0]:.4f}" for m in val)
