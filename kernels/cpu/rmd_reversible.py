@@ -14,9 +14,8 @@ only theta_q, v_q and the buffer are stored, never the trajectory.
 Exactness needs g(theta_t) bit for bit as in the forward pass: both come from
 the same _pass, gradient and HVP together with no branch between them, in
 row chunks fixed by the shape (and the end of the reverse checks that w0
-came back). The fixed-point glue (_v_step,
-_theta_step) is compiled without fastmath, so it rounds as IEEE says
-wherever it is inlined.
+came back). The fixed-point glue (_v_incr, _theta_incr) is compiled without
+fastmath, so it rounds as IEEE says wherever it is inlined.
 """
 import math
 
@@ -64,8 +63,8 @@ CHUNK_ELEMS = 1 << 17  # about this many elements of X per row chunk, at least
 def layout(n, d, itemsize):
     """(n_chunks, block) for _pass, fixed by the shape alone (so the bits do not
     depend on the thread count): a power of two of chunks of at least
-    CHUNK_ELEMS elements (each chunk costs a flush and a scheduling step:
-    measured 2.5 us at d = 784), blocks of a multiple of 4 rows sized for L2."""
+    CHUNK_ELEMS elements (measured at 529 x 784: 12 chunks 135 us a pass, 2
+    chunks 105 us), blocks of a multiple of 4 rows sized for L2."""
     want = max(1, min(64, n * d // CHUNK_ELEMS, n // 4))
     return 1 << (want.bit_length() - 1), max(4, _block_rows(d, itemsize) // 4 * 4)
 
@@ -113,6 +112,7 @@ def _pass(X, y, code, fit_b, th, u, n_chunks, block, ws, g, h, k, rows):
         gb = acc[c, 0]
         hb = acc[c, 1]
         total = 0.0
+        part[c] = 0.0
         for r0 in range(i0, i1, block):
             m = min(block, i1 - r0)
             _dot2_rows(X, r0, m, th, th[d], u, u[d], z, xu)
@@ -124,11 +124,11 @@ def _pass(X, y, code, fit_b, th, u, n_chunks, block, ws, g, h, k, rows):
             for i in range(m):
                 c2[i] *= xu[i]
             _axpy2_rows(X, r0, m, c1, c2, gb, hb, fit_b)
-        for j in range(d + 1):  # the chunk's sums to float64
-            part[c, 0, j] = gb[j]
-            part[c, 1, j] = hb[j]
-            gb[j] = 0
-            hb[j] = 0
+            for j in range(d + 1):  # block sums in X's dtype, chunk sums in float64
+                part[c, 0, j] += gb[j]
+                part[c, 1, j] += hb[j]
+                gb[j] = 0
+                hb[j] = 0
         loss[c] = total
     g[:] = 0.0
     h[:] = 0.0
@@ -149,55 +149,54 @@ def _decode(thq, th, thx, inv_scale):
 
 
 @njit(inline="always", **fp.EXACT_JIT)
-def _v_step(g, n, e, th, j, d, s, scale):
-    """(code, Q(s g_j)) with g_j = g[j]/n + e th[j] (no L2 on the intercept)."""
-    gj = g[j] / n
-    if j < d:
-        gj += e * th[j]
-    return fp.encode_scaled(s * gj, scale)
+def _v_incr(g, n, e, th, j, d, s, scale):
+    """rint(s g_j 2^f), g_j = g[j]/n + e th[j] (no L2 on the intercept): the
+    float of encode(s g_j), range not yet checked."""
+    return np.rint(s * (g[j] / n + (e * th[j] if j < d else 0.0)) * scale)
 
 
 @njit(inline="always", **fp.EXACT_JIT)
-def _theta_step(vq, alpha, scale, inv_scale):
-    """(code, Q(alpha decode(vq)))."""
-    return fp.encode_scaled(alpha * fp.decode_scaled(vq, inv_scale), scale)
+def _theta_incr(vq, alpha, scale, inv_scale):
+    """rint(alpha decode(vq) 2^f): the float of encode(alpha decode(vq))."""
+    return np.rint(alpha * (np.float64(vq) * inv_scale) * scale)
 
 
 @njit(inline="always", **fp.EXACT_JIT)
-def _add_fits(a, b):
-    """Whether a + b fits int64."""
-    if b > 0:
-        return a <= fp._I64_MAX - b
-    return a >= -fp._I64_MAX - 1 - b
-
-
-@njit(inline="always", **fp.EXACT_JIT)
-def _sub_fits(a, b):
-    """Whether a - b fits int64."""
-    if b < 0:
-        return a <= fp._I64_MAX + b
-    return a >= -fp._I64_MAX - 1 + b
+def _status(y, a):
+    """Code of a + int64(y): NOT_FINITE (nan), RANGE (y outside int64, inf
+    too), INT64 (the sum outside int64) or OK. Branch-free."""
+    in_range = (y >= -fp._TWO63) & (y < fp._TWO63)  # False for nan too
+    q = np.int64(y) if in_range else np.int64(0)
+    fits = ((q > 0) & (a <= fp._I64_MAX - q)) | ((q <= 0) & (a >= -fp._I64_MAX - 1 - q))
+    if in_range:
+        return fp.OK if fits else fp.INT64
+    return fp.NOT_FINITE if y != y else fp.RANGE
 
 
 @njit(**fp.EXACT_JIT)
 def _forward_update(thq, vq, buf, w, num, den, g, n, e, th, d, s, alpha, scale, inv_scale,
-                    rem, hi):
-    """v_q = mul(v_q); v_q -= Q(s g); theta_q += Q(alpha decode(v_q)).
-    Returns (status, which, j): OK, or the first element that left int64."""
+                    rem, hi, codes):
+    """v_q = mul(v_q); v_q -= Q(s g); theta_q += Q(alpha decode(v_q)), every
+    element without a branch (the loop vectorises), each element's code in
+    codes. Returns (status, which, j): OK, or the first element that left
+    int64 (the state is then garbage)."""
     fp.step_lanes(vq, buf, w, num, den, rem, hi)
+    bad = 0
     for j in range(thq.shape[0]):
-        status, dv = _v_step(g, n, e, th, j, d, s, scale)
-        if status == fp.OK and not _sub_fits(vq[j], dv):
-            status = fp.INT64
-        if status != fp.OK:
-            return status, V_STATE, j
-        vq[j] -= dv
-        status, dth = _theta_step(vq[j], alpha, scale, inv_scale)
-        if status == fp.OK and not _add_fits(thq[j], dth):
-            status = fp.INT64
-        if status != fp.OK:
-            return status, THETA_STATE, j
-        thq[j] += dth
+        dv = _v_incr(g, n, e, th, j, d, s, scale)
+        code_v = _status(-dv, vq[j])  # vq - dv, as vq + (-dv)
+        vq[j] -= np.int64(dv) if code_v == fp.OK else np.int64(0)
+        dth = _theta_incr(vq[j], alpha, scale, inv_scale)
+        code_t = _status(dth, thq[j])
+        thq[j] += np.int64(dth) if code_t == fp.OK else np.int64(0)
+        codes[j] = code_v if code_v != fp.OK else 8 * code_t
+        bad |= codes[j]
+    if bad == 0:
+        return fp.OK, V_STATE, -1
+    for j in range(thq.shape[0]):
+        if codes[j] != 0:
+            c = codes[j]
+            return (c, V_STATE, j) if c < 8 else (c // 8, THETA_STATE, j)
     return fp.OK, V_STATE, -1
 
 
@@ -205,14 +204,14 @@ def _forward_update(thq, vq, buf, w, num, den, g, n, e, th, d, s, alpha, scale, 
 def _undo_theta(thq, vq, alpha, scale, inv_scale):
     """theta_q -= Q(alpha decode(v_q)): the forward's increment, so it fits."""
     for j in range(thq.shape[0]):
-        thq[j] -= _theta_step(vq[j], alpha, scale, inv_scale)[1]
+        thq[j] -= np.int64(_theta_incr(vq[j], alpha, scale, inv_scale))
 
 
 @njit(**fp.EXACT_JIT)
 def _undo_v(vq, buf, w, num, den, g, n, e, th, d, s, scale, rem, hi):
     """v_q += Q(s g); v_q = unmul(v_q): back to the state the forward held."""
     for j in range(vq.shape[0]):
-        vq[j] += _v_step(g, n, e, th, j, d, s, scale)[1]
+        vq[j] += np.int64(_v_incr(g, n, e, th, j, d, s, scale))
     fp.step_lanes(vq, buf, w, den, num, rem, hi)
 
 
@@ -256,6 +255,7 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     rows = np.empty((3, k))
     rem = np.empty(p, dtype=np.int64)
     hi = np.empty(p, dtype=np.int64)
+    codes = np.empty(p, dtype=np.int64)
     ws = workspace(X, n_chunks, block)
     vq[:] = 0
     buf[:] = 0
@@ -266,7 +266,7 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
         _decode(thq, th, thx, inv_scale)
         _pass(X, y, code, fit_b, thx, ux, n_chunks, block, ws, g, h, k, rows)
         status, which, j = _forward_update(thq, vq, buf, words[t + 1], num, den, g, n, e, th, d,
-                                           s, alpha, scale, inv_scale, rem, hi)
+                                           s, alpha, scale, inv_scale, rem, hi, codes)
         if status != fp.OK:
             return status, which, t, j, 0.0, 0.0, False
 
