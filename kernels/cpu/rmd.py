@@ -49,9 +49,12 @@ def layout(n, d, itemsize):
 @njit(**JIT)
 def workspace(X, groups, block, n_threads):
     """Buffers of _pass: group partials (float64), per-worker scratch and
-    per-worker accumulators in X's dtype (zero between passes)."""
+    per-worker accumulators in X's dtype (zero between passes). At most one
+    worker per group: a one-group problem runs serially, with no parallel
+    launch per pass."""
     d = X.shape[1]
     n_groups = groups.shape[0] - 1
+    n_threads = min(n_threads, n_groups)
     return (np.zeros((n_groups, 2, d + 1)), np.zeros(n_groups),
             np.zeros((n_threads, 5, block)), np.zeros((n_threads, block), dtype=np.int64),
             np.zeros((n_threads, 2, d + 1), dtype=X.dtype))
