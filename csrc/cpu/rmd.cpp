@@ -88,6 +88,18 @@ inline void axpy4(double* acc, const double* c, const T* const* x, int64_t d) {
               (c[2] * static_cast<double>(x[2][j]) + c[3] * static_cast<double>(x[3][j]));
 }
 
+// axpy4 into two accumulators in one read of the rows; each gets the bits
+// axpy4 alone would give it.
+template <class T>
+inline void axpy4x2(double* acc, const double* c, double* acc2, const double* c2, const T* const* x,
+                    int64_t d) {
+  for (int64_t j = 0; j < d; ++j) {
+    const double x0 = x[0][j], x1 = x[1][j], x2 = x[2][j], x3 = x[3][j];
+    acc[j] += (c[0] * x0 + c[1] * x1) + (c[2] * x2 + c[3] * x3);
+    acc2[j] += (c2[0] * x0 + c2[1] * x1) + (c2[2] * x2 + c2[3] * x3);
+  }
+}
+
 // acc[:d] += X_rows^T c for m <= kGroup rows; acc[d] += sum(c) if fit_b.
 template <class T>
 inline void accumulate(double* acc, const double* c, const T* const* x, int m, int64_t d, bool fit_b) {
@@ -98,6 +110,23 @@ inline void accumulate(double* acc, const double* c, const T* const* x, int m, i
   }
   if (fit_b)
     for (int r = 0; r < m; ++r) acc[d] += c[r];
+}
+
+// accumulate() into acc with c and into acc2 with c2, one read of full groups.
+template <class T>
+inline void accumulate2(double* acc, const double* c, double* acc2, const double* c2, const T* const* x,
+                        int m, int64_t d, bool fit_b) {
+  if (m != kGroup) {
+    accumulate(acc, c, x, m, d, fit_b);
+    accumulate(acc2, c2, x, m, d, fit_b);
+    return;
+  }
+  axpy4x2(acc, c, acc2, c2, x, d);
+  if (fit_b)
+    for (int r = 0; r < m; ++r) {
+      acc[d] += c[r];
+      acc2[d] += c2[r];
+    }
 }
 
 // Rows [i0, i1) at theta = th into the chunk sums gc, hc (p each): G: X^T l'(z);
@@ -139,8 +168,13 @@ inline __attribute__((always_inline)) double chunk_body(const Rows<T>& R, int lo
         for (int64_t j = 0; j < d; ++j) out[j] -= a * th[j] + b * u[j];
       }
     }
-    if (G) accumulate(gc, cg, x, m, d, fit_b);
-    if (H) accumulate(hc, ch, x, m, d, fit_b);
+    if (G && H) {
+      accumulate2(gc, cg, hc, ch, x, m, d, fit_b);
+    } else if (G) {
+      accumulate(gc, cg, x, m, d, fit_b);
+    } else if (H) {
+      accumulate(hc, ch, x, m, d, fit_b);
+    }
   }
   return total;
 }
