@@ -41,7 +41,8 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
     at a stationary point: ``info["grad_norm"]`` is the final training
     gradient norm, warned about above ``tol``).
     ``backend``: ``numba`` (compiled loops, every mode), ``torch`` (autograd
-    through the unrolled loop; for implicit only the training runs in torch),
+    through the unrolled loop, which is also its checkpoint mode; for implicit
+    only the training runs in torch),
     ``cpp``/``cuda`` (compiled extension, where built).
     Arrays: numpy, one float dtype, C-contiguous; results in that dtype.
 
@@ -66,7 +67,7 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
 def _n_checkpoints(checkpoints, T):
     """Number of stored (theta, v) states for mode='checkpoint', in [1, T]."""
     if checkpoints == "sqrt":
-        return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+        return math.isqrt(T - 1) + 1  # ceil(sqrt(T))
     if isinstance(checkpoints, bool) or not isinstance(checkpoints, (int, np.integer)) \
             or checkpoints < 1:
         raise ValueError(f"checkpoints={checkpoints!r} must be 'sqrt' or a positive integer "
