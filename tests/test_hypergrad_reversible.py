@@ -47,8 +47,8 @@ doubles = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
 int64s = st.one_of(st.integers(I64_MIN, I64_MAX), st.integers(-10**6, 10**6),
                    st.sampled_from([I64_MIN, I64_MIN + 1, -1, 0, 1, I64_MAX - 1, I64_MAX]))
 limbs = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2**31, 2**32 - 1]))
-bases = st.one_of(st.sampled_from([(9, 10), (10, 9), (1, 2), (2, 1), (1, 1), (MAX_BASE - 1, MAX_BASE),
-                                   (1, MAX_BASE), (MAX_BASE, 1)]),
+bases = st.one_of(st.sampled_from([(9, 10), (10, 9), (1, 2), (2, 1), (1, 1), (MAX_BASE, 1),
+                                   (MAX_BASE - 1, MAX_BASE), (1, MAX_BASE)]),
                   st.tuples(st.integers(1, MAX_BASE), st.integers(1, MAX_BASE)),
                   st.tuples(st.integers(1, 50), st.integers(1, 50)))
 
@@ -309,7 +309,7 @@ def test_overflow_raises_and_loses_nothing():
     big = tuple(a if i % 2 == 0 else 100.0 + a for i, a in enumerate(D))
     copies = [a.copy() for a in big]
     opts = kw("squared", gamma=0.5, mode="reversible")
-    with pytest.raises(fp.FixedPointOverflow, match=r"frac_bits=60; lower frac_bits"):
+    with pytest.raises(fp.FixedPointOverflow, match=r"with frac_bits=60; lower frac_bits"):
         hypergrad(*big, frac_bits=60, **opts)
     for a, b in zip(big, copies):
         np.testing.assert_array_equal(a, b)

@@ -82,7 +82,8 @@ def workspace(X, n_chunks, block):
     partials (float64), per-chunk scratch and accumulators in X's dtype."""
     d = X.shape[1]
     return (np.zeros((n_chunks, 2, d + 1)), np.zeros(n_chunks), np.zeros((n_chunks, 5, block)),
-            np.zeros((n_chunks, block), dtype=np.int64), np.zeros((n_chunks, 2, d + 1), dtype=X.dtype))
+            np.zeros((n_chunks, block), dtype=np.int64),
+            np.zeros((n_chunks, 2, d + 1), dtype=X.dtype))
 
 
 @njit(parallel=True, **JIT)

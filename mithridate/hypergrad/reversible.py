@@ -63,8 +63,8 @@ def check_frac_bits(frac_bits):
         raise TypeError(f"frac_bits must be an int (fractional bits of the fixed point, default "
                         f"{DEFAULT_FRAC_BITS}), got {type(frac_bits).__name__} {frac_bits!r}.")
     if not 1 <= frac_bits <= MAX_FRAC_BITS:
-        raise ValueError(f"frac_bits={frac_bits} is out of range; it must be in [1, {MAX_FRAC_BITS}] "
-                         f"(default {DEFAULT_FRAC_BITS}).")
+        raise ValueError(f"frac_bits={frac_bits} is out of range; it must be in "
+                         f"[1, {MAX_FRAC_BITS}] (default {DEFAULT_FRAC_BITS}).")
     return int(frac_bits)
 
 
@@ -110,6 +110,8 @@ def run(problems, frac_bits=None, max_buffer_bytes=None):
 
 
 def _one(pb, frac_bits, num, den, words, state_bytes, where):
+    """Run one planned problem; raise on overflow or an unrecovered w0."""
+    from ..kernels.cpu.fixed_point import NOT_FINITE, OK
     from ..kernels.cpu.linear import LOSS_CODES
     from ..kernels.cpu.rmd_reversible import THETA_STATE, layout, reversible, step_words
     X = np.concatenate([pb.Xc, pb.Xp])
@@ -127,18 +129,19 @@ def _one(pb, frac_bits, num, den, words, state_bytes, where):
         X, y, k, pb.Xv, pb.yv, LOSS_CODES[pb.loss], pb.fit_intercept, theta0, pb.alpha, pb.gamma,
         num, den, float(np.exp(pb.lam)), pb.T, frac_bits, step_words(pb.T, num, den),
         *layout(n, d, X.itemsize), *layout(nv, d, X.itemsize), dXp, theta_T, thq, vq, buf)
-    if status != 0:
+    if status != OK:
         name = "theta" if which == THETA_STATE else "v"
         e = 63 - frac_bits
+        what = "is not finite" if status == NOT_FINITE else \
+            f"left the fixed-point range [-2**{e}, 2**{e})"
         raise fixedpoint.FixedPointOverflow(
-            f"mode='reversible'{where}: {name}[{j}] at step {t + 1} of {pb.T} "
-            f"{'is not finite' if status == 3 else 'left the fixed-point range'} [-2**{e}, 2**{e}) "
-            f"of frac_bits={frac_bits}; lower frac_bits, or alpha if training diverges, or "
-            "rescale the data. No result was returned.")
+            f"mode='reversible'{where}: {name}[{j}] at step {t + 1} of {pb.T} {what} with "
+            f"frac_bits={frac_bits}; lower frac_bits, or alpha if training diverges, or rescale "
+            "the data. No result was returned.")
     if not recovered:
-        raise RuntimeError(f"mode='reversible'{where}: the reverse sweep did not recover w0 bit for "
-                           "bit, so the hypergradient is not trustworthy; please report it and use "
-                           "mode='trajectory'.")
+        raise RuntimeError(f"mode='reversible'{where}: the reverse sweep did not recover w0 bit "
+                           "for bit, so the hypergradient is not trustworthy; please report it "
+                           "and use mode='trajectory'.")
     info = dict(mode="reversible", backend="numba", T=pb.T, w0_recovered=True,
                 frac_bits=frac_bits, gamma_fraction=(num, den), buffer_words=words,
                 state_bytes=state_bytes)
