@@ -19,7 +19,10 @@ rounding of the trajectory modes relative to O(1) weights) and room for
 The host loop runs problems in parallel (OpenMP) when the batch has at least
 as many problems as threads, else the row chunks of each problem; the row
 chunks and their order are fixed by the shape, so the result does not depend
-on the thread count. On the GPU each problem is one thread block.
+on the thread count (OMP_NUM_THREADS). A single problem opens two parallel
+regions per inner step; on a machine whose cores are shared with other work,
+OMP_WAIT_POLICY=passive or OMP_NUM_THREADS=1 avoids threads spinning for
+cores that are busy elsewhere. On the GPU each problem is one thread block.
 """
 import math
 from fractions import Fraction
