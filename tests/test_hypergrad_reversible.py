@@ -302,6 +302,19 @@ def test_buffer_cap():
         reversible.run([pb], max_buffer_bytes=-1)
 
 
+@pytest.mark.parametrize("backend", ["numba", "cpp"])
+def test_buffer_cap_through_hypergrad(backend):
+    """The public API refuses a reversible run whose buffer would exceed the cap
+    before any step runs, on every backend that has the mode."""
+    need = 6 * fp.required_words(40, 4, 5) * 4  # d + 1 = 6 slots, gamma = 0.8 = 4/5
+    opts = {**kw(mode="reversible"), "backend": backend}
+    assert hypergrad(*data(), max_buffer_bytes=need, **opts).info["w0_recovered"]
+    with pytest.raises(ValueError, match=r"T=40 and gamma=0.8 .*mode='checkpoint'"):
+        hypergrad(*data(), max_buffer_bytes=need - 1, **opts)
+    with pytest.raises(ValueError, match="applies to mode='reversible' only"):
+        hypergrad(*data(), max_buffer_bytes=need, **{**opts, "mode": "trajectory"})
+
+
 def test_overflow_raises_and_loses_nothing():
     """Squared loss on labels ~100 drives theta past the +-8 of frac_bits=60."""
     D = data(d=3, seed=9)

@@ -27,7 +27,7 @@ class HyperGrad:
 
 def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss="logistic",
               fit_intercept=True, mode="trajectory", backend="numba", tol=1e-6,
-              checkpoints="sqrt", frac_bits=None):
+              checkpoints="sqrt", frac_bits=None, max_buffer_bytes=None):
     """Hypergradients of A(theta_T) = mean validation loss wrt Xp and lam.
 
     Inner: T steps of heavy-ball GD (``gamma``; 0 = plain GD) with step
@@ -36,7 +36,9 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
     ``trajectory`` (exact RMD storing theta_0..theta_T), ``checkpoint`` (exact
     RMD storing ``checkpoints`` states ("sqrt": ceil(sqrt(T)), or an int) and
     recomputing each segment; equal to trajectory bit for bit on numba),
-    ``reversible`` (exact reversal in fixed point, ``frac_bits``),
+    ``reversible`` (exact reversal in fixed point with ``frac_bits`` fractional
+    bits; the bit buffer may not exceed ``max_buffer_bytes`` per problem,
+    default the size of the trajectory it replaces),
     ``forward`` (exact, lam only), ``implicit`` (eq. 4 at theta_T, exact only
     at a stationary point: ``info["grad_norm"]`` is the final training
     gradient norm, warned about above ``tol``).
@@ -57,10 +59,11 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
                      mode, backend)
     problems = problems if batched else [problems]
     n_ckpt = _n_checkpoints(checkpoints, problems[0].T)
-    if frac_bits is not None and mode != "reversible":
-        raise ValueError(f"frac_bits={frac_bits!r} applies to mode='reversible' only; "
-                         f"leave it None for mode={mode!r}.")
-    results = _run(problems, mode, backend, tol, n_ckpt, frac_bits)
+    for name, value in (("frac_bits", frac_bits), ("max_buffer_bytes", max_buffer_bytes)):
+        if value is not None and mode != "reversible":
+            raise ValueError(f"{name}={value!r} applies to mode='reversible' only; "
+                             f"leave it None for mode={mode!r}.")
+    results = _run(problems, mode, backend, tol, n_ckpt, frac_bits, max_buffer_bytes)
     return _stack(results) if batched else results[0]
 
 
@@ -75,14 +78,14 @@ def _n_checkpoints(checkpoints, T):
     return int(min(checkpoints, T))
 
 
-def _run(problems, mode, backend, tol, n_ckpt, frac_bits):
+def _run(problems, mode, backend, tol, n_ckpt, frac_bits, max_buffer_bytes):
     """list[HyperGrad], one per problem."""
     if backend in NATIVE:
         from .native import run
-        return run(problems, mode, backend, frac_bits)
+        return run(problems, mode, backend, frac_bits, max_buffer_bytes)
     if mode == "reversible":
         from .reversible import run
-        return run(problems, frac_bits)
+        return run(problems, frac_bits, max_buffer_bytes)
     info = lambda pb: dict(mode=mode, backend=backend, T=pb.T)
     if mode == "implicit":
         return [_implicit(pb, backend, tol, info(pb)) for pb in problems]

@@ -24,47 +24,20 @@ regions per inner step; on a machine whose cores are shared with other work,
 OMP_WAIT_POLICY=passive or OMP_NUM_THREADS=1 avoids threads spinning for
 cores that are busy elsewhere. On the GPU each problem is one thread block.
 """
-import math
-from fractions import Fraction
-
 import numpy as np
 
 from .. import fixedpoint
 from .problem import Problem
+from .reversible import check_frac_bits, check_max_buffer_bytes, plan
 
 MODES = ("trajectory", "forward", "reversible")
 BACKENDS = ("cpp", "cuda")
-FRAC_BITS = 40
-GAMMA_TOL = 1e-12
-MAX_BASE = 2**31 - 1
 _LOSS = {"logistic": 0, "squared": 1}
 # Status codes of csrc/include/rmd.h (0 is success).
 _CAPACITY, _INT64, _NOT_FINITE, _RANGE, _NOT_RECOVERED, _NO_MEMORY = 1, 2, 3, 4, 5, 6
 
 
-def gamma_fraction(gamma):
-    """(num, den): the simplest fraction within 1e-12 of gamma in (0, 1), both < 2**31."""
-    if not 0 < gamma < 1:
-        raise ValueError(f"gamma={gamma} must lie in (0, 1) for mode='reversible': without momentum "
-                         "v_t is forgotten at every step and cannot be reversed; use "
-                         "mode='trajectory' or 'checkpoint', or gamma > 0.")
-    g, tol = Fraction(gamma), Fraction(GAMMA_TOL)
-    f = _simplest_between(max(g - tol, g / 2), g + tol)
-    if f.denominator > MAX_BASE:
-        raise ValueError(f"gamma={gamma} has no fraction num/den with den < 2**31 within {GAMMA_TOL}; "
-                         "round gamma (e.g. to 6 digits) or use mode='trajectory'.")
-    return f.numerator, f.denominator
-
-
-def _simplest_between(lo, hi):
-    """The fraction of smallest denominator in [lo, hi], 0 < lo <= hi (continued fractions)."""
-    fl = math.floor(lo)
-    if fl == lo or fl + 1 <= hi:
-        return Fraction(fl if fl == lo else fl + 1)
-    return fl + 1 / _simplest_between(1 / (hi - fl), 1 / (lo - fl))
-
-
-def run(problems, mode, backend, frac_bits=None):
+def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
     """Hypergradients of a batch of Problems with the compiled loops; one HyperGrad each."""
     from .api import HyperGrad
 
@@ -75,17 +48,12 @@ def run(problems, mode, backend, frac_bits=None):
     problems = list(problems)
     if not problems or not all(isinstance(pb, Problem) for pb in problems):
         raise TypeError("problems must be a non-empty list of Problem (see make_problem).")
-    if frac_bits is not None and mode != "reversible":
-        raise ValueError(f"frac_bits={frac_bits} applies to mode='reversible' only; drop it.")
-    f = FRAC_BITS if frac_bits is None else frac_bits
-    if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
-        raise TypeError(f"frac_bits must be an int (fractional bits of the fixed point, default "
-                        f"{FRAC_BITS}), got {type(f).__name__} {f!r}.")
-    if not 1 <= f <= fixedpoint.MAX_FRAC_BITS:
-        raise ValueError(f"frac_bits={f} is out of range; it must be in [1, "
-                         f"{fixedpoint.MAX_FRAC_BITS}] (default {FRAC_BITS}).")
+    if (frac_bits is not None or max_buffer_bytes is not None) and mode != "reversible":
+        raise ValueError("frac_bits and max_buffer_bytes apply to mode='reversible' only; drop them.")
+    f = check_frac_bits(frac_bits)
+    check_max_buffer_bytes(max_buffer_bytes)
     module = _module(backend)
-    packed = [_pack(pb, mode, int(f)) for pb in problems]  # every check before any kernel
+    packed = [_pack(pb, mode, f, max_buffer_bytes) for pb in problems]  # every check first
     groups = {}
     for i, pb in enumerate(problems):
         groups.setdefault(pb.Xc.dtype.name, []).append(i)
@@ -107,30 +75,17 @@ def run(problems, mode, backend, frac_bits=None):
     return out
 
 
-def _pack(pb, mode, f):
+def _pack(pb, mode, f, max_buffer_bytes):
     """The tuple of csrc/include/rmd_args.h (outputs allocated) and the info entries."""
     d, k = pb.d, pb.Xp.shape[0]
     theta0 = np.zeros(d + 1)
     theta0[:pb.theta0.shape[0]] = pb.theta0
     gamma, num, den, words, info = pb.gamma, 1, 1, 1, {}
     if mode == "reversible":
-        num, den = gamma_fraction(pb.gamma)
+        num, den, words, state_bytes = plan(pb, f, max_buffer_bytes)
         gamma = num / den
-        words = fixedpoint.required_words(pb.T, num, den)
-        buffer_bytes, cap = (d + 1) * words * 4, (pb.T + 1) * (d + 1) * 8
-        if buffer_bytes > cap:
-            raise ValueError(f"mode='reversible' with T={pb.T} and gamma={pb.gamma} (= {num}/{den}) "
-                             f"needs a {buffer_bytes}-byte bit buffer ({words} words per weight), "
-                             f"more than the {cap}-byte trajectory it replaces; use "
-                             "mode='checkpoint' or a larger gamma.")
-        try:
-            fixedpoint.encode(theta0, f)
-        except fixedpoint.FixedPointOverflow:
-            raise fixedpoint.FixedPointOverflow(
-                f"w0 does not fit int64 fixed point with frac_bits={f} (|w0| must be < 2**{63 - f}); "
-                "lower frac_bits.") from None
         info = dict(frac_bits=f, gamma_fraction=(num, den), buffer_words=words,
-                    state_bytes=(d + 1) * 16 + buffer_bytes)
+                    state_bytes=state_bytes)
     elif mode == "trajectory":
         info = dict(state_bytes=(pb.T + 1) * (d + 1) * 8)
     arrays = [np.ascontiguousarray(a) for a in (pb.Xc, pb.yc, pb.Xp, pb.yp, pb.Xv, pb.yv)]

@@ -68,7 +68,14 @@ def check_frac_bits(frac_bits):
     return int(frac_bits)
 
 
-def _plan(pb, frac_bits, max_buffer_bytes):
+def check_max_buffer_bytes(max_buffer_bytes):
+    if max_buffer_bytes is not None and (isinstance(max_buffer_bytes, bool) or not isinstance(
+            max_buffer_bytes, (int, np.integer)) or max_buffer_bytes < 0):
+        raise ValueError(f"max_buffer_bytes={max_buffer_bytes!r} must be None or a "
+                         "non-negative int (bytes).")
+
+
+def plan(pb, frac_bits, max_buffer_bytes):
     """Every check of one problem before any work: (num, den, words, state_bytes)."""
     if isinstance(pb.T, bool) or not isinstance(pb.T, (int, np.integer)) or pb.T <= 0:
         raise ValueError(f"T={pb.T!r} must be a positive integer (the number of inner steps).")
@@ -100,11 +107,8 @@ def run(problems, frac_bits=None, max_buffer_bytes=None):
     if w0 is not recovered bit for bit (which would be a bug).
     """
     frac_bits = check_frac_bits(frac_bits)
-    if max_buffer_bytes is not None and (isinstance(max_buffer_bytes, bool) or not isinstance(
-            max_buffer_bytes, (int, np.integer)) or max_buffer_bytes < 0):
-        raise ValueError(f"max_buffer_bytes={max_buffer_bytes!r} must be None or a "
-                         "non-negative int (bytes).")
-    plans = [_plan(pb, frac_bits, max_buffer_bytes) for pb in problems]
+    check_max_buffer_bytes(max_buffer_bytes)
+    plans = [plan(pb, frac_bits, max_buffer_bytes) for pb in problems]
     return [_one(pb, frac_bits, *plan, where=f" (problem {i})" if len(problems) > 1 else "")
             for i, (pb, plan) in enumerate(zip(problems, plans))]
 
