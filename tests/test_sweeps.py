@@ -14,7 +14,7 @@ import pytest
 from mithridate.cli import main
 from mithridate.experiments import (ResultsStore, SpecError, StoreError, StoreMismatchError,
                                     SweepSpec, config_key, run_sweep)
-from mithridate.experiments.runner import make_batches
+from mithridate.experiments.runner import _share_cores, make_batches
 
 TOML = """
 name = "t"
@@ -126,6 +126,14 @@ def test_process_pool_matches_in_process(tmp_path):
     serial = run_sweep(toy_spec(), tmp_path / "a", progress=False)
     pooled = run_sweep(toy_spec(), tmp_path / "b", workers=2, progress=False)
     pd.testing.assert_frame_equal(serial, pooled)
+
+
+def test_pool_workers_share_the_cores(monkeypatch):
+    """Each worker gets cpu_count // workers threads unless the user chose a number."""
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    _share_cores(1)
+    assert os.environ["NUMBA_NUM_THREADS"] == "1" and os.environ["OMP_NUM_THREADS"] == "3"
 
 
 def test_failure_keeps_finished_batches(tmp_path):

@@ -9,6 +9,7 @@ run keeps every committed batch and a rerun resumes after them.
 import json
 import math
 import multiprocessing
+import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -59,9 +60,19 @@ def _serial(exp, batches):
         yield batch, metrics
 
 
+def _share_cores(threads):
+    """Worker initializer: split the cores between the workers (numba, OpenMP and
+    BLAS read these before they start), unless the user set them; oversubscribed
+    threads that spin at every step cost far more than idle cores."""
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+
+
 def _pool(exp, batches, workers):
     # spawn, not fork: forking a process that runs numba/OpenMP threads can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_share_cores, initargs=(threads,)) as pool:
         futures = {pool.submit(run_batch, exp.name, exp.module, b): b for b in batches}
         error = None
         while futures:
