@@ -30,3 +30,28 @@ def assert_verbose_allclose(actual, expected, rtol, atol, max_print=5, name="val
         i = tuple(int(t) for t in idx[k])
         lines.append(f"  at {i}: actual {a[i]!r}, expected {e[i]!r}, diff {diff[i]:.3e}")
     raise AssertionError("\n".join(lines))
+
+
+def bilevel_data(n=30, k=3, nv=20, d=5, dtype=np.float64, seed=0):
+    """Random (Xc, yc, Xp, yp, Xv, yv) of a poisoning problem for the hypergradient
+    tests: normal features, alternating {0, 1} labels (both classes everywhere)."""
+    rng = np.random.default_rng(seed)
+    Xc, Xp, Xv = (rng.normal(size=(m, d)).astype(dtype) for m in (n, k, nv))
+    yc, yp, yv = ((np.arange(m) % 2 == 0).astype(dtype) for m in (n, k, nv))
+    return Xc, yc, Xp, yp, Xv, yv
+
+
+def hypergrad_fd(D, opts, eps=1e-6):
+    """Central differences of ``hypergrad(*D, **opts).value`` wrt every entry of
+    Xp and wrt lam: the oracle the hypergradients are checked against."""
+    from .hypergrad import hypergrad
+
+    Xc, yc, Xp, yp, Xv, yv = D
+    f = lambda Xp_, lam: hypergrad(Xc, yc, Xp_, yp, Xv, yv, **{**opts, "lam": lam}).value
+    gX = np.zeros_like(Xp)
+    for idx in np.ndindex(Xp.shape):
+        e = np.zeros_like(Xp)
+        e[idx] = eps
+        gX[idx] = (f(Xp + e, opts["lam"]) - f(Xp - e, opts["lam"])) / (2 * eps)
+    glam = (f(Xp, opts["lam"] + eps) - f(Xp, opts["lam"] - eps)) / (2 * eps)
+    return gX, glam

@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 
 from mithridate.hypergrad import hypergrad
+from mithridate.testing import bilevel_data as data, hypergrad_fd as finite_diff
 
 CASES = [(loss, fi, gamma) for loss in ("logistic", "squared") for fi in (True, False)
          for gamma in (0.0, 0.8)]
-
-
-def data(n=30, k=3, nv=20, d=5, dtype=np.float64, seed=0):
-    rng = np.random.default_rng(seed)
-    Xc, Xp, Xv = (rng.normal(size=(m, d)).astype(dtype) for m in (n, k, nv))
-    yc, yp, yv = ((np.arange(m) % 2 == 0).astype(dtype) for m in (n, k, nv))
-    return Xc, yc, Xp, yp, Xv, yv
 
 
 def kw(loss, fi, gamma, T=20):
@@ -24,19 +18,6 @@ def kw(loss, fi, gamma, T=20):
 
 def close(a, b, rtol):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
-
-
-def finite_diff(D, opts, eps=1e-6):
-    """Central differences of the validation loss wrt every Xp entry and lam."""
-    Xc, yc, Xp, yp, Xv, yv = D
-    f = lambda Xp_, lam: hypergrad(Xc, yc, Xp_, yp, Xv, yv, **{**opts, "lam": lam}).value
-    gX = np.zeros_like(Xp)
-    for idx in np.ndindex(Xp.shape):
-        e = np.zeros_like(Xp)
-        e[idx] = eps
-        gX[idx] = (f(Xp + e, opts["lam"]) - f(Xp - e, opts["lam"])) / (2 * eps)
-    glam = (f(Xp, opts["lam"] + eps) - f(Xp, opts["lam"] - eps)) / (2 * eps)
-    return gX, glam
 
 
 @pytest.mark.parametrize("loss,fi,gamma", CASES)

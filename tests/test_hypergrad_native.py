@@ -16,7 +16,7 @@ from mithridate import fixedpoint as fp
 from mithridate.hypergrad import hypergrad, native, reversible
 from mithridate.hypergrad.problem import make_problem
 from mithridate.hypergrad.reference import unrolled
-from mithridate.testing import TOLERANCES, assert_verbose_allclose
+from mithridate.testing import TOLERANCES, assert_verbose_allclose, bilevel_data, hypergrad_fd
 
 CASES = [(loss, fi, gamma) for loss in ("logistic", "squared") for fi in (True, False)
          for gamma in (0.0, 0.8)]
@@ -24,10 +24,7 @@ CASES = [(loss, fi, gamma) for loss in ("logistic", "squared") for fi in (True, 
 
 def data(n=37, k=3, nv=11, d=13, dtype=np.float64, seed=0):
     """Odd shapes: no multiple of the 8 accumulator lanes or of the row chunks."""
-    rng = np.random.default_rng(seed)
-    Xc, Xp, Xv = (rng.normal(size=(m, d)).astype(dtype) for m in (n, k, nv))
-    yc, yp, yv = ((np.arange(m) % 2 == 0).astype(dtype) for m in (n, k, nv))
-    return Xc, yc, Xp, yp, Xv, yv
+    return bilevel_data(n, k, nv, d, dtype, seed)
 
 
 def kw(loss="logistic", fi=True, gamma=0.8, T=30, **extra):
@@ -95,17 +92,7 @@ def test_matches_numba_backend(loss, fi, gamma):
             close(hg.grad_Xp, ref.grad_Xp, 10 * rtol, "grad_Xp")
 
 
-def finite_diff(D, opts, eps=1e-6):
-    """Central differences of the cpp value wrt every Xp entry and lam."""
-    Xc, yc, Xp, yp, Xv, yv = D
-    f = lambda Xp_, lam: hypergrad(Xc, yc, Xp_, yp, Xv, yv, backend="cpp", **{**opts, "lam": lam}).value
-    gX = np.zeros_like(Xp)
-    for idx in np.ndindex(Xp.shape):
-        e = np.zeros_like(Xp)
-        e[idx] = eps
-        gX[idx] = (f(Xp + e, opts["lam"]) - f(Xp - e, opts["lam"])) / (2 * eps)
-    glam = (f(Xp, opts["lam"] + eps) - f(Xp, opts["lam"] - eps)) / (2 * eps)
-    return gX, glam
+
 
 
 @pytest.mark.parametrize("loss,fi,gamma", [("logistic", True, 0.7), ("squared", False, 0.0),
@@ -113,7 +100,7 @@ def finite_diff(D, opts, eps=1e-6):
 def test_matches_finite_differences(loss, fi, gamma):
     D = data(n=23, k=2, nv=7, d=5, seed=4)
     opts = kw(loss, fi, gamma, T=15)
-    gX, glam = finite_diff(D, opts)
+    gX, glam = hypergrad_fd(D, {**opts, "backend": "cpp"})
     for mode in modes(gamma):
         hg = hypergrad(*D, mode=mode, backend="cpp", **opts)
         assert hg.grad_lam == pytest.approx(glam, rel=1e-6, abs=1e-9), mode

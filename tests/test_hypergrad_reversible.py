@@ -17,18 +17,11 @@ from mithridate.hypergrad.problem import make_problem
 from mithridate.kernels.cpu import fixed_point as nfp
 from mithridate.kernels.cpu import rmd_reversible
 from mithridate.kernels.cpu.linear import LOSS_CODES
-from mithridate.testing import TOLERANCES, assert_verbose_allclose
+from mithridate.testing import TOLERANCES, assert_verbose_allclose, bilevel_data as data, hypergrad_fd
 
 CPP = _C.fixed_point
 I64_MIN, I64_MAX = -2**63, 2**63 - 1
 MAX_BASE = 2**31 - 1
-
-
-def data(n=30, k=3, nv=20, d=5, dtype=np.float64, seed=0):
-    rng = np.random.default_rng(seed)
-    Xc, Xp, Xv = (rng.normal(size=(m, d)).astype(dtype) for m in (n, k, nv))
-    yc, yp, yv = ((np.arange(m) % 2 == 0).astype(dtype) for m in (n, k, nv))
-    return Xc, yc, Xp, yp, Xv, yv
 
 
 def kw(loss="logistic", fi=True, gamma=0.8, T=40, **extra):
@@ -177,16 +170,9 @@ def test_matches_unrolled_autograd(loss, fi, gamma):
 @pytest.mark.parametrize("loss,fi", [("logistic", True), ("squared", False)])
 def test_matches_finite_differences(loss, fi):
     # frac_bits=54: the fixed-point rounding (2^-54) stays below the FD error.
-    D = Xc, yc, Xp, yp, Xv, yv = data(n=24, k=2, d=4, seed=1)
+    D = data(n=24, k=2, d=4, seed=1)
     opts = kw(loss, fi, 0.8, T=15, mode="reversible", frac_bits=54)
-    f = lambda Xp_, lam: hypergrad(Xc, yc, Xp_, yp, Xv, yv, **{**opts, "lam": lam}).value
-    eps = 1e-5
-    gX = np.zeros_like(Xp)
-    for idx in np.ndindex(Xp.shape):
-        e = np.zeros_like(Xp)
-        e[idx] = eps
-        gX[idx] = (f(Xp + e, opts["lam"]) - f(Xp - e, opts["lam"])) / (2 * eps)
-    glam = (f(Xp, opts["lam"] + eps) - f(Xp, opts["lam"] - eps)) / (2 * eps)
+    gX, glam = hypergrad_fd(D, opts, eps=1e-5)
     hg = hypergrad(*D, **opts)
     close(hg.grad_Xp, gX, 1e-6, "grad_Xp")
     assert hg.grad_lam == pytest.approx(glam, rel=1e-6)

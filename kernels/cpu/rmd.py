@@ -262,7 +262,6 @@ def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, bl
     rows = np.empty((3, k))
     dXp[:] = 0.0
     dlam = 0.0
-    s = 1.0 - gamma
     for c in range(n_ckpt - 1, -1, -1):
         t0 = c * seg
         steps = min(seg, T - t0)
@@ -278,20 +277,31 @@ def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, bl
             _cast(th, thx)
             _cast(u, ux)
             _pass(X, y, code, fit_b, thx, ux, False, True, groups, block, ws, g, h, k, rows)
-            for r in range(k):  # mixed products d/dx_r (g . u) on the poisoning rows
-                a = s * rows[1, r] * rows[2, r] / n
-                b = s * rows[0, r] / n
-                for j in range(d):
-                    dXp[r, j] -= a * th[j] + b * u[j]
-            wu = 0.0
-            for j in range(d):
-                wu += th[j] * u[j]
-            dlam -= s * e * wu
-            for j in range(d + 1):
-                hj = h[j] / n + (e * u[j] if j < d else 0.0)
-                tb[j] -= s * hj
-                vb[j] = gamma * u[j]
+            dlam += _adjoint_step(th, u, h, rows, tb, vb, dXp, n, gamma, e)
     return value, dlam, theta
+
+
+@njit(**JIT)
+def _adjoint_step(th, u, h, rows, tb, vb, dXp, n, gamma, e):
+    """One step back of the adjoints at theta_t = th, u = vb + alpha tb (the
+    adjoint of v_{t+1}), h = X^T (l'' X u) and rows = (l', l'', x_r . u) of the
+    k poisoning rows from the same pass; returns the step's d lam term.
+        dXp -= (1 - gamma) d/dXp (g . u),   tb -= (1 - gamma) H u,   vb = gamma u."""
+    k, d = dXp.shape
+    s = 1.0 - gamma
+    for r in range(k):  # mixed products d/dx_r (g . u) on the poisoning rows
+        a = s * rows[1, r] * rows[2, r] / n
+        b = s * rows[0, r] / n
+        for j in range(d):
+            dXp[r, j] -= a * th[j] + b * u[j]
+    wu = 0.0
+    for j in range(d):
+        wu += th[j] * u[j]
+    for j in range(d + 1):
+        hj = h[j] / n + (e * u[j] if j < d else 0.0)
+        tb[j] -= s * hj
+        vb[j] = gamma * u[j]
+    return -s * e * wu
 
 
 @njit(**JIT)

@@ -25,6 +25,7 @@ from numba import njit, prange
 from . import fixed_point as fp
 from ._math import JIT
 from .linear import _block_rows, _dot2_rows, _terms
+from .rmd import _adjoint_step
 
 V_STATE, THETA_STATE = 0, 1  # which state left int64, in the status
 
@@ -287,19 +288,7 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
             ux[j] = u[j]
         _pass(X, y, code, fit_b, thx, ux, n_chunks, block, ws, g, h, k, rows)
         _undo_v(vq, buf, words[t + 1], num, den, g, n, e, th, d, s, scale, rem, hi)
-        for r in range(k):  # mixed products d/dx_r (g . u) on the poisoning rows
-            a = s * rows[1, r] * rows[2, r] / n
-            b = s * rows[0, r] / n
-            for j in range(d):
-                dXp[r, j] -= a * th[j] + b * u[j]
-        wu = 0.0
-        for j in range(d):
-            wu += th[j] * u[j]
-        dlam -= s * e * wu
-        for j in range(d + 1):
-            hj = h[j] / n + (e * u[j] if j < d else 0.0)
-            tb[j] -= s * hj
-            vb[j] = gamma * u[j]
+        dlam += _adjoint_step(th, u, h, rows, tb, vb, dXp, n, gamma, e)
 
     q0 = np.empty(p, dtype=np.int64)
     fp.encode(theta0[:p], q0, frac_bits)
