@@ -164,14 +164,16 @@ print(h.hexdigest())
 """
 
 
-def test_result_does_not_depend_on_the_thread_count():
+def test_result_does_not_depend_on_the_thread_count(tmp_path):
     """n d >= 2^18: one problem's row chunks run on every thread; the chunks
     and their order are fixed by n, so 1 and 2 threads give the same bits."""
     digests = []
     for threads in ("1", "2"):
         env = {**os.environ, "OMP_NUM_THREADS": threads}
+        # cwd outside the checkout: `python -c` puts cwd first on sys.path, and the
+        # source tree's mithridate has no compiled _C (the tests use the installed one).
         out = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], env=env, check=True,
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
         digests.append(out.stdout.strip())
     assert digests[0] == digests[1] and len(digests[0]) == 64
 
