@@ -102,6 +102,11 @@ class _WassersteinRobust(BaseEstimator):
         if not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
             raise ValueError(f"max_iter={self.max_iter!r} must be an integer >= 1.")
 
+    def fit(self, X, y):
+        """Validate the parameters and (X, y), solve, return self."""
+        self._check_params()
+        return self._fit(*self._validate(X, y))
+
     def _fit(self, X, y):
         form = self._form(X, y)
         if form is not None:
@@ -263,10 +268,6 @@ class WassersteinRobustRegressor(RegressorMixin, _WassersteinRobust):
         self.backend = backend
         self.kappa = kappa
 
-    def fit(self, X, y):
-        self._check_params()
-        return self._fit(*self._validate(X, y))
-
     def _check_params(self):
         if self.loss not in ("squared", "absolute"):
             raise ValueError(f"loss={self.loss!r} is not one of ['squared', 'absolute'] "
@@ -314,10 +315,6 @@ class WassersteinRobustClassifier(ClassifierMixin, _WassersteinRobust):
         self.max_iter = max_iter
         self.backend = backend
         self.kappa = kappa
-
-    def fit(self, X, y):
-        self._check_params()
-        return self._fit(*self._validate(X, y))
 
     def _validate(self, X, y):
         X, y = validate_data(self, X, y, dtype=np.float64)
