@@ -1,9 +1,11 @@
 """Batched hypergradients: B problems in one call equal B single calls bit
-for bit (numba), and bad batch shapes are rejected naming the problem."""
+for bit (numba, per-problem route), or to rounding (the matrix-matrix route
+of problems sharing Xc), and bad batch shapes are rejected naming the problem."""
 import numpy as np
 import pytest
 
-from mithridate.hypergrad import hypergrad
+from mithridate.hypergrad import api, hypergrad
+from mithridate.testing import TOLERANCES
 
 B, N, K, NV, D = 5, 26, 3, 17, 7
 OPTS = dict(T=12, alpha=0.3, gamma=0.6)
@@ -29,7 +31,7 @@ def single(D_, b):
 @pytest.mark.parametrize("mode", ["trajectory", "checkpoint", "forward"])
 @pytest.mark.parametrize("shared_c,shared_v", [(True, True), (False, True), (False, False)])
 def test_batch_equals_single_calls_bitwise(mode, shared_c, shared_v):
-    D_ = batch(shared_c, shared_v)
+    D_ = batch(shared_c, shared_v)  # D < SHARED_MIN_FEATURES: the per-problem route
     lam = np.linspace(-2.0, 0.5, B)
     w0 = np.random.default_rng(1).normal(size=(B, D + 1)) * 0.1
     hb = hypergrad(*D_, lam=lam, w0=w0, mode=mode, **OPTS)
@@ -43,6 +45,49 @@ def test_batch_equals_single_calls_bitwise(mode, shared_c, shared_v):
             assert hb.grad_Xp is None
         else:
             np.testing.assert_array_equal(hb.grad_Xp[b], h1.grad_Xp)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss,fit_intercept,gamma", [("logistic", True, 0.8),
+                                                      ("logistic", False, 0.0),
+                                                      ("squared", True, 0.0),
+                                                      ("squared", False, 0.8)])
+def test_shared_route_matches_single_calls(monkeypatch, dtype, loss, fit_intercept, gamma):
+    """Trajectory mode, odd shapes: a 2-D Xc shared by all, and a 3-D Xc with
+    equal slices in runs of 3 and 2 plus one of its own (that one takes the
+    per-problem route)."""
+    calls = []
+    monkeypatch.setattr(api, "SHARED_MIN_GROUP", 2)
+    monkeypatch.setattr(api, "_numba_shared", lambda pbs, info: calls.append(len(pbs))
+                        or _numba_shared(pbs, info))
+    rng = np.random.default_rng(4)
+    n, k, nv, d, b = 23, 3, 9, 37, 6
+    Xc = rng.normal(size=(n, d)).astype(dtype)
+    yc = (rng.random(n) < 0.5).astype(dtype)
+    Xp = rng.normal(size=(b, k, d)).astype(dtype)
+    yp = (rng.random((b, k)) < 0.5).astype(dtype)
+    Xv = rng.normal(size=(b, nv, d)).astype(dtype)
+    yv = (rng.random((b, nv)) < 0.5).astype(dtype)
+    X3 = np.stack([Xc, Xc, Xc, Xc + 1, Xc + 1, Xc - 1])
+    y3 = np.stack([yc, yc, yc, 1 - yc, 1 - yc, yc])
+    opts = dict(lam=np.linspace(-2.0, 0.5, b), T=11, alpha=0.2, gamma=gamma, loss=loss,
+                fit_intercept=fit_intercept)
+    rtol, atol = TOLERANCES[np.dtype(dtype).name]
+    for xc, ycs in ((Xc, yc), (X3, y3)):
+        hb = hypergrad(xc, ycs, Xp, yp, Xv, yv, **opts)
+        for i in range(b):
+            h1 = hypergrad(xc if xc.ndim == 2 else xc[i], ycs if ycs.ndim == 1 else ycs[i],
+                           Xp[i], yp[i], Xv[i], yv[i], **{**opts, "lam": opts["lam"][i]})
+            for got, want in ((hb.value[i], h1.value), (hb.grad_lam[i], h1.grad_lam),
+                              (hb.theta_T[i], h1.theta_T), (hb.grad_Xp[i], h1.grad_Xp)):
+                scale = np.abs(want).max()
+                np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale)
+                if dtype == np.float64:  # the task's bar: 1e-12 relative
+                    assert np.abs(got - want).max() <= 1e-12 * scale
+    assert calls == [b, 3, 2]
+
+
+_numba_shared = api._numba_shared
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
