@@ -47,19 +47,20 @@ def test_batch_equals_single_calls_bitwise(mode, shared_c, shared_v):
             np.testing.assert_array_equal(hb.grad_Xp[b], h1.grad_Xp)
 
 
+@pytest.mark.parametrize("mode", ["trajectory", "forward"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("loss,fit_intercept,gamma", [("logistic", True, 0.8),
                                                       ("logistic", False, 0.0),
                                                       ("squared", True, 0.0),
                                                       ("squared", False, 0.8)])
-def test_shared_route_matches_single_calls(monkeypatch, dtype, loss, fit_intercept, gamma):
-    """Trajectory mode, odd shapes: a 2-D Xc shared by all, and a 3-D Xc with
+def test_shared_route_matches_single_calls(monkeypatch, mode, dtype, loss, fit_intercept, gamma):
+    """Odd shapes: a 2-D Xc shared by all, and a 3-D Xc with
     equal slices in runs of 3 and 2 plus one of its own (that one takes the
     per-problem route)."""
     calls = []
     monkeypatch.setattr(api, "SHARED_MIN_GROUP", 2)
-    monkeypatch.setattr(api, "_numba_shared", lambda pbs, info: calls.append(len(pbs))
-                        or _numba_shared(pbs, info))
+    monkeypatch.setattr(api, "_numba_shared", lambda pbs, mode, info: calls.append(len(pbs))
+                        or _numba_shared(pbs, mode, info))
     rng = np.random.default_rng(4)
     n, k, nv, d, b = 23, 3, 9, 37, 6
     Xc = rng.normal(size=(n, d)).astype(dtype)
@@ -71,15 +72,20 @@ def test_shared_route_matches_single_calls(monkeypatch, dtype, loss, fit_interce
     X3 = np.stack([Xc, Xc, Xc, Xc + 1, Xc + 1, Xc - 1])
     y3 = np.stack([yc, yc, yc, 1 - yc, 1 - yc, yc])
     opts = dict(lam=np.linspace(-2.0, 0.5, b), T=11, alpha=0.2, gamma=gamma, loss=loss,
-                fit_intercept=fit_intercept)
+                fit_intercept=fit_intercept, mode=mode)
     rtol, atol = TOLERANCES[np.dtype(dtype).name]
     for xc, ycs in ((Xc, yc), (X3, y3)):
         hb = hypergrad(xc, ycs, Xp, yp, Xv, yv, **opts)
         for i in range(b):
             h1 = hypergrad(xc if xc.ndim == 2 else xc[i], ycs if ycs.ndim == 1 else ycs[i],
                            Xp[i], yp[i], Xv[i], yv[i], **{**opts, "lam": opts["lam"][i]})
-            for got, want in ((hb.value[i], h1.value), (hb.grad_lam[i], h1.grad_lam),
-                              (hb.theta_T[i], h1.theta_T), (hb.grad_Xp[i], h1.grad_Xp)):
+            pairs = [(hb.value[i], h1.value), (hb.grad_lam[i], h1.grad_lam),
+                     (hb.theta_T[i], h1.theta_T)]
+            if mode == "forward":
+                assert hb.grad_Xp is None
+            else:
+                pairs.append((hb.grad_Xp[i], h1.grad_Xp))
+            for got, want in pairs:
                 scale = np.abs(want).max()
                 np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale)
                 if dtype == np.float64:  # the task's bar: 1e-12 relative

@@ -24,7 +24,7 @@ Batches (``*_batch``): one parallel region over the B problems for the whole
 call, each problem run serially by one worker with the very same group
 partials and reduction order, so each result equals its single call bit for
 bit. Problems sharing their clean rows Xc can instead go together
-(``reverse_shared*``, trajectory mode): per step the clean rows enter as BLAS
+(``*_shared``, trajectory and forward modes): per step the clean rows enter as BLAS
 matrix-matrix products over the group, the k poisoning rows per problem; same
 values up to rounding (the summation order differs).
 """
@@ -455,7 +455,7 @@ def _shared_pass(Xc, yc, Xp, yp, code, fit_b, Th, U, want_g, want_h, g, h, rows)
 def reverse_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
                    v_groups, v_block, dXp, out, theta_T):
     """`reverse_batch` (trajectory) for G problems sharing Xc, yc, with
-    _shared_pass for every step (serial: see reverse_shared_parts)."""
+    _shared_pass for every step (serial: see shared_parts)."""
     G, k, d = Xp.shape
     n = Xc.shape[0] + k
     traj = np.empty((T, G, d + 1))
@@ -491,15 +491,56 @@ def reverse_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e,
                                        gamma, e[b])
 
 
+@njit(**JIT)
+def forward_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
+                   v_groups, v_block, out, theta_T):
+    """`forward_batch` for G problems sharing Xc, yc, with _shared_pass."""
+    G, k, d = Xp.shape
+    n = Xc.shape[0] + k
+    theta = theta0.copy()
+    v = np.zeros((G, d + 1))
+    dth = np.zeros((G, d + 1))
+    dv = np.zeros((G, d + 1))
+    g = np.empty((G, d + 1))
+    h = np.empty((G, d + 1))
+    rows = np.empty((G, 3, k))
+    s = 1.0 - gamma
+    for t in range(T):
+        _shared_pass(Xc, yc, Xp, yp, code, fit_b, theta, dth, True, True, g, h, rows)
+        for b in range(G):
+            for j in range(d + 1):
+                gj = g[b, j] / n
+                dgj = h[b, j] / n
+                if j < d:
+                    gj += e[b] * theta[b, j]
+                    dgj += e[b] * (dth[b, j] + theta[b, j])
+                v[b, j] = gamma * v[b, j] - s * gj
+                dv[b, j] = gamma * dv[b, j] - s * dgj
+                theta[b, j] += alpha * v[b, j]
+                dth[b, j] += alpha * dv[b, j]
+    grad = np.empty(d + 1)
+    for b in range(G):
+        p = 0 if Xv.shape[0] == 1 else b
+        out[b, 0] = _validation(Xv[p], yv[p], code, fit_b, theta[b], v_groups, v_block, 1, grad)
+        out[b, 1] = (grad * dth[b]).sum()
+    theta_T[:] = theta
+
+
 @njit(parallel=True, **JIT)
-def reverse_shared_parts(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
-                         v_groups, v_block, n_parts, dXp, out, theta_T):
-    """reverse_shared on n_parts contiguous slices of the G problems, one per
-    numba thread, with BLAS at one thread (caller): a BLAS pool beside numba's
-    threads spins against them (measured 6x slower on 2 cores)."""
+def shared_parts(reverse, Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
+                 v_groups, v_block, n_parts, dXp, out, theta_T):
+    """reverse_shared (or forward_shared) on n_parts contiguous slices of the
+    G problems, one per numba thread, with BLAS at one thread (caller): a BLAS
+    pool beside numba's threads spins against them (measured 6x slower on 2
+    cores)."""
     G = Xp.shape[0]
     for q in prange(n_parts):
         s, t = q * G // n_parts, (q + 1) * G // n_parts
         p = slice(s, t) if Xv.shape[0] > 1 else slice(0, 1)
-        reverse_shared(Xc, yc, Xp[s:t], yp[s:t], Xv[p], yv[p], code, fit_b, theta0[s:t], alpha,
-                       gamma, e[s:t], T, v_groups, v_block, dXp[s:t], out[s:t], theta_T[s:t])
+        if reverse:
+            reverse_shared(Xc, yc, Xp[s:t], yp[s:t], Xv[p], yv[p], code, fit_b, theta0[s:t],
+                           alpha, gamma, e[s:t], T, v_groups, v_block, dXp[s:t], out[s:t],
+                           theta_T[s:t])
+        else:
+            forward_shared(Xc, yc, Xp[s:t], yp[s:t], Xv[p], yv[p], code, fit_b, theta0[s:t],
+                           alpha, gamma, e[s:t], T, v_groups, v_block, out[s:t], theta_T[s:t])

@@ -10,8 +10,8 @@ from .. import ops
 from .problem import NATIVE, make_problem, make_problems
 
 CHOLESKY_MAX = 2000  # p above this: CG on HVPs instead of forming the p x p Hessian
-# Trajectory-mode batches: at least SHARED_MIN_GROUP consecutive problems sharing Xc, yc
-# with d >= SHARED_MIN_FEATURES take the matrix-matrix route (rmd.reverse_shared_parts).
+# Trajectory- and forward-mode batches: at least SHARED_MIN_GROUP consecutive problems sharing Xc, yc
+# with d >= SHARED_MIN_FEATURES take the matrix-matrix route (rmd.shared_parts).
 # Measured at paper size (n = 529, d = 784, T = 150, 2 cores) against the per-problem
 # batch: groups of 24-40 gain 1.3-1.5x (f32) and 1.4-2.5x (f64); groups of 4-20 lose
 # (0.3-0.9x: BLAS on a few rows is no faster than streaming X per problem).
@@ -134,8 +134,8 @@ def _numba_batch(problems, mode, n_ckpt, info):
     from ..kernels.cpu import rmd
     from ..kernels.cpu.linear import LOSS_CODES
     results = [None] * len(problems)
-    for idx in (_shared_groups(problems) if mode == "trajectory" else []):
-        for i, r in zip(idx, _numba_shared([problems[i] for i in idx], info)):
+    for idx in (_shared_groups(problems) if mode in ("trajectory", "forward") else []):
+        for i, r in zip(idx, _numba_shared([problems[i] for i in idx], mode, info)):
             results[i] = r
     rest = [i for i, r in enumerate(results) if r is None]
     if not rest:
@@ -197,9 +197,9 @@ def _shared_groups(problems):
     return [r for r in runs if len(r) >= SHARED_MIN_GROUP]
 
 
-def _numba_shared(problems, info):
-    """Trajectory RMD for problems sharing Xc, yc: rmd.reverse_shared_parts,
-    one part of the problems per numba thread."""
+def _numba_shared(problems, mode, info):
+    """Trajectory RMD or forward mode for problems sharing Xc, yc:
+    rmd.shared_parts, one part of the problems per numba thread."""
     import numba
     from ..kernels.cpu import rmd
     from ..kernels.cpu.linear import _one_blas_thread
@@ -211,13 +211,13 @@ def _numba_shared(problems, info):
     yp = np.stack([pb.yp for pb in problems])
     dXp, out, theta_T = np.empty(Xp.shape), np.empty((G, 2)), np.empty((G, d + 1))
     with _one_blas_thread():
-        rmd.reverse_shared_parts(pb0.Xc, pb0.yc, Xp, yp, Xv, yv, LOSS_CODES[pb0.loss],
-                                 pb0.fit_intercept, theta0, pb0.alpha, pb0.gamma, e, pb0.T,
-                                 *rmd.layout(Xv.shape[1], d, Xp.itemsize),
-                                 min(G, numba.get_num_threads()), dXp, out, theta_T)
-    gX = dXp.astype(pb0.Xc.dtype)
+        rmd.shared_parts(mode != "forward", pb0.Xc, pb0.yc, Xp, yp, Xv, yv,
+                         LOSS_CODES[pb0.loss], pb0.fit_intercept, theta0, pb0.alpha, pb0.gamma,
+                         e, pb0.T, *rmd.layout(Xv.shape[1], d, Xp.itemsize),
+                         min(G, numba.get_num_threads()), dXp, out, theta_T)
+    gX = [None] * G if mode == "forward" else dXp.astype(pb0.Xc.dtype)
     infos = [info(pb) for pb in problems]
-    for i in infos:
+    for i in infos if mode != "forward" else []:
         i["state_bytes"] = rmd.state_bytes(pb0.T, d, pb0.T + 1)
     return [HyperGrad(float(out[b, 0]), gX[b], float(out[b, 1]), _theta_out(pb, theta_T[b]),
                       infos[b]) for b, pb in enumerate(problems)]
