@@ -55,3 +55,13 @@ def hypergrad_fd(D, opts, eps=1e-6):
         gX[idx] = (f(Xp + e, opts["lam"]) - f(Xp - e, opts["lam"])) / (2 * eps)
     glam = (f(Xp, opts["lam"] + eps) - f(Xp, opts["lam"] - eps)) / (2 * eps)
     return gX, glam
+
+
+def lipschitz_data(n, d, B, dtype, loss, intercept=True, seed=0):
+    """Random (theta (B, p), X (n, d), y (n,)) for the Lipschitz-constant tests:
+    normal features, {0, 1} labels for "logistic", normal targets otherwise."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(dtype)
+    y = (rng.random(n) < 0.5) if loss == "logistic" else rng.normal(size=n)
+    theta = (rng.normal(size=(B, d + intercept)) / np.sqrt(d)).astype(dtype)
+    return theta, X, np.ascontiguousarray(y, dtype=dtype)

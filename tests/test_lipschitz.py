@@ -10,7 +10,7 @@ pytest.importorskip("numba")
 
 from mithridate import ops  # noqa: E402
 from mithridate.kernels.cpu.lipschitz import dual_norm  # noqa: E402
-from mithridate.testing import TOLERANCES, assert_verbose_allclose  # noqa: E402
+from mithridate.testing import TOLERANCES, assert_verbose_allclose, lipschitz_data as make  # noqa: E402
 
 LOSSES = ("squared", "absolute", "logistic")
 NORMS = (1, 2, math.inf, 3.0)
@@ -18,14 +18,6 @@ NORMS = (1, 2, math.inf, 3.0)
 
 def dual(p):
     return math.inf if p == 1 else 1.0 if p == math.inf else p / (p - 1)
-
-
-def make(n, d, B, dtype, loss, intercept=True, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d)).astype(dtype)
-    y = (rng.random(n) < 0.5) if loss == "logistic" else rng.normal(size=n)
-    theta = (rng.normal(size=(B, d + intercept)) / np.sqrt(d)).astype(dtype)
-    return theta, X, np.ascontiguousarray(y, dtype=dtype)
 
 
 def scores(theta, X, y, loss, q, intercept):

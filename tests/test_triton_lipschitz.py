@@ -19,7 +19,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 from mithridate import backends, ops  # noqa: E402
 from mithridate.kernels.gpu import linear as gpu_linear  # noqa: E402
-from mithridate.testing import TOLERANCES, assert_verbose_allclose  # noqa: E402
+from mithridate.testing import TOLERANCES, assert_verbose_allclose, lipschitz_data as make  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [(1, 1), (7, 3), (33, 7), (65, 33)]
@@ -28,14 +28,6 @@ NORMS = (1, 2, math.inf, 3.0)
 # 1: one theta per program (GEMV); 5: one tl.dot block; 17: two blocks, the second ragged
 BATCHES = (1, 5, 17)
 assert 5 >= gpu_linear.DOT_MIN_BATCH and 17 > gpu_linear.DOT_BLOCK_B
-
-
-def make(n, d, B, dtype, loss, intercept=True, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d)).astype(dtype)
-    y = (rng.random(n) < 0.5) if loss == "logistic" else rng.normal(size=n)
-    theta = (rng.normal(size=(B, d + intercept)) / np.sqrt(d)).astype(dtype)
-    return theta, X, np.ascontiguousarray(y, dtype=dtype)
 
 
 def unique_argmax(theta, X, y, loss, norm, intercept, rel):
