@@ -262,7 +262,8 @@ def _fit_adult(reg, weights, configs, pois, rhos):
 
 # --- the experiment -------------------------------------------------------------------------
 
-@experiment("paper000", batch_keys=("seed", "beta"))
+@experiment("paper000", batch_keys=("seed", "beta"), params=(
+    "dataset", "attack", "model", "beta", "standardize", "variance", "label_value"))
 def run(configs):
     """Test metrics and Theorem 2 record of every config; one batched fit per call
     (configs share data set, attack and model)."""

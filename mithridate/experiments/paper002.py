@@ -77,7 +77,9 @@ def _pixels(X):
     return np.rint(np.clip(X, 0, 1) * 255).astype(int).ravel().tolist()
 
 
-@experiment("paper002-fig2", batch_keys=("n_points",))
+@experiment("paper002-fig2", batch_keys=("n_points",), params=(
+    "dataset", "setting", "n_points", "n_train", "n_val", "batch_size", "figure_seed",
+    *TABLES["mnist"]))
 def fig2(configs):
     """One cumulative attack per seed (up to the largest n_points asked), evaluated
     after each batch; one metrics row per config. A call gets one (setting, seed),
@@ -173,7 +175,7 @@ def _fig1_grid(c):
     return np.column_stack([gx.ravel(), gy.ravel()])
 
 
-@experiment("paper002-fig1", batch_keys=("panel",))
+@experiment("paper002-fig1", batch_keys=("panel",), params=("panel", *FIG1))
 def fig1(configs):
     """Per panel: the optimised point, clean/poisoned boundaries and a colour map
     (validation error for plain/l2, the best lam for lam)."""

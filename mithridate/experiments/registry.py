@@ -16,11 +16,24 @@ BUILTIN = ("mithridate.experiments.toy", "mithridate.experiments.quickstart",
 @dataclass(frozen=True)
 class Experiment:
     """``fn(configs) -> list of metrics dicts``; one call gets configs equal on every
-    parameter outside ``batch_keys``, so it can batch them into one kernel call."""
+    parameter outside ``batch_keys``, so it can batch them into one kernel call.
+    ``params``: the names fn may read besides ``seed`` (None: not declared)."""
     name: str
     fn: Callable
     batch_keys: tuple
     module: str
+    params: frozenset = None
+
+    def check(self, spec):
+        """Refuse, before any work, a spec naming a parameter fn never reads: a misspelt
+        name would be ignored and an unread grid axis would only repeat each config."""
+        if self.params is None:
+            raise SpecError(f"experiment {self.name!r} does not declare the parameters it "
+                            f"reads: register it with @experiment(..., params=(...))")
+        unread = sorted((set(spec.grid) | set(spec.fixed)) - self.params)
+        if unread:
+            raise SpecError(f"experiment {self.name!r} reads no parameter {unread}; it reads "
+                            f"{sorted(self.params)} and seed: fix the spelling or remove them")
 
 
 @dataclass(frozen=True)
@@ -38,8 +51,18 @@ EXPERIMENTS: dict = {}
 FIGURES: dict = {}
 
 
-def experiment(name, batch_keys=("seed",)):
-    """Register a module-level ``fn(configs: list[dict]) -> list[dict]`` under ``name``."""
+def experiment(name, batch_keys=("seed",), params=None):
+    """Register a module-level ``fn(configs: list[dict]) -> list[dict]`` under ``name``;
+    ``params`` lists every config key fn may read except ``seed``."""
+    if params is not None:
+        if isinstance(params, str) or not all(isinstance(p, str) for p in params):
+            raise TypeError(f"experiment {name!r}: params must be a sequence of parameter "
+                            f"names, got {params!r}")
+        params = frozenset(params) - {"seed"}
+        stray = sorted(set(batch_keys) - params - {"seed"})
+        if stray:
+            raise ValueError(f"experiment {name!r}: batch_keys {stray} are not in params")
+
     def register(fn):
         if "<locals>" in fn.__qualname__:
             raise ValueError(f"experiment {name!r}: {fn.__qualname__} must be defined at module "
@@ -49,7 +72,7 @@ def experiment(name, batch_keys=("seed",)):
                                                                      fn.__qualname__):
             raise ValueError(f"experiment name {name!r} is already registered by "
                              f"{old.module}.{old.fn.__qualname__}; choose another name")
-        EXPERIMENTS[name] = Experiment(name, fn, tuple(batch_keys), fn.__module__)
+        EXPERIMENTS[name] = Experiment(name, fn, tuple(batch_keys), fn.__module__, params)
         return fn
     return register
 

@@ -4,14 +4,21 @@ Execution is delegated to existing engines: the calling process (workers=1),
 a ``concurrent.futures.ProcessPoolExecutor`` (one machine) or Ray (a local or
 existing cluster). In every case only this driver process writes the store,
 one transaction per finished batch, in the order batches finish; so a killed
-run keeps every committed batch and a rerun resumes after them.
+run keeps every committed batch and a rerun resumes after them. Pool workers die
+with the driver, so a killed driver leaves no process behind.
 """
+import ctypes
 import json
 import math
 import multiprocessing
 import os
+import signal
+import socket
 import sys
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import closing
 
 from . import registry
 from .spec import config_key
@@ -23,6 +30,15 @@ EXECUTORS = ("local", "ray")
 
 class SweepError(RuntimeError):
     """An experiment failed; the batches that finished before it are stored."""
+
+
+class ConfigError(SweepError, ValueError):
+    """An experiment refused a value of the spec (a ValueError or TypeError, or a
+    declared parameter the spec lacks): bad input, exit code 2 on the command line."""
+
+
+class AddressError(ValueError):
+    """Nothing answers at the Ray address given."""
 
 
 def make_batches(configs, batch_keys, max_batch=MAX_BATCH):
@@ -51,28 +67,72 @@ def run_batch(name, module, configs):
     return out
 
 
+def _failure(exp, batch, error):
+    """The error to raise for ``error`` raised by ``exp`` on ``batch``."""
+    config = batch[0]
+    missing = error.args[0] if isinstance(error, KeyError) and error.args else None
+    if isinstance(missing, str) and missing in exp.params and missing not in config:
+        return ConfigError(f"experiment {exp.name!r} needs the parameter {missing!r} for "
+                           f"{config}: add it to the spec's [fixed] or [grid]")
+    if isinstance(error, (ValueError, TypeError)) and not isinstance(error, SweepError):
+        return ConfigError(f"experiment {exp.name!r} refused {config}: {error}")
+    return SweepError(f"experiment {exp.name!r} failed on {config}: {error!r}")
+
+
 def _serial(exp, batches):
     for batch in batches:
         try:
             metrics = run_batch(exp.name, exp.module, batch)
         except Exception as e:
-            raise SweepError(f"experiment {exp.name!r} failed on {batch[0]}: {e!r}") from e
+            raise _failure(exp, batch, e) from e
         yield batch, metrics
 
 
 def _share_cores(threads):
-    """Worker initializer: split the cores between the workers (numba, OpenMP and
-    BLAS read these before they start), unless the user set them; oversubscribed
-    threads that spin at every step cost far more than idle cores."""
+    """Split the cores between the workers (numba, OpenMP and BLAS read these before
+    they start), unless the user set them; oversubscribed threads that spin at every
+    step cost far more than idle cores."""
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_SECONDS = 0.5
+
+
+def _exit_with(driver):
+    """Make this process die with its parent ``driver``: Linux sends SIGKILL on the
+    parent's death (the thread that spawned it, here the one that ran run_sweep); a
+    thread polling the parent pid covers other systems, exiting within WATCH_SECONDS
+    whenever the interpreter runs (a kernel holding the GIL delays it)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != driver:  # the driver died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch, args=(driver,), daemon=True,
+                     name="mithridate-exit-with-driver").start()
+
+
+def _watch(driver):
+    while os.getppid() == driver:
+        time.sleep(WATCH_SECONDS)
+    os._exit(1)
+
+
+def _init_worker(threads, driver):
+    """Pool worker initializer."""
+    _share_cores(threads)
+    _exit_with(driver)
 
 
 def _pool(exp, batches, workers):
     # spawn, not fork: forking a process that runs numba/OpenMP threads can deadlock.
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_share_cores, initargs=(threads,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(threads, os.getpid()))
+    try:
         futures = {pool.submit(run_batch, exp.name, exp.module, b): b for b in batches}
         error = None
         while futures:
@@ -83,14 +143,33 @@ def _pool(exp, batches, workers):
                     continue
                 if f.exception() is not None:
                     if error is None:  # stop queued batches, keep those already running
-                        error = (batch, f.exception())
+                        error = _failure(exp, batch, f.exception())
                         for queued in futures:
                             queued.cancel()
                     continue
                 yield batch, f.result()
         if error is not None:
-            raise SweepError(f"experiment {exp.name!r} failed on {error[0][0]}: "
-                             f"{error[1]!r}") from error[1]
+            raise error
+    finally:  # also when the caller stops early (a store error): run nothing more
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+RAY_CONNECT_SECONDS = 10.0
+
+
+def _probe(address):
+    """Refuse, within RAY_CONNECT_SECONDS, a host:port (or ray://host:port) where nothing
+    accepts connections; ray.init would retry it for minutes. Other forms (auto) are
+    Ray's to resolve."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), RAY_CONNECT_SECONDS).close()
+    except OSError as e:
+        raise AddressError(f"--address {address}: nothing answers there within "
+                           f"{RAY_CONNECT_SECONDS:g} s ({e.strerror or e}); start the cluster "
+                           f"(ray start --head) or give the address it printed") from None
 
 
 def _ray(exp, batches, workers, address):
@@ -102,6 +181,7 @@ def _ray(exp, batches, workers, address):
                      log_to_driver=False, logging_level="warning")
         else:
             ray.init(address=address, log_to_driver=False, logging_level="warning")
+    refs = {}
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(run_batch)
         refs = {task.remote(exp.name, exp.module, b): b for b in batches}
@@ -112,12 +192,11 @@ def _ray(exp, batches, workers, address):
                 try:
                     metrics = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:
-                    for pending in refs:
-                        ray.cancel(pending)
-                    raise SweepError(f"experiment {exp.name!r} failed on {batch[0]}: "
-                                     f"{e.cause!r}") from None
+                    raise _failure(exp, batch, e.cause) from None
                 yield batch, metrics
-    finally:
+    finally:  # an error, or the caller stopped early: cancel what is left
+        for pending in refs:
+            ray.cancel(pending)
         if started:
             ray.shutdown()
 
@@ -132,6 +211,9 @@ def run_sweep(spec, out_dir, executor="local", workers=1, address=None, progress
     if address is not None and executor != "ray":
         raise ValueError(f"address={address!r} joins a Ray cluster: use it with executor='ray'")
     exp = registry.get_experiment(spec.experiment)
+    exp.check(spec)
+    if address is not None:
+        _probe(address)
     with ResultsStore(out_dir, spec) as store:
         configs = spec.configs()
         done = store.done()
@@ -143,8 +225,9 @@ def run_sweep(spec, out_dir, executor="local", workers=1, address=None, progress
             results = _pool(exp, batches, workers)
         else:
             results = _serial(exp, batches)
-        with tqdm(total=len(configs), initial=len(configs) - len(pending), unit="config",
-                  desc=spec.name, file=sys.stderr, disable=not progress) as bar:
+        with closing(results), tqdm(total=len(configs), initial=len(configs) - len(pending),
+                                    unit="config", desc=spec.name, file=sys.stderr,
+                                    disable=not progress) as bar:
             for batch, metrics in results:
                 store.add(zip(batch, metrics))
                 bar.update(len(batch))

@@ -7,11 +7,17 @@ made it (``fingerprint``) and a config can be named by a stable key
 import hashlib
 import itertools
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 KEYS = ("name", "experiment", "grid", "seeds", "fixed")
 SCALARS = (bool, int, float, str)
+# The name is a folder under the results directory: one plain path component.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# The most configs a spec may enumerate (dicts in memory, rows in one store).
+MAX_CONFIGS = 1_000_000
 
 
 class SpecError(ValueError):
@@ -37,8 +43,8 @@ def _check_scalar(value, where):
 class SweepSpec:
     """The cartesian product of ``grid`` x ``seeds``, each config merged with ``fixed``.
 
-    Validated on construction; the experiment name is checked against the
-    registry by ``from_dict``/``from_toml`` and by the runner.
+    Validated on construction; the experiment (registered, and reading every
+    parameter named) is checked by ``from_dict``/``from_toml`` and by the runner.
     """
     name: str
     experiment: str
@@ -75,6 +81,11 @@ class SweepSpec:
         if clash:
             raise SpecError(f"parameter(s) {sorted(clash)} appear twice: a parameter lives in "
                             f"one of grid or fixed, and 'seed' only in seeds")
+        sizes = [len(v) for v in self.grid.values()] + [len(self.seeds)]
+        if math.prod(sizes) > MAX_CONFIGS:
+            axes = " x ".join(f"{n} {k}" for k, n in zip([*self.grid, "seeds"], sizes))
+            raise SpecError(f"the grid makes {math.prod(sizes):,} configs ({axes}), over the "
+                            f"limit of {MAX_CONFIGS:,} per sweep: split it into several specs")
 
     def configs(self):
         """Every config, grid values in key order, seeds varying fastest."""
@@ -93,7 +104,7 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, d):
-        """Validate a mapping (as read from TOML) and check the experiment is registered."""
+        """Validate a mapping (as read from TOML) and check it against its experiment."""
         from . import registry
         if not isinstance(d, dict):
             raise SpecError(f"a spec is a table of {', '.join(KEYS)}, got {type(d).__name__}")
@@ -105,7 +116,7 @@ class SweepSpec:
             raise SpecError(f"missing key(s) {missing}; a spec needs experiment, grid and seeds")
         spec = cls(name=d.get("name", d["experiment"]), experiment=d["experiment"],
                    grid=d["grid"], seeds=d["seeds"], fixed=d.get("fixed", {}))
-        registry.get_experiment(spec.experiment)
+        registry.get_experiment(spec.experiment).check(spec)
         return spec
 
     @classmethod

@@ -2,8 +2,9 @@
 
 ``toy`` computes its metrics from a formula of the config (vectorised over the
 seeds of a batch, as real experiments batch their kernels). Optional
-parameters: ``sleep`` (seconds per config, so a test can kill a run midway)
-and ``fail`` (true: raise, to test error handling).
+parameters: ``beta``, ``scale``, ``model`` ("robust" halves the effect of beta),
+``sleep`` (seconds per config, so a test can kill a run midway) and ``fail``
+(true: raise, to test error handling).
 """
 import time
 
@@ -13,15 +14,16 @@ from .registry import Figure, experiment, register_figure
 from .spec import SweepSpec
 
 
-@experiment("toy", batch_keys=("seed",))
+@experiment("toy", batch_keys=("seed",), params=("model", "beta", "scale", "sleep", "fail"))
 def toy(configs):
     first = configs[0]
     if first.get("fail"):
         raise RuntimeError(f"toy experiment asked to fail (fail={first['fail']!r})")
     time.sleep(float(first.get("sleep", 0.0)) * len(configs))
+    beta, scale = float(first.get("beta", 0.0)), float(first.get("scale", 1.0))
     seeds = np.array([c["seed"] for c in configs])
-    noise = np.sin(12.9898 * seeds + 78.233 * first.get("beta", 0.0)) * 0.05
-    score = 1.0 - float(first.get("beta", 0.0)) * float(first.get("scale", 1.0)) + noise
+    noise = np.sin(12.9898 * seeds + 78.233 * beta) * 0.05
+    score = 1.0 - beta * scale * (0.5 if first.get("model") == "robust" else 1.0) + noise
     return [{"score": float(s), "batch_size": len(configs)} for s in score]
 
 
