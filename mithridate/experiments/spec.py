@@ -57,6 +57,10 @@ class SweepSpec:
             if not isinstance(getattr(self, attr), str) or not getattr(self, attr):
                 raise SpecError(f"{attr} must be a non-empty string, got "
                                 f"{getattr(self, attr)!r}")
+        if not NAME.fullmatch(self.name):
+            raise SpecError(f"name = {self.name!r}: the name becomes a folder inside the output "
+                            f"directory, so use up to 128 letters, digits, '_', '.' and '-', "
+                            f"not starting with '.' (no absolute path, '..' or separator)")
         if not isinstance(self.grid, dict) or not self.grid:
             raise SpecError("grid must be a non-empty table of parameter = [values], e.g. "
                             "[grid] beta = [0.0, 0.1]")
