@@ -20,13 +20,16 @@ REFERENCE = "torch"
 CANDIDATES = tuple(b for b in backends.LINEAR if b != REFERENCE)
 GPU_BACKENDS = ("triton",)  # their data lives on the GPU, and so does their reference's
 OPS = ("loss_grad", "hvp", "loss_grad_batched", "lipschitz_batched", "hypergrad",
-       "hypergrad_batched")
+       "hypergrad_batched", "torch_train")
 BATCHED = ("loss_grad_batched", "lipschitz_batched")  # B thetas against one X
 # Hypergradients (mithridate.hypergrad), numba against the torch unrolled loop:
 # one problem per mode, and a batch of reps x lams problems (each repetition's
 # Xc shared by its lam settings, as in a paper 002 sweep) against single calls.
 HYPERGRAD = ("hypergrad", "hypergrad_batched")
 HYPERGRAD_MODES = ("trajectory", "checkpoint", "forward")
+# A torch training loop (mithridate.torch): `steps` of SGD on L2-regularised
+# logistic regression, the fused objective against autograd on torch ops.
+TORCH_TRAIN = "torch_train"
 BATCH = 64
 LAM = -2.0
 
@@ -36,10 +39,12 @@ LAM = -2.0
 # rows, MNIST's d = 784, T = 150), batches of 10 repetitions x 4 lams.
 FULL = dict(shapes=((100_000, 1000), (1_000_000, 100), (48_842, 14), (512, 784)),
             batched_shape=(100_000, 1000), budget_s=2.0, max_repeats=20,
-            hypergrad=dict(n=512, k=17, nv=171, d=784, T=150, reps=10, lams=4))
+            hypergrad=dict(n=512, k=17, nv=171, d=784, T=150, reps=10, lams=4),
+            torch_train=dict(shape=(100_000, 100), steps=200))
 QUICK = dict(shapes=((20_000, 100), (512, 784)),
              batched_shape=(20_000, 100), budget_s=0.2, max_repeats=10,
-             hypergrad=dict(n=200, k=5, nv=50, d=64, T=20, reps=2, lams=2))
+             hypergrad=dict(n=200, k=5, nv=50, d=64, T=20, reps=2, lams=2),
+            torch_train=dict(shape=(4_000, 32), steps=200))
 DTYPES = ("float32", "float64")
 CACHE_BYTES = 64 << 20  # above this X streams from memory (twice a 32 MiB L3)
 MIN_REPEATS = 3
@@ -126,6 +131,49 @@ def _hypergrad_records(op, cfg, dt, backend, probe):
     return records
 
 
+def train_logistic(X, y, *, steps, route, backend="auto", lr=0.5, lam=LAM):
+    """theta = [w; b] after `steps` of SGD from zeros on the logistic loss +
+    exp(lam)/2 ||w||^2 (torch tensors X, y): ``route="fused"`` on
+    :func:`mithridate.torch.linear_objective` (kernels of `backend`),
+    ``"torch"`` by autograd on the reference objective's torch ops."""
+    import torch
+    from .reference.linear import objective
+    from .torch import linear_objective
+    theta = torch.zeros(X.shape[1] + 1, dtype=X.dtype, device=X.device, requires_grad=True)
+    opt = torch.optim.SGD([theta], lr=lr)
+    lam_t = torch.full((1,), lam, dtype=torch.float64, device=X.device)
+    for _ in range(steps):
+        opt.zero_grad()
+        if route == "fused":
+            value = linear_objective(theta, X, y, lam=lam, backend=backend)
+        else:
+            value = objective(theta[None], X, y, None, lam_t, "logistic", True, False)[0]
+        value.backward()
+        opt.step()
+    return theta.detach()
+
+
+def _torch_train_record(cfg, dt, backend, probe):
+    """The fused training loop against the plain torch one on the same data.
+    Bytes: X read once per step by the fused loop."""
+    import torch
+    tt = cfg["torch_train"]
+    _, _, X, y = make_problem(*tt["shape"], dt)
+    X, y = torch.from_numpy(X), torch.from_numpy(y)
+    if backend in GPU_BACKENDS:
+        X, y = X.cuda(), y.cuda()
+    calls = [lambda r=r: train_logistic(X, y, steps=tt["steps"], route=r, backend=backend)
+             for r in ("fused", "torch")]
+    times, reps = _medians(calls + [probe[0]], synchronizer(backend), cfg["budget_s"],
+                           cfg["max_repeats"])
+    ours, ref = times[:2]
+    bw = probe[1] / times[-1]
+    return dict(op=TORCH_TRAIN, backend=backend, shape=list(tt["shape"]), dtype=dt, batch=None,
+                steps=tt["steps"], median_s=ours, reference_median_s=ref, speedup=ref / ours,
+                roof_gbps=bw / 1e9, roof_fraction=tt["steps"] * X.numel() * X.element_size()
+                / ours / bw, repeats=reps)
+
+
 def to_device(arrays, backend):
     """Place numpy `arrays` where `backend` reads them (CUDA tensors for GPU backends)."""
     if backend not in GPU_BACKENDS:
@@ -208,12 +256,14 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
                  "(GPU, torch), timed interleaved with each row whose X exceeds the cache")
 
     jobs = [(shape, dt, op, b) for shape in cfg["shapes"] for dt in DTYPES
-            for op in op_names if op not in BATCHED + HYPERGRAD for b in chosen]
+            for op in op_names if op not in BATCHED + HYPERGRAD + (TORCH_TRAIN,)
+            for b in chosen]
     jobs += [(cfg["batched_shape"], dt, op, b) for op in op_names if op in BATCHED
              for dt in DTYPES for b in chosen
              if op != "lipschitz_batched" or b in backends.LIPSCHITZ]
     jobs += [(None, dt, op, b) for op in op_names if op in HYPERGRAD for dt in DTYPES
              for b in chosen if b not in GPU_BACKENDS]
+    jobs += [(None, dt, TORCH_TRAIN, b) for dt in DTYPES for b in chosen if TORCH_TRAIN in op_names]
 
     from tqdm import tqdm
     records, data, key = [], {}, None
@@ -221,6 +271,10 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
                                  disable=not progress, leave=False):
         if op in HYPERGRAD:
             records += _hypergrad_records(op, cfg, dt, b, probes["cpu"])
+            continue
+        if op == TORCH_TRAIN:
+            records.append(_torch_train_record(cfg, dt, b, probes["cuda" if b in GPU_BACKENDS
+                                                                  else "cpu"]))
             continue
         batch = BATCH if op in BATCHED else None
         if (shape, dt, batch) != key:
@@ -264,7 +318,8 @@ def format_table(records):
     rows = [head]
     for r in records:
         shape = "x".join(map(str, r["shape"])) + (f" B={r['batch']}" if r["batch"] else "")
-        gain = (r["mode"] + " " if "mode" in r else "") + (
+        gain = (r["mode"] + " " if "mode" in r else "") + (f"{r['steps']} steps " if "steps" in r
+                                                           else "") + (
                 f"{r['batch_gain']:.2f}x singles" if "batch_gain" in r else
                 f"{r['matmul_ratio']:.2f}x W@X^T" if "matmul_ratio" in r else "")
         rows.append((r["op"], r["backend"], shape, r["dtype"], _fmt_time(r["median_s"]),
