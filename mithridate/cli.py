@@ -84,14 +84,16 @@ def _datasets(args):
 
 
 def _add_executor_options(p):
+    from .experiments.runner import RAY_CONNECT_SECONDS  # light: no pandas, no ray
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: this process, or a process pool with --workers > 1; "
                         "ray: a Ray cluster (a local one unless --address)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="processes for the local pool, CPUs for a local Ray cluster (default 1)")
     p.add_argument("--address", metavar="ADDR",
-                   help="join this Ray cluster (e.g. auto or ray://host:10001); needs "
-                        "--executor ray")
+                   help="join this Ray cluster (e.g. auto, host:6379 or ray://host:10001); "
+                        "needs --executor ray; a host:port where nothing answers within "
+                        f"{RAY_CONNECT_SECONDS:g} s is refused (exit 2)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar on stderr")
 

@@ -34,9 +34,9 @@ def config_key(config):
 
 
 def _check_scalar(value, where):
-    if not isinstance(value, SCALARS) or (isinstance(value, float) and value != value):
-        raise SpecError(f"{where} = {value!r}: values must be numbers, booleans or strings "
-                        f"(not {type(value).__name__}, not nan)")
+    if not isinstance(value, SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
+        raise SpecError(f"{where} = {value!r}: values must be finite numbers, booleans or "
+                        f"strings (not {type(value).__name__}, nan or inf)")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def _foreign(path, why):
                       f"untouched: choose another --out directory")
 
 
-def inspect(path):
+def read_meta(path):
     """The meta table of the store at ``path``, or None where there is none yet, read
     without writing a byte: anything else there raises StoreError and stays as it was."""
     try:
@@ -86,7 +86,7 @@ class ResultsStore:
         except OSError as e:
             raise StoreError(f"cannot write results to {self.out_dir}: {e.strerror}; choose a "
                              f"writable --out directory") from None
-        self._check(inspect(self.path))
+        self._check(read_meta(self.path))
         try:
             if not os.access(self.out_dir, os.W_OK):
                 raise PermissionError(13, "Permission denied")
