@@ -1,41 +1,151 @@
-"""Plots of sweep results (matplotlib, Agg: no display needed)."""
+"""Plots of sweep results (matplotlib, Agg: no display needed).
+
+Every curve-vs-fraction figure of the package goes through
+:func:`plot_metric_vs_fraction`, so they share one look and one rule for curves
+that coincide: each setting has its own colour, hollow marker and line style;
+curves whose means agree at every x (within ``NEAR`` of the panel's y range) are
+dodged sideways so none hides another; and the legend and caption say which
+settings coincide, computed from the numbers.
+"""
 from pathlib import Path
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+NEAR = 0.01   # curves closer than this fraction of the y range everywhere overlap on screen
+DODGE = 0.012  # sideways shift between overlapping curves, as a fraction of the x range
+LOG_SPAN = 30.0  # means spanning more than this ratio get a log y axis
 
-def plot_metric_vs_fraction(df, metric, out_path, *, x="beta", hue=None, col=None, title=None):
-    """Mean of `metric` over seeds vs `x`, with a mean ± 1 std band over seeds.
 
-    One line per value of `hue`, one panel per value of `col` (shared y axis);
-    rows that share (col, hue, x) are the repetitions. Writes `out_path`, returns it.
+def coinciding(means, near):
+    """Groups (lists, in order) of the keys of ``means`` (key -> pandas Series over x)
+    whose curves share their x values and differ by at most ``near`` at each; a
+    group is marked exact when its curves are equal to rounding (1e-12 relative)."""
+    import numpy as np
+    keys, groups = list(means), []
+    parent = {k: k for k in keys}
+
+    def root(k):
+        while parent[k] != k:
+            k = parent[k]
+        return k
+
+    def gap(a, b):
+        ma, mb = means[a], means[b]
+        if len(ma) < 2 or not ma.index.equals(mb.index):
+            return np.inf
+        return float(np.max(np.abs(ma.to_numpy() - mb.to_numpy())))
+
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if gap(a, b) <= near:
+                parent[root(b)] = root(a)
+    for k in keys:
+        members = [m for m in keys if root(m) == k]
+        if len(members) > 1:
+            scale = max(float(np.max(np.abs(means[m].to_numpy()))) for m in members)
+            exact = all(gap(members[0], m) <= 1e-12 * max(scale, 1.0) for m in members[1:])
+            groups.append((members, exact))
+    return groups
+
+
+def _describe(members, exact):
+    names = ", ".join(map(str, members[:-1])) + f" and {members[-1]}"
+    return f"{names} {'coincide' if exact else 'overlap (within 1% of the axis)'}"
+
+
+def _log_axis(means):
+    """A log y axis when the positive means span more than LOG_SPAN (one curve far
+    above the others would flatten them on a linear axis)."""
+    import numpy as np
+    v = np.asarray(means, dtype=float)
+    v = v[np.isfinite(v)]
+    return v.size > 1 and (v > 0).all() and v.max() / v.min() > LOG_SPAN
+
+
+def plot_metric_vs_fraction(df, metric, out_path, *, x="beta", hue=None, col=None, title=None,
+                            labels=None, sharey=True, xlabel=None):
+    """Mean of `metric` over seeds vs `x`, with a mean ± 1 std band over seeds (clipped
+    to the range of the values, so an error rate's band stays >= 0).
+
+    One curve per value of `hue` (legend text ``labels[value]`` if given), one
+    panel per value of `col` (shared y axis unless ``sharey=False``, then each
+    panel's y label names its quantity); rows that share (col, hue, x) are the
+    repetitions. Coinciding curves are dodged and named (module docstring); the
+    y axis is logarithmic where the means span more than ``LOG_SPAN``.
+    Writes `out_path` (the coincidences also in its PNG "Description"), returns it.
     """
+    import textwrap
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     out_path = Path(out_path)
+    keys = [k for k in (col, hue) if k]
     cols = list(df[col].unique()) if col else [None]
     hues = list(df[hue].unique()) if hue else [None]
-    fig, axes = plt.subplots(1, len(cols), figsize=(4.5 * len(cols), 3.6), sharey=True, squeeze=False)
+    name = {h: (labels or {}).get(h, metric if h is None else str(h)) for h in hues}
+    style = {h: dict(color=f"C{i % 10}", marker=MARKERS[i % len(MARKERS)],
+                     linestyle=LINESTYLES[i % len(LINESTYLES)]) for i, h in enumerate(hues)}
+    band = min(0.15, 0.45 / len(hues))  # many overlapping bands turn to mud
+    xspan = float(np.ptp(df[x].to_numpy(dtype=float))) or 1.0
+    log_all = sharey and _log_axis(df.groupby(keys + [x])[metric].mean())
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.5 * len(cols) + 2.2, 3.8), sharey=sharey,
+                             squeeze=False)
+    notes, shared, handle = [], None, {}
     for ax, c in zip(axes[0], cols):
         panel = df if c is None else df[df[col] == c]
-        for h in hues:
-            sub = panel if h is None else panel[panel[hue] == h]
-            if sub.empty:
-                continue
-            stats = sub.groupby(x)[metric].agg(["mean", "std", "count"]).sort_index()
-            std = stats["std"].fillna(0.0)
-            line, = ax.plot(stats.index, stats["mean"], marker="o", label=metric if h is None else str(h))
-            ax.fill_between(stats.index, stats["mean"] - std, stats["mean"] + std,
-                            color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.set_xlabel(f"poisoning fraction ({x})" if x == "beta" else x)
-        ax.set_title(f"{col} = {c}" if c is not None else "")
+        stats = {h: (panel if h is None else panel[panel[hue] == h]).groupby(x)[metric]
+                 .agg(["mean", "std", "min", "max"]).sort_index() for h in hues}
+        stats = {h: st for h, st in stats.items() if not st.empty}
+        means = {h: st["mean"] for h, st in stats.items()}
+        log = log_all if sharey else _log_axis(np.concatenate([m.to_numpy() for m in means.values()]))
+        seen = {h: np.log10(m) if log else m for h, m in means.items()}  # as drawn
+        values = np.concatenate([m.to_numpy() for m in seen.values()])
+        yspan = float(np.nanmax(values) - np.nanmin(values)) if np.isfinite(values).any() else 0.0
+        groups = coinciding(seen, NEAR * (yspan or 1.0))
+        shift, pairs = {}, {}
+        for members, exact in groups:
+            notes.append(("" if c is None else f"{c}: ") + _describe([name[m] for m in members],
+                                                                     exact))
+            for j, m in enumerate(members):
+                shift[m] = (j - (len(members) - 1) / 2) * DODGE * xspan
+                pairs.update({(m, o): exact for o in members if o != m})
+        shared = pairs if shared is None else {p: e and pairs[p] for p, e in shared.items()
+                                               if p in pairs}
+        for h, st in stats.items():
+            xs = st.index.to_numpy(dtype=float) + shift.get(h, 0.0)
+            # the band never leaves the values seen (an error rate stays >= 0)
+            std = st["std"].fillna(0.0)
+            lo, hi = np.maximum(st["mean"] - std, st["min"]), np.minimum(st["mean"] + std, st["max"])
+            handle[h], = ax.plot(xs, st["mean"], markerfacecolor="none", markersize=6,
+                                 linewidth=1.4, **style[h])
+            ax.fill_between(xs, lo, hi, color=style[h]["color"], alpha=band, linewidth=0)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel or {"beta": "poisoning fraction (beta)",
+                                 "fraction": "poisoning fraction"}.get(x, x))
+        ax.set_title("" if c is None or not sharey else f"{col} = {c}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel(metric)
-    axes[0, -1].legend(title=hue)
-    n = df.groupby([k for k in (col, hue, x) if k]).size().max()
-    fig.suptitle(f"{title + ': ' if title else ''}mean ± 1 std over seeds (n = {n})", fontsize=10)
+        if not sharey or ax is axes[0, 0]:
+            ax.set_ylabel(str(c) if not sharey and c is not None else metric)
+    texts = []
+    for h in handle:
+        same = [(name[o], e) for (a, o), e in (shared or {}).items() if a == h]
+        texts.append(name[h] + "".join(f" [{'=' if e else '≈'} {o}]" for o, e in same))
+    fig.legend(list(handle.values()), texts, title=hue, loc="center left",
+               bbox_to_anchor=(1.0, 0.5), fontsize=8, title_fontsize=9, frameon=False)
+    n = df.groupby(keys + [x]).size().max()
+    fig.suptitle(f"{title + ': ' if title else ''}mean ± 1 std over seeds, within their range (n = {n})",
+                 fontsize=10)
     fig.tight_layout()
+    if notes:
+        caption = textwrap.fill("; ".join(notes) + " (drawn side by side to stay visible).",
+                                width=int(fig.get_figwidth() * 16))
+        fig.text(0.01, 0, caption, fontsize=7.5, ha="left", va="top")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=120)
+    fig.savefig(out_path, dpi=120, bbox_inches="tight",  # the caption, machine-readable too
+                metadata={"Description": "; ".join(notes)})
     plt.close(fig)
     return out_path
