@@ -204,7 +204,8 @@ def test_store_of_another_spec_left_byte_for_byte(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_store_unwritable_mid_run_exit_2_keeps_rows(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_store_unwritable_mid_run_exit_2_keeps_rows(tmp_path, workers):
     """The store's file system fills up (a file size limit, which binds root too): the
     run stops with exit 2 and a clear message; every row committed before is kept and
     the same command resumes the sweep."""
@@ -212,7 +213,8 @@ def test_store_unwritable_mid_run_exit_2_keeps_rows(tmp_path):
          "grid": {"beta": [i / 100 for i in range(20)]}}
     (tmp_path / "s.toml").write_text(toml(d))
     cmd = [sys.executable, "-c", "import sys; from mithridate.cli import main; sys.exit(main())",
-           "sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o"), "--no-progress"]
+           "sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o"), "--no-progress",
+           "--workers", workers]
     limit = textwrap.dedent("""
         import resource
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))

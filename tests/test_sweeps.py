@@ -74,6 +74,8 @@ def test_spec_configs_keys_and_fingerprint(tmp_path):
     ({"grid": {}}, "grid must be a non-empty"),
     ({"grid": {"beta": []}}, "grid.beta"),
     ({"grid": {"beta": [[0.1]]}}, "grid.beta"),
+    ({"grid": {"beta": [float("inf")]}}, r"grid.beta = inf: values must be finite"),
+    ({"fixed": {"scale": float("nan")}}, r"fixed.scale = nan: values must be finite"),
     ({"grid": {"seed": [1]}}, "appear twice"),
     ({"fixed": {"beta": 1.0}}, "appear twice"),
     ({"experiment": "nope"}, "unknown experiment 'nope'"),
