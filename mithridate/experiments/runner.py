@@ -105,10 +105,8 @@ def _exit_with(driver):
     parent's death (the thread that spawned it, here the one that ran run_sweep); a
     thread polling the parent pid covers other systems, exiting within WATCH_SECONDS
     whenever the interpreter runs (a kernel holding the GIL delays it)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if sys.platform.startswith("linux"):  # should it fail, the thread below still watches
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != driver:  # the driver died before the signal was armed
         os._exit(1)
     threading.Thread(target=_watch, args=(driver,), daemon=True,
@@ -143,13 +141,13 @@ def _pool(exp, batches, workers):
                     continue
                 if f.exception() is not None:
                     if error is None:  # stop queued batches, keep those already running
-                        error = _failure(exp, batch, f.exception())
+                        error = (batch, f.exception())
                         for queued in futures:
                             queued.cancel()
                     continue
                 yield batch, f.result()
         if error is not None:
-            raise error
+            raise _failure(exp, *error) from error[1]
     finally:  # also when the caller stops early (a store error): run nothing more
         pool.shutdown(wait=True, cancel_futures=True)
 
