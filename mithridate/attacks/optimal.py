@@ -16,15 +16,17 @@ i.e. the hypergradient engine (mean loss + exp(lam')/2 ||w||^2) runs with
 lam' = lam - log(n), n the rows trained on. Poisoning points *replace* training
 points (Algorithm 1), so n stays fixed during an attack; ``replace=False``
 appends them instead (the 2-D example of Figure 1).
+
+The victim (``model``) is the logistic loss by default; the squared loss, a
+scikit-learn ``LogisticRegression`` / ``Ridge`` or a Wasserstein estimator of
+mithridate.defenses are mapped onto this scale by mithridate.attacks.victims.
 """
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..hypergrad import hypergrad
-
-MODELS = ("logistic",)
+from .victims import as_victim
 
 
 @dataclass
@@ -100,8 +102,8 @@ def _interval(name, v):
     return lo, hi
 
 
-def _data(name, data, dtype=None):
-    """(X, y) as C-contiguous float arrays with labels {0, 1}."""
+def _data(name, data, dtype=None, loss="logistic"):
+    """(X, y) as C-contiguous float arrays; labels {0, 1} for the logistic loss."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"{name} must be a pair (X, y) of numpy arrays.")
     X, y = data
@@ -116,7 +118,9 @@ def _data(name, data, dtype=None):
         raise ValueError(f"{name}: X must be (n, d) with n >= 1 and y (n,), got {X.shape} and {y.shape}.")
     if not np.isfinite(X).all():
         raise ValueError(f"{name} X contains nan or inf; remove or impute those values first.")
-    if not np.isin(y, (0, 1)).all():
+    if loss != "logistic" and not np.isfinite(y).all():
+        raise ValueError(f"{name} y contains nan or inf; remove those rows first.")
+    if loss == "logistic" and not np.isin(y, (0, 1)).all():
         raise ValueError(f"{name} y must hold labels in {{0, 1}}; map them with (y > 0).")
     return X, y
 
@@ -141,11 +145,20 @@ class OptimalPoisoning:
     validation points of that class (Figure 1); ``mode``/``backend`` go to
     :func:`mithridate.hypergrad.hypergrad`. lam is on the regulariser scale
     described in the module docstring.
+
+    ``model``: "logistic" (labels {0, 1}), "squared" (real labels; a clone's
+    label y becomes lo + hi - y, [lo, hi] the training labels' range, as 1 - y
+    does for {0, 1}), or an estimator, fitted or not: ``LogisticRegression``
+    (lam = -log C), ``Ridge`` (lam = log alpha), ``WassersteinRobustClassifier``
+    / ``WassersteinRobustRegressor`` (lam = log rho; torch slow path); see
+    :mod:`mithridate.attacks.victims`. ``lam="model"`` fixes lam at the
+    estimator's own value; ``lam_init`` None starts a learned lam there too
+    (log 5 for a bare loss name).
     """
 
     def __init__(self, model="logistic", lam="learned", n_points=17, batch_size=17, T=150,
                  T_outer=100, T_lam=50, alpha=0.99, beta=0.8, eta=0.1, box=(0.0, 1.0),
-                 lam_range=(-8.0, math.log(200)), lam_init=math.log(5), gamma=0.0,
+                 lam_range=(-8.0, math.log(200)), lam_init=None, gamma=0.0,
                  mode="trajectory", backend="numba", restarts=0, replace=True,
                  clone_class=None, random_state=None, progress=False):
         self.model, self.lam, self.n_points, self.batch_size = model, lam, n_points, batch_size
@@ -157,14 +170,18 @@ class OptimalPoisoning:
         self.random_state, self.progress = random_state, progress
 
     def _check(self, train, val):
-        if self.model not in MODELS:
-            raise ValueError(f"model={self.model!r} is not supported; use one of {list(MODELS)}.")
-        learned = isinstance(self.lam, str)
-        if learned and self.lam != "learned":
-            raise ValueError(f"lam={self.lam!r}: give 'learned' or a fixed number.")
-        if not learned and (isinstance(self.lam, bool) or not isinstance(
-                self.lam, (int, float, np.integer, np.floating)) or not math.isfinite(self.lam)):
-            raise ValueError(f"lam={self.lam!r} must be 'learned' or a finite number.")
+        victim = as_victim(self.model)
+        victim.check_engine(self.mode, self.backend)
+        if self.lam == "model" and victim.lam is None:
+            raise ValueError(f"lam='model' needs an estimator as model, not model={self.model!r}; "
+                             "give 'learned' or a fixed number.")
+        lam = victim.lam if self.lam == "model" else self.lam
+        learned = isinstance(lam, str)
+        if learned and lam != "learned":
+            raise ValueError(f"lam={self.lam!r}: give 'learned', 'model' or a fixed number.")
+        if not learned and (isinstance(lam, bool) or not isinstance(
+                lam, (int, float, np.integer, np.floating)) or not math.isfinite(lam)):
+            raise ValueError(f"lam={lam!r} must be 'learned', 'model' or a finite number.")
         n_points = _int("n_points", self.n_points, 0)
         bs = _int("batch_size", self.batch_size, 1)
         if n_points % bs:
@@ -186,13 +203,19 @@ class OptimalPoisoning:
                              "'trajectory' (or another reverse mode).")
         box = _interval("box", self.box)
         lam_range = _interval("lam_range", self.lam_range)
-        if learned and not lam_range[0] <= self.lam_init <= lam_range[1]:
-            raise ValueError(f"lam_init={self.lam_init!r} must lie in lam_range={lam_range}.")
-        X, y = _data("train", train)
-        Xv, yv = _data("val", val, X.dtype)
+        lam_init = self.lam_init if self.lam_init is not None else \
+            math.log(5) if victim.lam is None else victim.lam
+        if learned and not lam_range[0] <= lam_init <= lam_range[1]:
+            origin = "" if self.lam_init is not None else " (lam_init=None: " + (
+                "log 5)" if victim.lam is None else f"the lam of model {victim.name})")
+            raise ValueError(f"lam_init={lam_init!r}{origin} must lie in lam_range={lam_range}; "
+                             "widen lam_range or pass lam_init.")
+        X, y = _data("train", train, loss=victim.loss)
+        Xv, yv = _data("val", val, X.dtype, victim.loss)
         if Xv.shape[1] != X.shape[1]:
             raise ValueError(f"val has {Xv.shape[1]} features but train has {X.shape[1]}.")
-        if np.unique(yv).size < 2:
+        victim.check_features(X.shape[1])
+        if victim.loss == "logistic" and np.unique(yv).size < 2:
             raise ValueError("val holds one class only; the validation set needs labels 0 and 1.")
         if self.replace and n_points >= X.shape[0]:
             raise ValueError(f"n_points={n_points} must be < the {X.shape[0]} training rows "
@@ -206,7 +229,8 @@ class OptimalPoisoning:
         if Xv.min() < box[0] or Xv.max() > box[1]:
             raise ValueError(f"box={box} does not contain the validation points the poisoning "
                              f"points are cloned from (range [{Xv.min():g}, {Xv.max():g}]); widen box.")
-        return learned, box, lam_range, X, y, Xv, yv
+        flip = 1.0 if victim.loss == "logistic" else float(y.min() + y.max())  # y -> lo + hi - y
+        return victim, lam, lam_init, learned, box, lam_range, flip, X, y, Xv, yv
 
     def run(self, train, val):
         """Poison ``train`` = (X, y) against the validation set ``val`` = (X, y).
@@ -214,7 +238,8 @@ class OptimalPoisoning:
         Labels {0, 1}; X float32 or float64 (the computation runs in X's dtype).
         Returns a :class:`PoisoningResult`.
         """
-        learned, box, lam_range, X, y, Xv, yv = self._check(train, val)
+        victim, lam, lam_init, learned, box, lam_range, flip, X, y, Xv, yv = \
+            self._check(train, val)
         rng = np.random.default_rng(self.random_state)
         n, d = X.shape
         bs = self.batch_size
@@ -223,15 +248,16 @@ class OptimalPoisoning:
         pool = np.arange(Xv.shape[0]) if self.clone_class is None else \
             np.flatnonzero(yv == self.clone_class)
         clones = rng.permutation(pool)[:self.n_points]
-        self._ctx = dict(Xv=Xv, yv=yv, box=box, lam_range=lam_range, learned=learned)
+        self._ctx = dict(Xv=Xv, yv=yv, box=box, lam_range=lam_range, learned=learned,
+                         victim=victim)
         self._hist = {k: [] for k in ("batch", "attempt", "iteration", "value", "grad_norm",
                                       "grad_lam", "lam")}
         total = self.T_lam * learned + n_batches * self.T_outer * (self.restarts + 1)
         from tqdm import tqdm
-        self._bar = tqdm(total=total, desc="optimal poisoning", unit="it",
-                         disable=not self.progress)
+        self._bar = tqdm(total=total, desc="optimal poisoning", unit="it", leave=False,
+                         disable=not self.progress)  # an inner bar: gone when the run ends
         try:
-            lam = float(self.lam_init if learned else self.lam)
+            lam = float(lam_init if learned else lam)
             if learned and self.T_lam:
                 lam = self._learn_clean_lam(X, y, lam)
             lams, values = [lam], [self._value(X, y, lam)]
@@ -253,15 +279,15 @@ class OptimalPoisoning:
                             if learned else lam
                     else:
                         lam0 = lam
-                    out = self._batch(Xc, yc, Xv[src].copy(), 1 - yv[src], lam0, b + 1, attempt)
+                    out = self._batch(Xc, yc, Xv[src].copy(), flip - yv[src], lam0, b + 1, attempt)
                     if best is None or out[2] > best[2]:
                         best = out + (src,)
                 Xp, lam, value, src = best
                 Xp_init[b * bs:(b + 1) * bs] = Xv[src]
                 if self.replace:
-                    Xcur[rows], ycur[rows] = Xp, 1 - yv[src]
+                    Xcur[rows], ycur[rows] = Xp, flip - yv[src]
                 else:
-                    Xcur, ycur = np.concatenate([Xcur, Xp]), np.concatenate([ycur, 1 - yv[src]])
+                    Xcur, ycur = np.concatenate([Xcur, Xp]), np.concatenate([ycur, flip - yv[src]])
                     replaced[b * bs:(b + 1) * bs] = np.arange(Xcur.shape[0] - bs, Xcur.shape[0])
                 lams.append(lam)
                 values.append(value)
@@ -276,9 +302,8 @@ class OptimalPoisoning:
 
     def _hg(self, Xc, yc, Xp, yp, lam):
         c = self._ctx
-        n = Xc.shape[0] + Xp.shape[0]  # the regulariser is divided by n (module docstring)
-        return hypergrad(Xc, yc, Xp, yp, c["Xv"], c["yv"], lam=lam - math.log(n), T=self.T,
-                         alpha=self.eta, gamma=self.gamma, mode=self.mode, backend=self.backend)
+        return c["victim"].hypergrad(Xc, yc, Xp, yp, c["Xv"], c["yv"], lam, T=self.T, eta=self.eta,
+                                     gamma=self.gamma, mode=self.mode, backend=self.backend)
 
     def _lam_step(self, lam, grad_lam):
         return float(np.clip(lam - self.beta * grad_lam, *self._ctx["lam_range"]))

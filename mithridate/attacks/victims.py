@@ -1,0 +1,230 @@
+"""Victim descriptions for :class:`~mithridate.attacks.OptimalPoisoning`: the
+model the attacker poisons, given as a loss name or as the estimator a user
+already has, fitted or not (its hyperparameters are read, never its weights).
+
+Every victim is trained by the attack's inner loop (T steps of full-batch
+gradient descent from zeros, see :mod:`mithridate.hypergrad`) on the objective
+below; ``lam`` is the victim's hyperparameter on the attack's log scale.
+
+L2 victims, the attack's scale (mithridate.attacks.optimal), intercept never
+penalised:  (1/n) [ sum_i l(z_i, y_i) + exp(lam)/2 ||w||^2 ]
+  "logistic" / "squared"   a bare loss (l = softplus(z) - y z or 0.5 (z - y)^2);
+                           lam comes from the attack.
+  LogisticRegression       sklearn minimises C sum_i l_i + 1/2 ||w||^2 (L2 penalty;
+                           the intercept unpenalised except by liblinear). Divided by
+                           C n it is the form above with exp(lam) = 1/C:
+                           lam = -log(C).
+  Ridge                    sklearn minimises ||y - X w - b||^2 + alpha ||w||^2 =
+                           2 [ sum_i 0.5 r_i^2 + alpha/2 ||w||^2 ]: exp(lam) = alpha,
+                           lam = log(alpha).
+The maps do not involve n: sklearn's objectives already sum the loss over the
+rows, as the attack's scale does. ``fit_intercept`` is kept. Refused: other
+penalties (l1, elastic net, none), C or alpha that are infinite or zero,
+``class_weight`` (reweights the loss), liblinear with an intercept (it penalises
+the intercept), ``positive=True`` Ridge (a constrained problem), multi-output
+alpha, and a fitted classifier with more than two classes.
+
+Wasserstein victims (mithridate.defenses, paper 000, eq. 8) with
+regularizer="paper", the closed forms (11) (squared) and (15) (logistic):
+    (1/n) sum_i l(z_i, y_i) + rho L(theta),   L = a(X, Y) t^2 + b(X, Y) t,
+t = ||theta||_q (theta = [w; b], q the dual of the estimator's ``norm``), with
+the data bounds X = max ||x_i||_p, Y = max |y_i| of the *poisoned* training set
+(so the poisoning points move them) unless the estimator fixes ``data_bounds``;
+lam = log(rho). The engine's fused hypergradient through this objective is not
+written yet (issue 11): these victims take the slow path, torch autograd through
+the unrolled T steps, in float64 (the results are cast to X's dtype). It is the
+exact gradient of the unrolled loop wherever the objective is differentiable:
+L is smooth away from theta = 0 for 1 < p < inf (at theta = 0 the loop takes
+the subgradient 0; p in {1, inf} is refused: its dual norm has kinks at every
+zero coordinate), and the max in the data bound has a kink where two rows tie.
+Refused: the absolute loss (no curvature, no hypergradient), the tight and
+exact regularisers, c1/c2 weights (the attack tunes rho), rho = 0.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+LOSSES = ("logistic", "squared")
+
+
+@dataclass(frozen=True)
+class Victim:
+    """A resolved victim. loss: the data term; fit_intercept; lam: its own
+    hyperparameter on the attack's scale (None for a bare loss name); regularizer
+    "l2" or "wasserstein"; norm and data_bounds: the Wasserstein estimator's;
+    n_features: a fitted estimator's n_features_in_ (None if unfitted); name: how
+    messages refer to it."""
+    loss: str
+    fit_intercept: bool = True
+    lam: float = None
+    regularizer: str = "l2"
+    norm: float = 2.0
+    data_bounds: tuple = None
+    n_features: int = None
+    name: str = ""
+
+    def check_features(self, d):
+        if self.n_features is not None and self.n_features != d:
+            raise ValueError(f"model {self.name} was fitted on {self.n_features} features but the "
+                             f"attack's data has {d}; pass the data it was fitted on (or an "
+                             "unfitted estimator).")
+
+    def hypergrad(self, Xc, yc, Xp, yp, Xv, yv, lam, *, T, eta, gamma, mode, backend):
+        """HyperGrad of the mean validation loss after T inner steps wrt Xp and lam."""
+        if self.regularizer == "wasserstein":
+            return _wasserstein_hypergrad(self, Xc, yc, Xp, yp, Xv, yv, lam, T, eta, gamma)
+        from ..hypergrad import hypergrad
+        n = Xc.shape[0] + Xp.shape[0]  # the attack's scale divides the regulariser by n
+        return hypergrad(Xc, yc, Xp, yp, Xv, yv, lam=lam - math.log(n), T=T, alpha=eta,
+                         gamma=gamma, loss=self.loss, fit_intercept=self.fit_intercept,
+                         mode=mode, backend=backend)
+
+    def check_engine(self, mode, backend):
+        """The Wasserstein slow path is torch's unrolled trajectory RMD only."""
+        if self.regularizer == "wasserstein" and (mode != "trajectory"
+                                                  or backend not in ("numba", "torch")):
+            raise ValueError(f"model {self.name} runs its hypergradient by torch autograd through "
+                             f"the unrolled loop; use mode='trajectory' and backend 'numba' (the "
+                             f"default) or 'torch', not mode={mode!r}, backend={backend!r}.")
+
+
+def as_victim(model):
+    """The :class:`Victim` that ``model`` describes: "logistic", "squared", a
+    ``LogisticRegression``, a ``Ridge``, a ``WassersteinRobustClassifier`` or a
+    ``WassersteinRobustRegressor`` (mappings in the module docstring)."""
+    if isinstance(model, str):
+        if model not in LOSSES:
+            raise ValueError(f"model={model!r} is not supported; use one of {list(LOSSES)} or an "
+                             "estimator (LogisticRegression, Ridge, WassersteinRobust*).")
+        return Victim(model, name=repr(model))
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from ..defenses import WassersteinRobustClassifier, WassersteinRobustRegressor
+    readers = {LogisticRegression: _logistic_regression, Ridge: _ridge,
+               WassersteinRobustClassifier: _wasserstein, WassersteinRobustRegressor: _wasserstein}
+    for cls, read in readers.items():
+        if type(model) is cls:
+            params = model.get_params(deep=False)
+            fields = read(type(model).__name__, params)
+            n_features = getattr(model, "n_features_in_", None)
+            classes = getattr(model, "classes_", None)
+            if classes is not None and len(classes) != 2:
+                raise ValueError(f"model {type(model).__name__} was fitted on {len(classes)} "
+                                 "classes; the attack needs a binary classifier.")
+            return Victim(fit_intercept=bool(params["fit_intercept"]), n_features=n_features,
+                          name=type(model).__name__, **fields)
+    raise TypeError(f"model of type {type(model).__name__} is not a supported victim; give "
+                    f"'logistic', 'squared', or an instance of "
+                    f"{', '.join(c.__name__ for c in readers)}.")
+
+
+def _positive(name, value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} has {name}={value!r}; the attack needs a finite {name} > 0 "
+                         "(its log is the attack's lam).")
+    return float(value)
+
+
+def _logistic_regression(name, p):
+    # penalty: 'l2' before sklearn 1.8; 'deprecated' (the default) after, l1_ratio then decides.
+    penalty = p.get("penalty", "l2")
+    l1_ratio = p.get("l1_ratio")
+    if penalty not in ("l2", "deprecated") or (penalty == "deprecated" and l1_ratio not in (None, 0)):
+        raise ValueError(f"{name}(penalty={penalty!r}, l1_ratio={l1_ratio!r}) is not an L2 penalty; "
+                         "the attack's victim is L2-regularised: use the default penalty "
+                         "(l1_ratio=0) and a finite C.")
+    if p["class_weight"] is not None:
+        raise ValueError(f"{name}(class_weight={p['class_weight']!r}) reweights the loss, which the "
+                         "attack's victim does not; use class_weight=None.")
+    if p["solver"] == "liblinear" and p["fit_intercept"]:
+        raise ValueError(f"{name}(solver='liblinear') penalises the intercept, the attack's victim "
+                         "does not; use solver='lbfgs' (or fit_intercept=False).")
+    C = _positive("C", p["C"], name)
+    return dict(loss="logistic", lam=-math.log(C))
+
+
+def _ridge(name, p):
+    if p["positive"]:
+        raise ValueError(f"{name}(positive=True) constrains the weights; the attack's victim is "
+                         "unconstrained: use positive=False.")
+    alpha = p["alpha"]
+    if np.ndim(alpha) != 0:
+        raise ValueError(f"{name} has one alpha per target ({np.shape(alpha)}); the attack needs a "
+                         "single-target Ridge with a scalar alpha.")
+    return dict(loss="squared", lam=math.log(_positive("alpha", float(alpha), name)))
+
+
+def _wasserstein(name, p):
+    loss = p.get("loss", "logistic")
+    if loss not in LOSSES:
+        raise ValueError(f"{name}(loss={loss!r}) has no curvature, so no useful hypergradient; "
+                         "use loss='squared'.")
+    if p["regularizer"] != "paper":
+        raise ValueError(f"{name}(regularizer={p['regularizer']!r}): the attack supports the "
+                         "paper's closed form only; use regularizer='paper'.")
+    if p["c1"] is not None or p["c2"] is not None:
+        raise ValueError(f"{name}(c1=..., c2=...): the attack tunes rho, so the victim must be "
+                         "weighted by rho; leave c1 and c2 None.")
+    norm = p["norm"]
+    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not 1 < norm < math.inf:
+        raise ValueError(f"{name}(norm={norm!r}): the attack needs 1 < norm < inf (the regulariser "
+                         "must be smooth away from theta = 0); e.g. norm=2.")
+    bounds = p["data_bounds"]
+    if bounds is not None:
+        bounds = tuple(float(v) for v in bounds)
+        if len(bounds) != 2 or not all(math.isfinite(v) and v >= 0 for v in bounds):
+            raise ValueError(f"{name}(data_bounds={p['data_bounds']!r}) must be a pair (X, Y) of "
+                             "finite numbers >= 0.")
+    rho = _positive("rho", p["rho"], name)
+    return dict(loss=loss, lam=math.log(rho), regularizer="wasserstein", norm=float(norm),
+                data_bounds=bounds)
+
+
+def _mean_loss(theta, X, y, victim):
+    # The data term of mithridate.reference.linear, with logaddexp in place of its
+    # log_sigmoid: torch runs log_sigmoid on its intra-op thread pool even for tiny
+    # inputs (about 10 ms a call on a loaded 2-core machine, T calls per hypergradient).
+    import torch
+    d = X.shape[1]
+    z = X @ theta[:d] + (theta[d] if victim.fit_intercept else 0.0)
+    if victim.loss == "logistic":
+        return (torch.logaddexp(torch.zeros_like(z), z) - y * z).mean()
+    return 0.5 * ((z - y) ** 2).mean()
+
+
+def wasserstein_objective(victim, theta, X, y, lam):
+    """The Wasserstein victim's training objective (module docstring) as a torch
+    scalar, differentiable wrt theta (p,), X (n, d) and lam = log(rho)."""
+    import torch
+    from ..reference.lipschitz import _value as lipschitz
+    J = _mean_loss(theta, X, y, victim)
+    if not theta.detach().any():  # t is not differentiable at 0: the subgradient 0 of rho L
+        return J
+    p = victim.norm
+    bounds = victim.data_bounds or (torch.linalg.vector_norm(X, ord=p, dim=1).max(), y.abs().max())
+    return J + torch.exp(lam) * lipschitz(theta[None], X, y, victim.loss, p / (p - 1), "paper",
+                                          victim.fit_intercept, bounds)[0]
+
+
+def _wasserstein_hypergrad(v, Xc, yc, Xp, yp, Xv, yv, lam, T, eta, gamma):
+    """The slow path: torch autograd through T heavy-ball steps (float64)."""
+    import torch
+    from ..hypergrad import HyperGrad
+    f64 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))
+    Xc, yc, yp, Xv, yv = map(f64, (Xc, yc, yp, Xv, yv))
+    Xp_t = f64(Xp).requires_grad_(True)
+    lam_t = torch.tensor(float(lam), dtype=torch.float64, requires_grad=True)
+    X, y = torch.cat([Xc, Xp_t]), torch.cat([yc, yp])
+    theta = torch.zeros(X.shape[1] + v.fit_intercept, dtype=torch.float64, requires_grad=True)
+    vel = torch.zeros_like(theta)
+    for _ in range(T):
+        (g,) = torch.autograd.grad(wasserstein_objective(v, theta, X, y, lam_t), theta,
+                                   create_graph=True)
+        vel = gamma * vel - (1 - gamma) * g
+        theta = theta + eta * vel
+    value = _mean_loss(theta, Xv, yv, v)
+    gX, glam = torch.autograd.grad(value, (Xp_t, lam_t))
+    return HyperGrad(float(value.detach()), gX.numpy().astype(Xp.dtype), float(glam),
+                     theta.detach().numpy().astype(Xp.dtype),
+                     dict(mode="trajectory", backend="torch", T=T))
