@@ -67,3 +67,13 @@ def test_panels_without_shared_axis(tmp_path, sharey):
                                    sharey=sharey)
     assert description(path) == "lam: a and b coincide"
     assert np.asarray(Image.open(path)).shape[1] > 800  # two panels and the legend
+
+
+def test_log_axis_only_where_it_separates_curves():
+    from mithridate.experiments.plots import _log_axis
+    far = {"far": series([0.5, 15.0, 30.0]), "a": series([0.5, 0.5, 0.5]), "b": series([0.55] * 3)}
+    assert _log_axis([far])
+    # wide ratio (a rate near 0), but every curve is already apart on a linear axis
+    rates = {"a": series([0.05, 0.18, 0.09]), "b": series([0.015, 0.001, 0.007])}
+    assert not _log_axis([rates])
+    assert not _log_axis([{**far, "zero": series([0.0, 1.0, 2.0])}])  # zero has no log

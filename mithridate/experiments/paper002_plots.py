@@ -23,7 +23,7 @@ def _plt():
 def _save(fig, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return path
 
@@ -43,21 +43,31 @@ def plot_fig1(df, out):
         m = np.asarray(r[p]["map"]).reshape(grid, grid)
         im = ax.imshow(m, origin="lower", extent=ext, cmap="viridis", aspect="auto")
         fig.colorbar(im, ax=ax, label="learned lam" if p == "lam" else "validation error")
-        ax.scatter(*tr.X[tr.y == 0].T, c="tab:blue", s=14, edgecolor="w", linewidth=0.4)
-        ax.scatter(*tr.X[tr.y == 1].T, c="tab:green", s=14, edgecolor="w", linewidth=0.4)
+        ax.scatter(*tr.X[tr.y == 0].T, c="tab:blue", s=14, edgecolor="w", linewidth=0.4,
+                   label="training, class 0")
+        ax.scatter(*tr.X[tr.y == 1].T, c="tab:green", s=14, edgecolor="w", linewidth=0.4,
+                   label="training, class 1")
         ax.add_patch(plt.Rectangle((-box, -box), 2 * box, 2 * box, fill=False, ls="-.", ec="grey"))
         if p != "lam":
-            for key, style in (("theta_clean", dict(color="w", ls="--")),
-                               ("theta_poisoned", dict(color="r", ls="-"))):
+            for key, style in (("theta_clean", dict(color="w", ls="--", label="boundary, clean")),
+                               ("theta_poisoned", dict(color="r", ls="-",
+                                                       label="boundary, with the point"))):
                 w1, w2, b = r[p][key]
                 if abs(w2) > 1e-12:
                     ax.plot(xs, -(w1 * xs + b) / w2, **style)
-            ax.scatter(*r[p]["xp"], c="r", s=60, marker="o", edgecolor="k")
-            ax.set_title(f"{'no regularisation' if p == 'plain' else 'L2'} (lam = {r[p]['lam']:.3g})")
+            ax.scatter(*r[p]["xp_init"], s=60, marker="o", facecolor="none", edgecolor="r",
+                       linewidth=1.5, label="poisoning point, start (class 1)")
+            ax.scatter(*r[p]["xp"], c="r", s=60, marker="o", edgecolor="k",
+                       label="poisoning point, optimised")
+            ax.set_title(f"{'no regularisation' if p == 'plain' else 'L2'} (lam = {r[p]['lam']:.3g}):"
+                         " error vs the point's position", fontsize=9)
         else:
-            ax.set_title("lam minimising the validation error")
+            ax.set_title("lam minimising the validation error vs the point's position", fontsize=9)
         ax.set_xlim(-box, box)
         ax.set_ylim(-box, box)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, markerscale=1.5,
+               facecolor="0.7", bbox_to_anchor=(0.5, -0.07))  # grey: the white line shows
     return [_save(fig, out / "paper002_fig1.png")]
 
 
@@ -65,28 +75,23 @@ def plot_fig2(df, out):
     """Figure 2 (test error; lam and ||w||^2), 4 (rates), 6 (histograms), 8/9 (images)."""
     out = Path(out)
     tag = df["dataset"].iloc[0]
-    d = df.assign(lam_setting=df["setting"].map(LABELS))
+    d = df.assign(**{"lam setting": df["setting"].map(LABELS)})
     paths = [plot_metric_vs_fraction(d.rename(columns={"test_error": "test error"}), "test error",
                                      out / f"{tag}_fig2_test_error.png", x="fraction",
-                                     hue="lam_setting", title=f"{tag}: optimal poisoning")]
-    rates = d.melt(id_vars=["lam_setting", "fraction", "seed"], value_vars=["fpr", "fnr"],
+                                     hue="lam setting", title=f"{tag}: optimal poisoning")]
+    rates = d.melt(id_vars=["lam setting", "fraction", "seed"], value_vars=["fpr", "fnr"],
                    var_name="rate", value_name="test rate")
+    rates["rate"] = rates["rate"].map({"fpr": "false positive rate", "fnr": "false negative rate"})
     paths.append(plot_metric_vs_fraction(rates, "test rate", out / f"{tag}_fig4_rates.png",
-                                         x="fraction", hue="lam_setting", col="rate",
-                                         title=f"{tag}: false positive / negative rates"))
-    plt = _plt()
-    rmd = d[d["setting"] == "rmd"]
-    if not rmd.empty:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-        for ax, col, name in zip(axes, ("lam", "w_norm2"), ("learned lam", "||w||^2")):
-            s = rmd.groupby("fraction")[col].agg(["mean", "std"]).fillna(0.0)
-            ax.plot(s.index, s["mean"], marker="o")
-            ax.fill_between(s.index, s["mean"] - s["std"], s["mean"] + s["std"], alpha=0.2)
-            ax.set_xlabel("poisoning fraction")
-            ax.set_ylabel(name)
-            ax.grid(alpha=0.3)
-        fig.suptitle(f"{tag}: lam_RMD, mean ± 1 std over {rmd['seed'].nunique()} seeds", fontsize=10)
-        paths.append(_save(fig, out / f"{tag}_fig2_lam_wnorm.png"))
+                                         x="fraction", hue="lam setting", col="rate",
+                                         title=f"{tag}: test false positive / negative rates"))
+    quantities = d.melt(id_vars=["lam setting", "fraction", "seed"], value_vars=["lam", "w_norm2"],
+                        var_name="quantity", value_name="value")
+    quantities["quantity"] = quantities["quantity"].map({"lam": "lam in force (learned for lam_RMD)",
+                                                         "w_norm2": "||w||^2"})
+    paths.append(plot_metric_vs_fraction(quantities, "value", out / f"{tag}_fig2_lam_wnorm.png",
+                                         x="fraction", hue="lam setting", col="quantity",
+                                         sharey=False, title=f"{tag}: lam and ||w||^2"))
     if "weights" in d:
         paths += _histograms(d, out / f"{tag}_fig6_histograms.png", tag)
     if "images_init" in d:
@@ -107,8 +112,11 @@ def _histograms(d, path, tag):
         bins = np.linspace(min(w.min() for w in ws), max(w.max() for w in ws), 60)
         top = 0.0
         for w, n, f in zip(ws, sub["n_points"], sub["fraction"]):
-            h, _, _ = ax.hist(w, bins=bins, weights=np.full(w.size, 1 / w.size), alpha=0.6,
-                              label="clean" if n == 0 else f"{100 * f:.1f}% poisoned")
+            # clean filled, poisoned as an outline on top: both stay readable where they overlap
+            h, _, _ = ax.hist(w, bins=bins, weights=np.full(w.size, 1 / w.size),
+                              **(dict(alpha=0.5, label="clean") if n == 0 else dict(
+                                  histtype="step", linewidth=1.4, color="C3",
+                                  label=f"{100 * f:.1f}% poisoned")))
             # pixels that are never lit keep weight 0: like the paper, cut that spike off
             h[np.searchsorted(bins, 0.0, side="right") - 1 if bins[0] <= 0 <= bins[-1] else 0] = 0
             top = max(top, h.max())
@@ -130,7 +138,7 @@ def _images(d, path, tag):
     if not settings:
         return []
     side = 28  # MNIST and Fashion-MNIST images
-    panels = [("initial", rows["images_init"].iloc[0])] + [
+    panels = [("initial: validation clones, labels flipped", rows["images_init"].iloc[0])] + [
         (f"optimised, {LABELS[s]}", rows.loc[s, "images_opt"]) for s in settings]
     k = len(panels[0][1]) // (side * side)
     fig, axes = plt.subplots(len(panels), k, figsize=(1.4 * k, 1.5 * len(panels)), squeeze=False)

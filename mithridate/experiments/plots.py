@@ -53,13 +53,30 @@ def _describe(members, exact):
     return f"{names} {'coincide' if exact else 'overlap (within 1% of the axis)'}"
 
 
-def _log_axis(means):
-    """A log y axis when the positive means span more than LOG_SPAN (one curve far
-    above the others would flatten them on a linear axis)."""
+def _overlaps(panels, log):
+    """Per panel, the coinciding groups of its mean curves as drawn (log10 on a log axis)."""
     import numpy as np
-    v = np.asarray(means, dtype=float)
+    out = []
+    for means in panels:
+        seen = {h: np.log10(m) if log else m for h, m in means.items()}
+        v = np.concatenate([m.to_numpy() for m in seen.values()]) if seen else np.zeros(0)
+        span = float(np.nanmax(v) - np.nanmin(v)) if np.isfinite(v).any() else 0.0
+        out.append(coinciding(seen, NEAR * (span or 1.0)))
+    return out
+
+
+def _log_axis(panels):
+    """A log y axis where every mean is positive, they span more than LOG_SPAN, and the
+    log axis separates curves that a linear one would merge (one curve far above the
+    others flattens them)."""
+    import numpy as np
+    v = np.concatenate([m.to_numpy(dtype=float) for means in panels for m in means.values()])
     v = v[np.isfinite(v)]
-    return v.size > 1 and (v > 0).all() and v.max() / v.min() > LOG_SPAN
+    if not (v.size > 1 and (v > 0).all() and v.max() / v.min() > LOG_SPAN):
+        return False
+    merged = [sum(len(g) for g, _ in groups) for groups in (
+        [grp for p in _overlaps(panels, log) for grp in p] for log in (False, True))]
+    return merged[1] < merged[0]
 
 
 def plot_metric_vs_fraction(df, metric, out_path, *, x="beta", hue=None, col=None, title=None,
@@ -71,7 +88,7 @@ def plot_metric_vs_fraction(df, metric, out_path, *, x="beta", hue=None, col=Non
     panel per value of `col` (shared y axis unless ``sharey=False``, then each
     panel's y label names its quantity); rows that share (col, hue, x) are the
     repetitions. Coinciding curves are dodged and named (module docstring); the
-    y axis is logarithmic where the means span more than ``LOG_SPAN``.
+    y axis is logarithmic where that separates curves a linear axis would merge.
     Writes `out_path` (the coincidences also in its PNG "Description"), returns it.
     """
     import textwrap
@@ -90,36 +107,34 @@ def plot_metric_vs_fraction(df, metric, out_path, *, x="beta", hue=None, col=Non
                      linestyle=LINESTYLES[i % len(LINESTYLES)]) for i, h in enumerate(hues)}
     band = min(0.15, 0.45 / len(hues))  # many overlapping bands turn to mud
     xspan = float(np.ptp(df[x].to_numpy(dtype=float))) or 1.0
-    log_all = sharey and _log_axis(df.groupby(keys + [x])[metric].mean())
     fig, axes = plt.subplots(1, len(cols), figsize=(4.5 * len(cols) + 2.2, 3.8), sharey=sharey,
                              squeeze=False)
-    notes, shared, handle = [], None, {}
-    for ax, c in zip(axes[0], cols):
+    stats = []  # per panel: hue -> mean, std, min, max over seeds at each x
+    for c in cols:
         panel = df if c is None else df[df[col] == c]
-        stats = {h: (panel if h is None else panel[panel[hue] == h]).groupby(x)[metric]
-                 .agg(["mean", "std", "min", "max"]).sort_index() for h in hues}
-        stats = {h: st for h, st in stats.items() if not st.empty}
-        means = {h: st["mean"] for h, st in stats.items()}
-        log = log_all if sharey else _log_axis(np.concatenate([m.to_numpy() for m in means.values()]))
-        seen = {h: np.log10(m) if log else m for h, m in means.items()}  # as drawn
-        values = np.concatenate([m.to_numpy() for m in seen.values()])
-        yspan = float(np.nanmax(values) - np.nanmin(values)) if np.isfinite(values).any() else 0.0
-        groups = coinciding(seen, NEAR * (yspan or 1.0))
+        st = {h: (panel if h is None else panel[panel[hue] == h]).groupby(x)[metric]
+              .agg(["mean", "std", "min", "max"]).sort_index() for h in hues}
+        stats.append({h: v for h, v in st.items() if not v.empty})
+    means = [{h: v["mean"] for h, v in st.items()} for st in stats]
+    logs = [_log_axis(means)] * len(cols) if sharey else [_log_axis([m]) for m in means]
+    notes, shared, handle = [], None, {}
+    for ax, c, st, m, log in zip(axes[0], cols, stats, means, logs):
+        groups = _overlaps([m], log)[0]
         shift, pairs = {}, {}
         for members, exact in groups:
-            notes.append(("" if c is None else f"{c}: ") + _describe([name[m] for m in members],
+            notes.append(("" if c is None else f"{c}: ") + _describe([name[h] for h in members],
                                                                      exact))
-            for j, m in enumerate(members):
-                shift[m] = (j - (len(members) - 1) / 2) * DODGE * xspan
-                pairs.update({(m, o): exact for o in members if o != m})
+            for j, h in enumerate(members):
+                shift[h] = (j - (len(members) - 1) / 2) * DODGE * xspan
+                pairs.update({(h, o): exact for o in members if o != h})
         shared = pairs if shared is None else {p: e and pairs[p] for p, e in shared.items()
                                                if p in pairs}
-        for h, st in stats.items():
-            xs = st.index.to_numpy(dtype=float) + shift.get(h, 0.0)
+        for h, v in st.items():
+            xs = v.index.to_numpy(dtype=float) + shift.get(h, 0.0)
             # the band never leaves the values seen (an error rate stays >= 0)
-            std = st["std"].fillna(0.0)
-            lo, hi = np.maximum(st["mean"] - std, st["min"]), np.minimum(st["mean"] + std, st["max"])
-            handle[h], = ax.plot(xs, st["mean"], markerfacecolor="none", markersize=6,
+            std = v["std"].fillna(0.0)
+            lo, hi = np.maximum(v["mean"] - std, v["min"]), np.minimum(v["mean"] + std, v["max"])
+            handle[h], = ax.plot(xs, v["mean"], markerfacecolor="none", markersize=6,
                                  linewidth=1.4, **style[h])
             ax.fill_between(xs, lo, hi, color=style[h]["color"], alpha=band, linewidth=0)
         if log:
