@@ -34,26 +34,9 @@ def _spec(quick):
 
 
 def _plot(frame, out_dir):
-    try:
-        from .plots import plot_metric_vs_fraction
-    except ImportError:  # the plotting module is optional for this test figure
-        return [_plain_plot(frame, out_dir / "toy.png")]
-    return [plot_metric_vs_fraction(frame, "score", out_dir / "toy.png", x="beta", hue="model")]
-
-
-def _plain_plot(frame, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots()
-    for model, part in frame.groupby("model"):
-        mean = part.groupby("beta")["score"].mean()
-        ax.plot(mean.index, mean.values, marker="o", label=model)
-    ax.set(xlabel="beta", ylabel="score")
-    ax.legend()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    from .plots import plot_metric_vs_fraction
+    return [plot_metric_vs_fraction(frame, "score", out_dir / "toy.png", x="beta", hue="model",
+                                    title="toy")]
 
 
 def _summary(frame):
