@@ -40,7 +40,7 @@ def _foreign(path, why):
 
 def read_meta(path):
     """The meta table of the store at ``path``, or None where there is none yet, read
-    without writing a byte: anything else there raises StoreError and stays as it was."""
+    without writing to the file: anything else there raises StoreError and stays as it was."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -125,6 +125,8 @@ class ResultsStore:
             for statement in SCHEMA.split(";")[:-1]:
                 self._db.execute(statement)
             meta = dict(self._db.execute("SELECT key, value FROM meta"))
+            if meta and "fingerprint" not in meta:
+                raise _foreign(self.path, "its meta table has no fingerprint")
             if not meta:
                 self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("fingerprint", self.spec.fingerprint()),
