@@ -113,7 +113,9 @@ class LinearObjective(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, lam, X, y, sample_weight, options):
-        value, grad = ops.loss_grad(theta, X, y, lam=lam, sample_weight=sample_weight, **options)
+        with torch.enable_grad():  # the torch backend runs autograd inside
+            value, grad = ops.loss_grad(theta, X, y, lam=lam, sample_weight=sample_weight,
+                                        **options)
         ctx.save_for_backward(theta, lam if torch.is_tensor(lam) else None, X, y,
                               sample_weight, grad)
         ctx.lam, ctx.options = lam, options
@@ -164,7 +166,8 @@ class LinearGradient(torch.autograd.Function):
         u = u.contiguous()
         need_theta, need_lam, need_X, need_y = ctx.needs_input_grad[:4]
         kw = dict(lam=lam, sample_weight=s, **o)
-        g_theta = ops.hvp(theta, u, X, y, **kw) if need_theta else None
+        with torch.enable_grad():  # for the torch backend; ops return detached tensors
+            g_theta = ops.hvp(theta, u, X, y, **kw) if need_theta else None
         g_lam = g_X = g_y = None
         if need_lam:  # d/dlam (exp(lam) pen . u_pen)
             d = X.shape[-1]
@@ -172,7 +175,8 @@ class LinearGradient(torch.autograd.Function):
                                                    * _penalised(u, d, o)).sum(-1), lam)
         if need_X:
             rows = torch.arange(X.shape[-2])
-            g_X, _ = ops.mixed(theta, u, X, y, rows, **kw)
+            with torch.enable_grad():
+                g_X, _ = ops.mixed(theta, u, X, y, rows, **kw)
             if X.dim() == 2 and theta.dim() == 2:  # one X shared by the B thetas
                 g_X = g_X.sum(0)
         if need_y:  # dl'/dy = -1 (logistic, squared), 0 (absolute)
@@ -210,7 +214,8 @@ class Lipschitz(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, X, y, options):
-        value, subgrad = ops.lipschitz(theta, X, y, **options)
+        with torch.enable_grad():  # the torch and triton backends run autograd inside
+            value, subgrad = ops.lipschitz(theta, X, y, **options)
         ctx.save_for_backward(theta, subgrad)
         return value
 
@@ -242,8 +247,9 @@ class HyperGradient(torch.autograd.Function):
     def forward(ctx, Xp, lam, Xc, yc, yp, Xv, yv, w0, options):
         from .hypergrad import hypergrad as run
         lam_np = lam if not torch.is_tensor(lam) else float(lam) if lam.dim() == 0 else _host(lam)
-        hg = run(_host(Xc), _host(yc), _host(Xp), _host(yp), _host(Xv), _host(yv),
-                 lam=lam_np, w0=_host(w0), **options)
+        with torch.enable_grad():  # backend="torch" runs autograd inside
+            hg = run(_host(Xc), _host(yc), _host(Xp), _host(yp), _host(Xv), _host(yv),
+                     lam=lam_np, w0=_host(w0), **options)
         as_t = lambda a: torch.as_tensor(np.asarray(a), device=Xp.device)
         value = as_t(hg.value).to(Xp.dtype)
         grad_Xp = None if hg.grad_Xp is None else as_t(hg.grad_Xp).to(Xp.dtype)

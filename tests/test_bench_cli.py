@@ -25,6 +25,8 @@ def check_records(records):
         assert r["dtype"] in ("float32", "float64")
         if r["op"] in ("loss_grad_batched", "hypergrad_batched"):
             assert math.isfinite(r["batch_gain"]) and r["batch_gain"] > 0
+        if r["op"] == "torch_train":
+            assert isinstance(r["steps"], int) and r["steps"] > 0
         if r["op"] == "lipschitz_batched":
             assert r["matmul_ratio"] == pytest.approx(r["median_s"] / r["matmul_median_s"])
     assert any(r["backend"] == "numba" for r in records)
@@ -35,7 +37,8 @@ def test_bench_quick_json(capsys):
     records = json.loads(capsys.readouterr().out)  # stdout holds the JSON and nothing else
     check_records(records)
     assert {r["op"] for r in records} == {"loss_grad", "hvp", "loss_grad_batched",
-                                          "lipschitz_batched", "hypergrad", "hypergrad_batched"}
+                                          "lipschitz_batched", "hypergrad", "hypergrad_batched",
+                                          "torch_train"}
 
 
 def test_console_script_bench():
