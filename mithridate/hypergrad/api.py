@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import ops
+from .. import fixedpoint, ops
+from .._validation import as_number, check_memory
+from ..errors import DivergenceError, InsufficientMemoryError, SingularHessianError
+from . import divergence
 from .problem import NATIVE, make_problem, make_problems
 
 CHOLESKY_MAX = 2000  # p above this: CG on HVPs instead of forming the p x p Hessian
@@ -35,7 +38,7 @@ class HyperGrad:
 
 def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss="logistic",
               fit_intercept=True, mode="trajectory", backend="numba", tol=1e-6,
-              checkpoints="sqrt", frac_bits=None, max_buffer_bytes=None):
+              checkpoints="sqrt", frac_bits=None, max_buffer_bytes=None, on_divergence="raise"):
     """Hypergradients of A(theta_T) = mean validation loss wrt Xp and lam.
 
     Inner: T steps of heavy-ball GD (``gamma``; 0 = plain GD) with step
@@ -56,6 +59,17 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
     ``cpp``/``cuda`` (compiled extension, where built).
     Arrays: numpy, one float dtype, C-contiguous; results in that dtype.
 
+    Divergence: every mode and backend watches the training objective at each
+    inner step (no extra pass over X); if it becomes nan/inf or grows past a
+    bound no stable run reaches (kernels/cpu/rmd.py), ``on_divergence="raise"``
+    (default) raises mithridate.DivergenceError naming the step, alpha against
+    the stable step for the estimated curvature, and the fix; ``"warn"``
+    issues a DivergenceWarning and returns the diverged values, with
+    ``info["diverged_at"]`` the step (None where the run was stable). Mode
+    ``reversible`` raises in either case when its fixed point overflows (it
+    has no values to return). Memory: the states each mode stores are checked
+    against the memory available before any work (InsufficientMemoryError).
+
     Batched: Xp (B, k, d) and yp (B, k) give B independent problems; Xc, yc,
     Xv, yv, w0 are either shared (their single-problem shape) or carry a
     leading B axis, lam is a number or (B,). Returns one HyperGrad with value
@@ -71,8 +85,81 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
         if value is not None and mode != "reversible":
             raise ValueError(f"{name}={value!r} applies to mode='reversible' only; "
                              f"leave it None for mode={mode!r}.")
-    results = _run(problems, mode, backend, tol, n_ckpt, frac_bits, max_buffer_bytes)
+    divergence.check_option(on_divergence)
+    tol = as_number("tol", tol, "the implicit mode's stationarity tolerance")
+    _check_memory(problems, mode, backend, n_ckpt, frac_bits, max_buffer_bytes)
+    try:
+        results = _run(problems, mode, backend, tol, n_ckpt, frac_bits, max_buffer_bytes)
+    except fixedpoint.FixedPointOverflow as err:  # reversible: diverged, or frac_bits too high?
+        _diagnose_overflow(problems, err)
+        raise
+    steps = [_diverged_at(pb, r) for pb, r in zip(problems, results)]
+    divergence.report(problems, steps, on_divergence)
+    if on_divergence == "warn":
+        for r, step in zip(results, steps):
+            r.info["diverged_at"] = step
     return _stack(results) if batched else results[0]
+
+
+def _memory(problems, mode, backend, n_ckpt, frac_bits, max_buffer_bytes):
+    """Bytes a call allocates, about (every problem's states at once: the
+    shared-Xc route holds them together), and what those bytes are."""
+    pb = problems[0]
+    B, T, d, p = len(problems), pb.T, pb.d, pb.d + 1
+    n = pb.Xc.shape[0] + pb.Xp.shape[0]
+    copies = 0 if backend in NATIVE else B * n * d * pb.Xc.itemsize  # [Xc; Xp] per problem
+    if mode == "reversible":
+        from . import reversible
+        f = reversible.check_frac_bits(frac_bits)
+        reversible.check_max_buffer_bytes(max_buffer_bytes)
+        state = reversible.plan(pb, f, max_buffer_bytes)[3]
+        return copies + B * state, "its fixed-point states and bit buffers"
+    if backend == "torch":  # the autograd graph keeps a few n- and p-vectors per step
+        return copies + B * T * (n + p) * 8 * 8, f"the autograd graph of T={T} steps"
+    if mode == "implicit":
+        solve = p * p * 8 + n * p * 8 if p <= CHOLESKY_MAX else 0
+        return copies + solve, "the float64 Hessian and design matrix"
+    if mode == "forward":
+        return copies, "the training rows"
+    from ..kernels.cpu.rmd import state_bytes
+    states = state_bytes(T, d, T + 1 if mode == "trajectory" else n_ckpt)
+    return copies + B * states, f"the stored states of T={T} steps ({mode})"
+
+
+def _check_memory(problems, mode, backend, n_ckpt, frac_bits, max_buffer_bytes):
+    need, what = _memory(problems, mode, backend, n_ckpt, frac_bits, max_buffer_bytes)
+    fix = {"trajectory": "use mode='checkpoint' or 'reversible' (less memory per step), fewer "
+                         "steps T, or smaller batches",
+           "checkpoint": "use mode='reversible', fewer checkpoints, or smaller batches",
+           "reversible": "use a larger gamma (a shorter bit buffer), fewer steps T, or smaller "
+                         "batches"}.get(mode, "use smaller batches or fewer rows")
+    batch = f" for {len(problems)} problems" if len(problems) > 1 else ""
+    check_memory(need, f"mode={mode!r} on backend={backend!r}{batch}: {what}", fix)
+
+
+def _diverged_at(pb, result):
+    """The step the backend flagged (info["diverged_at"], popped), else T if
+    a result is nan/inf anyway (e.g. the final iterate), else None."""
+    step = result.info.pop("diverged_at", -1)
+    if step is not None and step >= 0:
+        return int(step)
+    return pb.T if divergence.diverged(result) else None
+
+
+def _diagnose_overflow(problems, err):
+    """A fixed-point overflow in mode='reversible': raise DivergenceError
+    (chained to it) if the float training diverges, else return."""
+    from ..kernels.cpu import rmd
+    for i, pb in enumerate(problems):
+        args = _numba_args(pb)
+        step = int(rmd.train(*args[:2], *args[4:13], args[-1])[2])
+        if step >= 0:
+            steps = [None] * len(problems)
+            steps[i] = step
+            try:
+                divergence.report(problems, steps, "raise")
+            except DivergenceError as div:
+                raise div from err
 
 
 def _n_checkpoints(checkpoints, T):
@@ -101,9 +188,9 @@ def _run(problems, mode, backend, tol, n_ckpt, frac_bits, max_buffer_bytes):
         from .reference import unrolled
         out = []
         for pb in problems:
-            value, gX, glam, theta = unrolled(pb)
+            value, gX, glam, theta, step = unrolled(pb)
             gX = None if mode == "forward" else gX.astype(pb.Xc.dtype)
-            out.append(HyperGrad(value, gX, glam, theta, info(pb)))
+            out.append(HyperGrad(value, gX, glam, theta, dict(info(pb), diverged_at=step)))
         return out
     import numba
     if len(problems) > 1 and len(problems) >= numba.get_num_threads():
@@ -116,14 +203,15 @@ def _numba(pb, mode, n_ckpt, info):
     args = _numba_args(pb)
     dt = pb.Xc.dtype
     if mode == "forward":
-        value, glam, theta = rmd.forward(*args)
+        value, glam, theta, info["diverged_at"] = rmd.forward(*args)
         return HyperGrad(float(value), None, float(glam), _theta_out(pb, theta), info)
     k = pb.Xp.shape[0]
     gX = np.empty((k, pb.d))
     X, y, Xv, yv, *rest = args
     n_states = pb.T + 1 if mode == "trajectory" else n_ckpt
     info["state_bytes"] = rmd.state_bytes(pb.T, pb.d, n_states)
-    value, glam, theta = rmd.reverse(X, y, k, Xv, yv, *rest, rmd.segment_length(pb.T, n_states), gX)
+    value, glam, theta, info["diverged_at"] = rmd.reverse(
+        X, y, k, Xv, yv, *rest, rmd.segment_length(pb.T, n_states), gX)
     return HyperGrad(float(value), gX.astype(dt), float(glam), _theta_out(pb, theta), info)
 
 
@@ -148,7 +236,7 @@ def _numba_batch(problems, mode, n_ckpt, info):
     Xv, yv, theta0, e = _batch_inputs(problems)
     common = (LOSS_CODES[pb0.loss], pb0.fit_intercept, theta0, pb0.alpha, pb0.gamma, e, pb0.T,
               *rmd.layout(X.shape[1], d, X.itemsize), *rmd.layout(Xv.shape[1], d, X.itemsize))
-    out, theta_T = np.empty((B, 2)), np.empty((B, d + 1))
+    out, theta_T = np.empty((B, 3)), np.empty((B, d + 1))
     infos = [info(pb) for pb in problems]
     if mode == "forward":
         rmd.forward_batch(X, y, Xv, yv, *common, out, theta_T)
@@ -162,6 +250,7 @@ def _numba_batch(problems, mode, n_ckpt, info):
                           out, theta_T)
         gX = dXp.astype(dt)
     for j, (i, pb) in enumerate(zip(rest, problems)):
+        infos[j]["diverged_at"] = int(out[j, 2])
         results[i] = HyperGrad(float(out[j, 0]), gX[j], float(out[j, 1]),
                                _theta_out(pb, theta_T[j]), infos[j])
     return results
@@ -209,7 +298,7 @@ def _numba_shared(problems, mode, info):
     Xv, yv, theta0, e = _batch_inputs(problems)
     Xp = np.stack([pb.Xp for pb in problems])
     yp = np.stack([pb.yp for pb in problems])
-    dXp, out, theta_T = np.empty(Xp.shape), np.empty((G, 2)), np.empty((G, d + 1))
+    dXp, out, theta_T = np.empty(Xp.shape), np.empty((G, 3)), np.empty((G, d + 1))
     with _one_blas_thread():
         rmd.shared_parts(mode != "forward", pb0.Xc, pb0.yc, Xp, yp, Xv, yv,
                          LOSS_CODES[pb0.loss], pb0.fit_intercept, theta0, pb0.alpha, pb0.gamma,
@@ -219,6 +308,8 @@ def _numba_shared(problems, mode, info):
     infos = [info(pb) for pb in problems]
     for i in infos if mode != "forward" else []:
         i["state_bytes"] = rmd.state_bytes(pb0.T, d, pb0.T + 1)
+    for i, bad in zip(infos, out[:, 2]):
+        i["diverged_at"] = int(bad)
     return [HyperGrad(float(out[b, 0]), gX[b], float(out[b, 1]), _theta_out(pb, theta_T[b]),
                       infos[b]) for b, pb in enumerate(problems)]
 
@@ -262,11 +353,16 @@ def _implicit(pb, backend, tol, info):
     y = np.concatenate([pb.yc, pb.yp])
     if backend == "torch":
         from .reference import train
-        theta = train(pb)
+        theta, step = train(pb)
     else:
         from ..kernels.cpu import rmd
         args = _numba_args(pb)
-        theta = _theta_out(pb, rmd.train(*args[:2], *args[4:13], args[-1])[0])
+        theta, _, step = rmd.train(*args[:2], *args[4:13], args[-1])
+        theta = _theta_out(pb, theta)
+    info["diverged_at"] = int(step)
+    if step >= 0:  # no stationary point to differentiate at: nan, reported by hypergrad()
+        k, dt = pb.Xp.shape[0], pb.Xc.dtype
+        return HyperGrad(math.nan, np.full((k, pb.d), np.nan, dt), math.nan, theta, info)
     common = dict(loss=pb.loss, fit_intercept=pb.fit_intercept, backend=backend)
     _, g = ops.loss_grad(theta, X, y, lam=pb.lam, **common)
     info["grad_norm"] = float(np.linalg.norm(g))
@@ -277,9 +373,9 @@ def _implicit(pb, backend, tol, info):
     value, gA = ops.loss_grad(theta, pb.Xv, pb.yv, **common)
     p = theta.shape[0]
     if p <= CHOLESKY_MAX:
-        from scipy.linalg import cho_factor, cho_solve
+        from scipy.linalg import cho_solve
         info["solver"] = "cholesky"
-        s = cho_solve(cho_factor(_hessian(pb, theta, X)), gA.astype(np.float64))
+        s = cho_solve(_cholesky(pb, _hessian(pb, theta, X)), gA.astype(np.float64))
     else:
         from scipy.sparse.linalg import LinearOperator, cg
         info["solver"] = "cg"
@@ -287,12 +383,35 @@ def _implicit(pb, backend, tol, info):
             theta, np.ascontiguousarray(v.ravel(), dtype=X.dtype), X, y, lam=pb.lam, **common))
         s, fail = cg(H, gA.astype(np.float64), rtol=1e-10 if X.dtype == np.float64 else 1e-6)
         if fail:
-            raise RuntimeError(f"CG did not converge on the {p} x {p} Hessian ({fail} iterations); "
-                               "the Hessian may be ill-conditioned: raise lam.")
+            raise SingularHessianError(
+                f"mode='implicit': CG did not converge on the {p} x {p} training Hessian at "
+                f"theta_T ({fail} iterations): it is singular or ill-conditioned; raise lam "
+                f"(now {pb.lam:g}) or use mode='trajectory'.")
     rows = np.arange(pb.Xc.shape[0], X.shape[0])
     dX, dlam = ops.mixed(theta, np.ascontiguousarray(s, dtype=X.dtype), X, y, rows,
                          lam=pb.lam, **common)
     return HyperGrad(float(value), -np.asarray(dX), -float(dlam), theta, info)
+
+
+def _cholesky(pb, H):
+    """cho_factor of the training Hessian H, or SingularHessianError when H is
+    not numerically positive definite (condition >= 1/eps by the factor's diagonal)."""
+    from scipy.linalg import cho_factor
+    try:
+        factor = cho_factor(H)
+        r = np.abs(np.diag(factor[0]))
+        cond = (r.max() / r.min()) ** 2 if r.min() > 0 else math.inf
+    except np.linalg.LinAlgError:
+        cond = math.inf
+    if not cond < 1 / np.finfo(np.float64).eps:
+        why = "singular (not positive definite)" if cond == math.inf else \
+            f"too ill-conditioned to solve (condition >= {cond:.3g})"
+        raise SingularHessianError(
+            f"mode='implicit': the {H.shape[0]} x {H.shape[0]} training Hessian at theta_T is "
+            f"{why}: exp(lam) = {math.exp(pb.lam):.3g} (lam={pb.lam:g}) adds too little "
+            "curvature for these data; raise lam, or use mode='trajectory', which needs no "
+            "Hessian solve.")
+    return factor
 
 
 def _hessian(pb, theta, X):

@@ -33,8 +33,9 @@ from .reversible import check_frac_bits, check_max_buffer_bytes, plan
 MODES = ("trajectory", "forward", "reversible")
 BACKENDS = ("cpp", "cuda")
 _LOSS = {"logistic": 0, "squared": 1}
-# Status codes of csrc/include/rmd.h (0 is success).
-_CAPACITY, _INT64, _NOT_FINITE, _RANGE, _NOT_RECOVERED, _NO_MEMORY = 1, 2, 3, 4, 5, 6
+# Status codes of csrc/include/rmd.h (0 is success). _DIVERGED: the objective
+# check of kernels/cpu/rmd.py flagged `step` (the run went on to the end).
+_CAPACITY, _INT64, _NOT_FINITE, _RANGE, _NOT_RECOVERED, _NO_MEMORY, _DIVERGED = 1, 2, 3, 4, 5, 6, 7
 
 
 def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
@@ -57,16 +58,19 @@ def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
     groups = {}
     for i, pb in enumerate(problems):
         groups.setdefault(pb.Xc.dtype.name, []).append(i)
+    diverged = [-1] * len(problems)
     for idx in groups.values():
         statuses = module.rmd.run(MODES.index(mode), [packed[i][0] for i in idx])
         for i, (code, step, j) in zip(idx, statuses):
-            if code:
+            if code == _DIVERGED:
+                diverged[i] = step
+            elif code:
                 _raise(code, step, j, i, problems[i], mode, packed[i][1], f)
     out = []
-    for pb, (args, info) in zip(problems, packed):
+    for pb, (args, info), bad in zip(problems, packed, diverged):
         theta, dXp, (value, glam, recovered) = args[-3], args[-2], args[-1]
         dt = pb.Xc.dtype
-        info = dict(mode=mode, backend=backend, T=pb.T, **info)
+        info = dict(mode=mode, backend=backend, T=pb.T, **info, diverged_at=bad)
         if mode == "reversible":
             info["w0_recovered"] = bool(recovered)
         gX = None if mode == "forward" else dXp.astype(dt)

@@ -12,36 +12,46 @@ def _tensors(pb):
 
 
 def _descend(torch, X, y, lam, pb, create_graph):
-    """T heavy-ball steps (see mithridate.hypergrad); graph kept if asked."""
+    """T heavy-ball steps (see mithridate.hypergrad); graph kept if asked.
+    Returns theta_T and the first step whose objective is nan/inf or past
+    the growth bound of kernels/cpu/rmd.py (-1: none)."""
+    from ..kernels.cpu.rmd import GROWTH
     theta = torch.from_numpy(pb.theta0).clone().requires_grad_(True)
     v = torch.zeros_like(theta)
-    for _ in range(pb.T):
+    bad, limit = -1, None
+    for t in range(pb.T):
         value = objective(theta[None], X, y, None, lam[None], pb.loss, pb.fit_intercept, False)
+        F = float(value.detach())
+        limit = GROWTH * F / (1 - pb.gamma) ** 2 if limit is None else limit
+        if bad < 0 and not (np.isfinite(F) and F <= limit):
+            bad = t
         (g,) = torch.autograd.grad(value.sum(), theta, create_graph=create_graph)
         v = pb.gamma * v - (1 - pb.gamma) * g
         theta = theta + pb.alpha * v
         if not create_graph:
             theta = theta.detach().requires_grad_(True)
-    return theta
+    return theta, bad
 
 
 def unrolled(pb):
-    """(value, grad_Xp, grad_lam, theta_T) of the validation loss of theta_T."""
+    """(value, grad_Xp, grad_lam, theta_T, first diverged step or -1) of the
+    validation loss of theta_T."""
     torch, t = _tensors(pb)
     Xp = t["Xp"].clone().requires_grad_(True)
     lam = torch.tensor(pb.lam, dtype=torch.float64, requires_grad=True)
     X = torch.cat([t["Xc"], Xp])
     y = torch.cat([t["yc"], t["yp"]])
-    theta = _descend(torch, X, y, lam, pb, create_graph=True)
+    theta, bad = _descend(torch, X, y, lam, pb, create_graph=True)
     val = objective(theta[None], t["Xv"], t["yv"], None, None, pb.loss, pb.fit_intercept, False)[0]
     gX, glam = torch.autograd.grad(val, (Xp, lam))
-    return float(val.detach()), gX.numpy(), float(glam), theta.detach().numpy()
+    return float(val.detach()), gX.numpy(), float(glam), theta.detach().numpy(), bad
 
 
 def train(pb):
-    """theta_T without a graph (for implicit mode), as numpy."""
+    """theta_T without a graph (for implicit mode), as numpy, and the first
+    diverged step (-1: none)."""
     torch, t = _tensors(pb)
     lam = torch.tensor(pb.lam, dtype=torch.float64)
-    theta = _descend(torch, torch.cat([t["Xc"], t["Xp"]]), torch.cat([t["yc"], t["yp"]]),
-                     lam, pb, create_graph=False)
-    return np.ascontiguousarray(theta.detach().numpy())
+    theta, bad = _descend(torch, torch.cat([t["Xc"], t["Xp"]]), torch.cat([t["yc"], t["yp"]]),
+                          lam, pb, create_graph=False)
+    return np.ascontiguousarray(theta.detach().numpy()), bad
