@@ -63,6 +63,8 @@ def _training_sets(X, y):
         if len(X) == 0:
             raise ValueError("X is an empty list; pass at least one training set.")
         return list(zip(X, y))
+    if getattr(X, "ndim", None) == 2 and getattr(y, "ndim", None) == 1:
+        return [(X, y)]  # as given: a DataFrame keeps its feature names through fit
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim == 2 and y.ndim == 1:
         return [(X, y)]

@@ -250,6 +250,7 @@ def select_rho(estimator, X, y, rhos, *, val_size=0.25, cv=None, seed=0, refit=T
     if grid is None or grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all() \
             or (grid < 0).any():
         raise ValueError(f"rhos={rhos!r} must be a non-empty 1-D list of finite numbers >= 0.")
+    given = X, y  # the refit sees them as given: a DataFrame keeps its feature names
     X, y = _check_xy(X, y)
     if cv is None:
         _real("val_size", val_size, 0.0, 1.0, open_low=True)
@@ -277,5 +278,5 @@ def select_rho(estimator, X, y, rhos, *, val_size=0.25, cv=None, seed=0, refit=T
     best = int(ties[np.argmax(grid[ties])])
     table = pd.DataFrame({"rho": grid, "val_loss": mean,
                           "val_loss_std": losses.std(1) if len(folds) > 1 else np.nan})
-    final = clone(estimator).set_params(rho=float(grid[best])).fit(X, y) if refit else None
+    final = clone(estimator).set_params(rho=float(grid[best])).fit(*given) if refit else None
     return RhoSelection(float(grid[best]), table, final)
