@@ -118,7 +118,7 @@ class LinearObjective(torch.autograd.Function):
                                         **options)
         ctx.save_for_backward(theta, lam if torch.is_tensor(lam) else None, X, y,
                               sample_weight, grad)
-        ctx.lam, ctx.options = lam, options
+        ctx.lam, ctx.options = (None if torch.is_tensor(lam) else lam), options
         return value
 
     @staticmethod
@@ -155,7 +155,7 @@ class LinearGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta, lam, X, y, sample_weight, grad, options):
         ctx.save_for_backward(theta, lam if torch.is_tensor(lam) else None, X, y, sample_weight)
-        ctx.lam, ctx.options = lam, options
+        ctx.lam, ctx.options = (None if torch.is_tensor(lam) else lam), options
         return grad.clone()
 
     @staticmethod

@@ -254,6 +254,18 @@ def test_hypergrad_gradcheck(B):
     assert torch.autograd.gradcheck(f, (Xp.requires_grad_(True), lam.requires_grad_(True)))
 
 
+def test_hypergrad_one_lam_for_a_batch():
+    """A scalar lam shared by B problems gets the sum of their lam derivatives."""
+    Xc, yc, Xp, yp, Xv, yv = bilevel(B=2)
+    lam = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    value = mt.hypergrad(Xc, yc, Xp, yp, Xv, yv, lam=lam, **HG)
+    (glam,) = torch.autograd.grad(value, lam, torch.tensor([1.0, 3.0], dtype=torch.float64))
+    want = np_hypergrad(*(t.numpy() for t in (Xc, yc, Xp, yp, Xv, yv)), lam=-1.0, **HG)
+    assert glam.shape == ()
+    assert_verbose_allclose(glam, want.grad_lam @ np.array([1.0, 3.0]), *TOLERANCES["float64"],
+                            name="grad_lam")
+
+
 def test_hypergrad_forward_mode_is_lam_only():
     Xc, yc, Xp, yp, Xv, yv = bilevel()
     lam = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
