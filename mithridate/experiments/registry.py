@@ -10,7 +10,8 @@ from typing import Callable
 from .spec import SpecError
 
 BUILTIN = ("mithridate.experiments.toy", "mithridate.experiments.quickstart",
-           "mithridate.experiments.paper000", "mithridate.experiments.paper002")
+           "mithridate.experiments.paper000", "mithridate.experiments.paper002",
+           "mithridate.experiments.paper000_sensitivity")
 
 
 @dataclass(frozen=True)
