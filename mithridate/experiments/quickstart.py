@@ -106,7 +106,9 @@ def poison(config):
 
 @experiment("quickstart", batch_keys=("fraction",), params=("case", "fraction", *FIXED))
 def run(configs):
-    """Metrics of every config of one (case, seed)."""
+    """Metrics of every config of one (case, seed); parameters a spec leaves out take
+    their ``FIXED`` values."""
+    configs = [{**FIXED, **c} for c in configs]
     attack, _ = parse_case(configs[0]["case"])
     return (_optimal if attack == "optimal" else _robust)(configs)
 
