@@ -277,6 +277,12 @@ struct Loop {
     return -(1.0 - P.gamma) * P.e * wu;
   }
 
+  double ww(const double* th) const {
+    double s = 0.0;
+    for (int64_t j = 0; j < d; ++j) s += th[j] * th[j];
+    return s;
+  }
+
   void finish(const double* theta, double value, double glam, double recovered) {
     std::copy(theta, theta + p, P.theta_T);
     P.scalars[0] = value;
@@ -291,10 +297,12 @@ Status trajectory(const Problem<T>& P, bool par) {
   const int64_t p = L.p, d = L.d;
   std::vector<double> traj((P.steps + 1) * p), v(p, 0.0), g(p), h(p), tb(p), vb(p, 0.0), u(p);
   std::copy(P.theta0, P.theta0 + p, traj.begin());
+  Watch watch;
   for (int64_t t = 0; t < P.steps; ++t) {
     const double* th = &traj[t * p];
     double* next = &traj[(t + 1) * p];
-    L.template train_pass<true, false, false>(th, nullptr, g.data(), nullptr, nullptr);
+    const double total = L.template train_pass<true, false, false>(th, nullptr, g.data(), nullptr, nullptr);
+    watch.check(total, L.ww(th), L.n, P.e, P.gamma, t);
     for (int64_t j = 0; j < p; ++j) {
       next[j] = th[j];
       step_j(&next[j], &v[j], grad_j(g[j], L.n, P.e, th[j], j < d), P.alpha, P.gamma);
@@ -311,7 +319,7 @@ Status trajectory(const Problem<T>& P, bool par) {
     glam += L.adjoint(th, u.data(), h.data(), tb.data(), vb.data());
   }
   L.finish(theta, value, glam, 0.0);
-  return {fp::kOk, -1, -1};
+  return watch.step < 0 ? Status{fp::kOk, -1, -1} : Status{kDiverged, watch.step, -1};
 }
 
 template <class T>
@@ -319,8 +327,11 @@ Status forward(const Problem<T>& P, bool par) {
   Loop<T> L(P, par);
   const int64_t p = L.p, d = L.d;
   std::vector<double> theta(P.theta0, P.theta0 + p), v(p, 0.0), dth(p, 0.0), dv(p, 0.0), g(p), h(p);
+  Watch watch;
   for (int64_t t = 0; t < P.steps; ++t) {
-    L.template train_pass<true, true, false>(theta.data(), dth.data(), g.data(), h.data(), nullptr);
+    const double total =
+        L.template train_pass<true, true, false>(theta.data(), dth.data(), g.data(), h.data(), nullptr);
+    watch.check(total, L.ww(theta.data()), L.n, P.e, P.gamma, t);
     for (int64_t j = 0; j < p; ++j) {  // the tangent first: it reads theta_t
       tangent_step_j(&dth[j], &dv[j], h[j], L.n, P.e, theta[j], j < d, P.alpha, P.gamma);
       step_j(&theta[j], &v[j], grad_j(g[j], L.n, P.e, theta[j], j < d), P.alpha, P.gamma);
@@ -330,7 +341,7 @@ Status forward(const Problem<T>& P, bool par) {
   double glam = 0.0;
   for (int64_t j = 0; j < p; ++j) glam += g[j] * dth[j];
   L.finish(theta.data(), value, glam, 0.0);
-  return {fp::kOk, -1, -1};
+  return watch.step < 0 ? Status{fp::kOk, -1, -1} : Status{kDiverged, watch.step, -1};
 }
 
 template <class T>
@@ -341,6 +352,7 @@ Status reversible(const Problem<T>& P, bool par) {
   std::vector<int64_t> thq(p), vq(p, 0), q0(p);
   std::vector<uint32_t> buf(p * w, 0u);
   std::vector<double> th(p), g(p), h(p), tb(p), vb(p, 0.0), u(p);
+  const RevCoefs k = rev_coefs(P.gamma, L.n, P.e, P.alpha);
   for (int64_t j = 0; j < p; ++j) {
     const int c = fp::encode(P.theta0[j], f, &q0[j]);
     if (c != fp::kOk) return {c, -1, j};
@@ -350,8 +362,7 @@ Status reversible(const Problem<T>& P, bool par) {
     for (int64_t j = 0; j < p; ++j) th[j] = fp::decode(thq[j], f);
     L.template train_pass<true, false, false>(th.data(), nullptr, g.data(), nullptr, nullptr);
     for (int64_t j = 0; j < p; ++j) {
-      const int c = rev_forward_j(&thq[j], &vq[j], &buf[j * w], grad_j(g[j], L.n, P.e, th[j], j < d),
-                                  P.alpha, P.gamma, P.num, P.den, w, f);
+      const int c = rev_forward_j(&thq[j], &vq[j], &buf[j * w], g[j], j < d, k, P.num, P.den, w, f);
       if (c != fp::kOk) return {c, t, j};
     }
   }
@@ -362,7 +373,7 @@ Status reversible(const Problem<T>& P, bool par) {
   double glam = 0.0;
   for (int64_t t = P.steps - 1; t >= 0; --t) {
     for (int64_t j = 0; j < p; ++j) {
-      const int c = rev_theta_j(&thq[j], vq[j], P.alpha, f);
+      const int c = rev_theta_j(&thq[j], vq[j], k);
       if (c != fp::kOk) return {c, t, j};
       th[j] = fp::decode(thq[j], f);
       u[j] = vb[j] + P.alpha * tb[j];
@@ -370,8 +381,7 @@ Status reversible(const Problem<T>& P, bool par) {
     // g(theta_t) again, with the HVP and mixed products in the same read.
     L.template train_pass<true, true, true>(th.data(), u.data(), g.data(), h.data(), P.dXp);
     for (int64_t j = 0; j < p; ++j) {
-      const int c = rev_velocity_j(&vq[j], &buf[j * w], grad_j(g[j], L.n, P.e, th[j], j < d),
-                                   P.gamma, P.num, P.den, w, f);
+      const int c = rev_velocity_j(&vq[j], &buf[j * w], g[j], thq[j], j < d, k, P.num, P.den, w, f);
       if (c != fp::kOk) return {c, t, j};
     }
     glam += L.adjoint(th.data(), u.data(), h.data(), tb.data(), vb.data());

@@ -129,6 +129,13 @@ __device__ double adjoint(const Problem<T>& P, const Work& W, const double* th, 
   return -(1.0 - P.gamma) * P.e * wu;
 }
 
+// ||w||^2 of th, on every thread of the block.
+__device__ double ww(const double* th, int64_t d, double* shm) {
+  double s = 0.0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += th[j] * th[j];
+  return block_sum(s, shm);
+}
+
 template <class T>
 __device__ void finish(const Problem<T>& P, const Work& W, const double* theta, double value, double glam,
                        double recovered, Status st) {
@@ -150,10 +157,13 @@ __device__ void trajectory(const Problem<T>& P, const Work& W, double* shm) {
     W.v[j] = 0.0;
   }
   __syncthreads();
+  Watch watch;  // the same on every thread: block sums are broadcast
   for (int64_t t = 0; t < P.steps; ++t) {
     const double* th = W.traj + t * p;
     double* next = W.traj + (t + 1) * p;
-    pass<T, true, false, false>(R, P.loss, P.fit_b, th, nullptr, W.g, nullptr, nullptr, P.gamma, W, shm);
+    const double total =
+        pass<T, true, false, false>(R, P.loss, P.fit_b, th, nullptr, W.g, nullptr, nullptr, P.gamma, W, shm);
+    watch.check(total, ww(th, d, shm), n, P.e, P.gamma, t);
     for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {
       next[j] = th[j];
       step_j(&next[j], &W.v[j], grad_j(W.g[j], n, P.e, th[j], j < d), P.alpha, P.gamma);
@@ -173,7 +183,8 @@ __device__ void trajectory(const Problem<T>& P, const Work& W, double* shm) {
     pass<T, false, true, true>(R, P.loss, P.fit_b, th, W.u, nullptr, W.h, P.dXp, P.gamma, W, shm);
     glam += adjoint(P, W, th, shm);
   }
-  finish(P, W, theta, value, glam, 0.0, {fp::kOk, -1, -1});
+  finish(P, W, theta, value, glam, 0.0,
+         watch.step < 0 ? Status{fp::kOk, -1, -1} : Status{kDiverged, watch.step, -1});
 }
 
 template <class T>
@@ -185,8 +196,11 @@ __device__ void forward(const Problem<T>& P, const Work& W, double* shm) {
     W.v[j] = W.dth[j] = W.dv[j] = 0.0;
   }
   __syncthreads();
+  Watch watch;
   for (int64_t t = 0; t < P.steps; ++t) {
-    pass<T, true, true, false>(R, P.loss, P.fit_b, W.th, W.dth, W.g, W.h, nullptr, P.gamma, W, shm);
+    const double total =
+        pass<T, true, true, false>(R, P.loss, P.fit_b, W.th, W.dth, W.g, W.h, nullptr, P.gamma, W, shm);
+    watch.check(total, ww(W.th, d, shm), n, P.e, P.gamma, t);
     for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {  // the tangent first: it reads theta_t
       tangent_step_j(&W.dth[j], &W.dv[j], W.h[j], n, P.e, W.th[j], j < d, P.alpha, P.gamma);
       step_j(&W.th[j], &W.v[j], grad_j(W.g[j], n, P.e, W.th[j], j < d), P.alpha, P.gamma);
@@ -197,7 +211,8 @@ __device__ void forward(const Problem<T>& P, const Work& W, double* shm) {
   double glam = 0.0;
   for (int64_t j = threadIdx.x; j < p; j += blockDim.x) glam += W.g[j] * W.dth[j];
   glam = block_sum(glam, shm);
-  finish(P, W, W.th, value, glam, 0.0, {fp::kOk, -1, -1});
+  finish(P, W, W.th, value, glam, 0.0,
+         watch.step < 0 ? Status{fp::kOk, -1, -1} : Status{kDiverged, watch.step, -1});
 }
 
 // The first failure of the block (code, step, coordinate), in shared memory.
@@ -218,6 +233,7 @@ __device__ void reversible(const Problem<T>& P, const Work& W, double* shm, Fail
   const int64_t d = P.d, p = d + 1, n = P.n();
   const int f = P.frac_bits, w = P.words;
   const Rows<T> R = training_rows(P);
+  const RevCoefs k = rev_coefs(P.gamma, n, P.e, P.alpha);
   for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {
     const int c = fp::encode(P.theta0[j], f, &W.q0[j]);
     if (c != fp::kOk) fail(err, c, -1, j);
@@ -232,8 +248,7 @@ __device__ void reversible(const Problem<T>& P, const Work& W, double* shm, Fail
     __syncthreads();
     pass<T, true, false, false>(R, P.loss, P.fit_b, W.th, nullptr, W.g, nullptr, nullptr, P.gamma, W, shm);
     for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {
-      const int c = rev_forward_j(&W.thq[j], &W.vq[j], W.buf + j * w, grad_j(W.g[j], n, P.e, W.th[j], j < d),
-                                  P.alpha, P.gamma, P.num, P.den, w, f);
+      const int c = rev_forward_j(&W.thq[j], &W.vq[j], W.buf + j * w, W.g[j], j < d, k, P.num, P.den, w, f);
       if (c != fp::kOk) fail(err, c, t, j);
     }
     __syncthreads();
@@ -249,7 +264,7 @@ __device__ void reversible(const Problem<T>& P, const Work& W, double* shm, Fail
   double glam = 0.0;
   for (int64_t t = P.steps - 1; t >= 0; --t) {
     for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {
-      const int c = rev_theta_j(&W.thq[j], W.vq[j], P.alpha, f);
+      const int c = rev_theta_j(&W.thq[j], W.vq[j], k);
       if (c != fp::kOk) fail(err, c, t, j);
       W.th[j] = fp::decode(W.thq[j], f);
       W.u[j] = W.vb[j] + P.alpha * W.tb[j];
@@ -258,8 +273,7 @@ __device__ void reversible(const Problem<T>& P, const Work& W, double* shm, Fail
     if (err->code) return;
     pass<T, true, true, true>(R, P.loss, P.fit_b, W.th, W.u, W.g, W.h, P.dXp, P.gamma, W, shm);
     for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {
-      const int c = rev_velocity_j(&W.vq[j], W.buf + j * w, grad_j(W.g[j], n, P.e, W.th[j], j < d), P.gamma,
-                                   P.num, P.den, w, f);
+      const int c = rev_velocity_j(&W.vq[j], W.buf + j * w, W.g[j], W.thq[j], j < d, k, P.num, P.den, w, f);
       if (c != fp::kOk) fail(err, c, t, j);
     }
     __syncthreads();

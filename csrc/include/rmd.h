@@ -11,7 +11,8 @@
 // Reproducibility: every sum runs in an order fixed by the shape alone, and
 // the builds disable FMA contraction (-ffp-contract=off, nvcc --fmad=false),
 // so the gradient recomputed in the reverse sweep of the reversible mode is
-// bit-identical to the forward one: the reversal then restores w0 exactly.
+// bit-identical to the forward one; the fixed-point increments built from it
+// (rev_v_incr) do not depend on any flag: the reversal restores w0 exactly.
 #pragma once
 
 #include <cmath>
@@ -29,6 +30,7 @@ enum Loss : int { kLogistic = 0, kSquared = 1 };
 enum Code : int {
   kNotRecovered = 5,  // reversible: the reverse sweep did not end at encode(w0), v = 0, B = 0
   kNoMemory = 6,      // host: a workspace allocation failed
+  kDiverged = 7,      // trajectory/forward: the objective check flagged `step` (the run went on)
 };
 
 struct Status {
@@ -136,6 +138,24 @@ MITHRIDATE_HD inline void mixed_coefs(double c1, double c2, double xu, int64_t n
   *b = s * c1;
 }
 
+// ---- divergence (the check and its bound: kernels/cpu/rmd.py) ----------------
+
+constexpr double kGrowth = 1e6;  // = GROWTH in kernels/cpu/rmd.py
+
+// The first step whose training objective F_t = total / n + e/2 ||w_t||^2 (total:
+// the pass's loss sum, ww = ||w_t||^2) is nan/inf or above kGrowth F_0 / (1 - gamma)^2.
+struct Watch {
+  double limit = 0.0;
+  int64_t step = -1;
+
+  MITHRIDATE_HD void check(double total, double ww, int64_t n, double e, double gamma, int64_t t) {
+    if (step >= 0) return;
+    const double F = total / static_cast<double>(n) + 0.5 * e * ww;
+    if (t == 0) limit = kGrowth * F / ((1.0 - gamma) * (1.0 - gamma));
+    if (!(std::isfinite(F) && F <= limit)) step = t;
+  }
+};
+
 // ---- reversible steps in exact fixed point -----------------------------------
 
 // x + y (sign = +1) or x - y (sign = -1) into *out, kInt64 when it does not fit.
@@ -151,34 +171,61 @@ MITHRIDATE_HD inline int add_checked(int64_t x, int64_t y, int sign, int64_t* ou
   return fixed_point::kOk;
 }
 
-// Forward step of coordinate j: v = mul(v) - Q((1-gamma) g); theta += Q(alpha v).
+// The increments of a reversible step (kernels/cpu/rmd_reversible.py states
+// the invariant): v += a + b, a = rint(-cg gsum_j 2^f), b = rint(-ce thq_j)
+// (cg = (1-gamma)/n, ce = (1-gamma) e, computed once per problem; b = 0 on the
+// intercept); theta += c, c = rint(alpha vq_j). Each is rint of ONE rounded
+// product (int64 -> double rounds to nearest, 2^f is exact), so FMA
+// contraction, reciprocals or reassociation have nothing to change: the
+// reverse recomputes the forward's integers whatever the compiler flags.
+struct RevCoefs {
+  double cg, ce, alpha;
+};
+
+MITHRIDATE_HD inline RevCoefs rev_coefs(double gamma, int64_t n, double e, double alpha) {
+  return {(1.0 - gamma) / static_cast<double>(n), (1.0 - gamma) * e, alpha};
+}
+
+// a and b of coordinate j (b = 0 unless weight); a fixed_point code.
+MITHRIDATE_HD inline int rev_v_incr(double gsum_j, int64_t thq_j, bool weight, const RevCoefs& k, int f,
+                                    int64_t* a, int64_t* b) {
+  *b = 0;
+  const int c = fixed_point::encode(-k.cg * gsum_j, f, a);
+  if (c != fixed_point::kOk || !weight) return c;
+  return fixed_point::encode(-k.ce * static_cast<double>(thq_j), 0, b);
+}
+
+// Forward step of coordinate j: v = mul(v) + a + b; theta += c.
 // The state is scratch: on failure the caller abandons it.
-MITHRIDATE_HD inline int rev_forward_j(int64_t* th, int64_t* v, uint32_t* buf, double g, double alpha,
-                                       double gamma, uint32_t num, uint32_t den, int words, int f) {
+MITHRIDATE_HD inline int rev_forward_j(int64_t* th, int64_t* v, uint32_t* buf, double gsum_j, bool weight,
+                                       const RevCoefs& k, uint32_t num, uint32_t den, int words, int f) {
   int c = fixed_point::step_check(*v, buf, words, num, den);
   if (c != fixed_point::kOk) return c;
   fixed_point::step_apply(v, buf, words, num, den);
-  int64_t q;
-  if ((c = fixed_point::encode((1.0 - gamma) * g, f, &q)) != fixed_point::kOk) return c;
-  if ((c = add_checked(*v, q, -1, v)) != fixed_point::kOk) return c;
-  if ((c = fixed_point::encode(alpha * fixed_point::decode(*v, f), f, &q)) != fixed_point::kOk) return c;
+  int64_t a, b, q;
+  if ((c = rev_v_incr(gsum_j, *th, weight, k, f, &a, &b)) != fixed_point::kOk) return c;
+  if ((c = add_checked(*v, a, +1, v)) != fixed_point::kOk) return c;
+  if ((c = add_checked(*v, b, +1, v)) != fixed_point::kOk) return c;
+  if ((c = fixed_point::encode(k.alpha * static_cast<double>(*v), 0, &q)) != fixed_point::kOk) return c;
   return add_checked(*th, q, +1, th);
 }
 
-// Reverse step, first half: theta_t = theta_{t+1} - Q(alpha v_{t+1}).
-MITHRIDATE_HD inline int rev_theta_j(int64_t* th, int64_t v, double alpha, int f) {
+// Reverse step, first half: theta_t = theta_{t+1} - c.
+MITHRIDATE_HD inline int rev_theta_j(int64_t* th, int64_t v, const RevCoefs& k) {
   int64_t q;
-  const int c = fixed_point::encode(alpha * fixed_point::decode(v, f), f, &q);
+  const int c = fixed_point::encode(k.alpha * static_cast<double>(v), 0, &q);
   return c != fixed_point::kOk ? c : add_checked(*th, q, -1, th);
 }
 
-// Reverse step, second half (g = g(theta_t), recomputed bit for bit):
-// v_t = unmul(v_{t+1} + Q((1-gamma) g)).
-MITHRIDATE_HD inline int rev_velocity_j(int64_t* v, uint32_t* buf, double g, double gamma, uint32_t num,
-                                        uint32_t den, int words, int f) {
-  int64_t q;
-  int c = fixed_point::encode((1.0 - gamma) * g, f, &q);
-  if (c != fixed_point::kOk || (c = add_checked(*v, q, +1, v)) != fixed_point::kOk) return c;
+// Reverse step, second half (gsum_j recomputed bit for bit at theta_t = th):
+// v_t = unmul(v_{t+1} - b - a).
+MITHRIDATE_HD inline int rev_velocity_j(int64_t* v, uint32_t* buf, double gsum_j, int64_t th, bool weight,
+                                        const RevCoefs& k, uint32_t num, uint32_t den, int words, int f) {
+  int64_t a, b;
+  int c = rev_v_incr(gsum_j, th, weight, k, f, &a, &b);
+  if (c != fixed_point::kOk || (c = add_checked(*v, b, -1, v)) != fixed_point::kOk ||
+      (c = add_checked(*v, a, -1, v)) != fixed_point::kOk)
+    return c;
   if ((c = fixed_point::step_check(*v, buf, words, den, num)) != fixed_point::kOk) return c;
   fixed_point::step_apply(v, buf, words, den, num);
   return fixed_point::kOk;
