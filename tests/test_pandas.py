@@ -80,7 +80,8 @@ def test_in_a_pandas_pipeline():
     X, y = _frame(WassersteinRobustClassifier())
     scale = ColumnTransformer([("num", StandardScaler(), ["age", "income"])],
                               remainder="passthrough", verbose_feature_names_out=False)
-    pipe = make_pipeline(scale, WassersteinRobustClassifier(rho=0.01)).set_output(transform="pandas")
+    pipe = make_pipeline(scale, WassersteinRobustClassifier(rho=0.01))
+    pipe.set_output(transform="pandas")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no feature-name warning between the steps
         pipe.fit(X, y)

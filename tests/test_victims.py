@@ -198,7 +198,7 @@ def test_attack_raises_the_validation_loss_of_each_victim(model, kind):
     res = OptimalPoisoning(model=model, lam="model", **kw).run(train, val)
     assert res.values[-1] > res.values[0]
     assert res.lam == pytest.approx(as_victim(model).lam)
-    if kind == "squared":  # a clone's label y becomes lo + hi - y, [lo, hi] the training labels' range
+    if kind == "squared":  # a clone's label y becomes lo + hi - y, [lo, hi] the labels' range
         src = [np.flatnonzero((val[0] == x).all(1))[0] for x in res.Xp_init]
         np.testing.assert_allclose(res.yp, train[1].min() + train[1].max() - val[1][src])
 
@@ -216,3 +216,12 @@ def test_wasserstein_victim_needs_the_trajectory_mode():
     with pytest.raises(ValueError, match="mode='trajectory'"):
         OptimalPoisoning(model=WassersteinRobustClassifier(), mode="implicit",
                          **SMALL).run(train, val)
+
+
+def test_diverging_wasserstein_training_is_an_error():
+    from mithridate.errors import DivergenceError
+    X, y = _data(n=20, d=2, kind="squared")
+    v = as_victim(WassersteinRobustRegressor(rho=0.01))
+    with pytest.raises(DivergenceError, match="Lower eta=30"):
+        v.hypergrad(X[:-1], y[:-1], X[-1:], y[-1:], X, y, v.lam, T=40, eta=30.0, gamma=0.0,
+                    mode="trajectory", backend="torch")

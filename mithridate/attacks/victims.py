@@ -130,13 +130,14 @@ def _logistic_regression(name, p):
     # penalty: 'l2' before sklearn 1.8; 'deprecated' (the default) after, l1_ratio then decides.
     penalty = p.get("penalty", "l2")
     l1_ratio = p.get("l1_ratio")
-    if penalty not in ("l2", "deprecated") or (penalty == "deprecated" and l1_ratio not in (None, 0)):
-        raise ValueError(f"{name}(penalty={penalty!r}, l1_ratio={l1_ratio!r}) is not an L2 penalty; "
-                         "the attack's victim is L2-regularised: use the default penalty "
-                         "(l1_ratio=0) and a finite C.")
+    l2 = penalty == "l2" or (penalty == "deprecated" and l1_ratio in (None, 0))
+    if not l2:
+        raise ValueError(f"{name}(penalty={penalty!r}, l1_ratio={l1_ratio!r}) is not an L2 "
+                         "penalty; the attack's victim is L2-regularised: use the default "
+                         "penalty (l1_ratio=0) and a finite C.")
     if p["class_weight"] is not None:
-        raise ValueError(f"{name}(class_weight={p['class_weight']!r}) reweights the loss, which the "
-                         "attack's victim does not; use class_weight=None.")
+        raise ValueError(f"{name}(class_weight={p['class_weight']!r}) reweights the loss, which "
+                         "the attack's victim does not; use class_weight=None.")
     if p["solver"] == "liblinear" and p["fit_intercept"]:
         raise ValueError(f"{name}(solver='liblinear') penalises the intercept, the attack's victim "
                          "does not; use solver='lbfgs' (or fit_intercept=False).")
@@ -207,6 +208,19 @@ def wasserstein_objective(victim, theta, X, y, lam):
                                           victim.fit_intercept, bounds)[0]
 
 
+def _check_divergence(v, J, J0, t, T, eta, gamma, lam):
+    """The engine's divergence rule (kernels/cpu/rmd.py): the objective J at step t
+    nan/inf or above GROWTH J0 / (1 - gamma)^2, J0 its value at step 0."""
+    from ..errors import DivergenceError
+    from ..kernels.cpu.rmd import GROWTH
+    if not math.isfinite(J) or J > GROWTH * J0 / (1 - gamma) ** 2:
+        raise DivergenceError(
+            f"model {v.name}: the inner training diverged by step {t} of T={T}: its objective "
+            f"became nan/inf or grew past {GROWTH:g} / (1 - gamma)^2 times its value at w0, so "
+            f"the hypergradient would be garbage. Lower eta={eta:g} (the attack's inner step) "
+            f"or rho = exp(lam) = {math.exp(lam):.3g}, or standardise X.", step=t)
+
+
 def _wasserstein_hypergrad(v, Xc, yc, Xp, yp, Xv, yv, lam, T, eta, gamma):
     """The slow path: torch autograd through T heavy-ball steps (float64)."""
     import torch
@@ -218,11 +232,15 @@ def _wasserstein_hypergrad(v, Xc, yc, Xp, yp, Xv, yv, lam, T, eta, gamma):
     X, y = torch.cat([Xc, Xp_t]), torch.cat([yc, yp])
     theta = torch.zeros(X.shape[1] + v.fit_intercept, dtype=torch.float64, requires_grad=True)
     vel = torch.zeros_like(theta)
-    for _ in range(T):
-        (g,) = torch.autograd.grad(wasserstein_objective(v, theta, X, y, lam_t), theta,
-                                   create_graph=True)
+    for t in range(T):
+        J = wasserstein_objective(v, theta, X, y, lam_t)
+        J0 = float(J.detach()) if t == 0 else J0
+        _check_divergence(v, float(J.detach()), J0, t, T, eta, gamma, lam)
+        (g,) = torch.autograd.grad(J, theta, create_graph=True)
         vel = gamma * vel - (1 - gamma) * g
         theta = theta + eta * vel
+    _check_divergence(v, float(wasserstein_objective(v, theta, X, y, lam_t).detach()), J0, T, T,
+                      eta, gamma, lam)
     value = _mean_loss(theta, Xv, yv, v)
     gX, glam = torch.autograd.grad(value, (Xp_t, lam_t))
     return HyperGrad(float(value.detach()), gX.numpy().astype(Xp.dtype), float(glam),

@@ -58,8 +58,8 @@ class HyperparameterAwarePoisoning(PoisoningAttackWhiteBox):
                              "the bare model: wrap the LogisticRegression without them.")
         if not all(isinstance(p, StandardisationMeanStd) and np.all(p.mean == 0)
                    and np.all(p.std == 1) for p in clf.preprocessing_operations):
-            raise ValueError(f"the classifier has preprocessing {clf.preprocessing_operations}; the "
-                             "attack works in the model's input space: apply it to the data "
+            raise ValueError(f"the classifier has preprocessing {clf.preprocessing_operations}; "
+                             "the attack works in the model's input space: apply it to the data "
                              "instead and wrap the model with preprocessing=None.")
         if clf.nb_classes not in (-1, 2):
             raise ValueError(f"the classifier has {clf.nb_classes} classes; the attack needs a "
