@@ -22,10 +22,15 @@ scikit-learn ``LogisticRegression`` / ``Ridge`` or a Wasserstein estimator of
 mithridate.defenses are mapped onto this scale by mithridate.attacks.victims.
 """
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._validation import as_bool, check_choice
+from ..errors import DivergenceError, DivergenceWarning
+from ..hypergrad.divergence import ON_DIVERGENCE, message
+from ..hypergrad.problem import BACKENDS, MODES, supported_modes
 from .victims import as_victim
 
 
@@ -111,7 +116,7 @@ def _data(name, data, dtype=None, loss="logistic"):
         raise TypeError(f"{name} must be a pair (X, y) of numpy arrays.")
     if X.dtype.name not in ("float32", "float64"):
         raise TypeError(f"{name} X has dtype {X.dtype}; use float32 or float64.")
-    dtype = dtype or X.dtype
+    dtype = np.dtype(dtype or X.dtype).newbyteorder("=")  # the kernels read native byte order
     X = np.ascontiguousarray(X, dtype=dtype)
     y = np.ascontiguousarray(y, dtype=dtype)
     if X.ndim != 2 or y.shape != X.shape[:1] or X.shape[0] == 0:
@@ -144,7 +149,12 @@ class OptimalPoisoning:
     set instead of replacing rows; ``clone_class`` (0 or 1) clones only
     validation points of that class (Figure 1); ``mode``/``backend`` go to
     :func:`mithridate.hypergrad.hypergrad`. lam is on the regulariser scale
-    described in the module docstring.
+    described in the module docstring. ``on_divergence``: when an inner
+    training diverges (eta too large for the curvature, see
+    mithridate.DivergenceError), "raise" (default) stops the attack with the
+    error, naming the batch, hyperiteration, eta and lam; "warn" issues a
+    DivergenceWarning and skips that update (Xp and lam unchanged, the
+    history records a nan value).
 
     ``model``: "logistic" (labels {0, 1}), "squared" (real labels; a clone's
     label y becomes lo + hi - y, [lo, hi] the training labels' range, as 1 - y
@@ -160,7 +170,7 @@ class OptimalPoisoning:
                  T_outer=100, T_lam=50, alpha=0.99, beta=0.8, eta=0.1, box=(0.0, 1.0),
                  lam_range=(-8.0, math.log(200)), lam_init=None, gamma=0.0,
                  mode="trajectory", backend="numba", restarts=0, replace=True,
-                 clone_class=None, random_state=None, progress=False):
+                 clone_class=None, random_state=None, progress=False, on_divergence="raise"):
         self.model, self.lam, self.n_points, self.batch_size = model, lam, n_points, batch_size
         self.T, self.T_outer, self.T_lam = T, T_outer, T_lam
         self.alpha, self.beta, self.eta, self.box = alpha, beta, eta, box
@@ -168,10 +178,18 @@ class OptimalPoisoning:
         self.mode, self.backend, self.restarts, self.replace = mode, backend, restarts, replace
         self.clone_class = clone_class
         self.random_state, self.progress = random_state, progress
+        self.on_divergence = on_divergence
 
     def _check(self, train, val):
         victim = as_victim(self.model)
+        check_choice("mode", self.mode, MODES)
+        check_choice("backend", self.backend, BACKENDS)
+        if self.mode not in supported_modes(self.backend):
+            raise ValueError(f"mode={self.mode!r} does not run on backend={self.backend!r}; "
+                             "backend='numba' runs every mode.")
         victim.check_engine(self.mode, self.backend)
+        check_choice("on_divergence", self.on_divergence, ON_DIVERGENCE)
+        as_bool("progress", self.progress)
         if self.lam == "model" and victim.lam is None:
             raise ValueError(f"lam='model' needs an estimator as model, not model={self.model!r}; "
                              "give 'learned' or a fixed number.")
@@ -191,8 +209,7 @@ class OptimalPoisoning:
             _int(name, getattr(self, name), 1)
         _int("T_lam", self.T_lam, 0)
         _int("restarts", self.restarts, 0)
-        if not isinstance(self.replace, (bool, np.bool_)):
-            raise TypeError(f"replace={self.replace!r} must be True (replace training rows) or False (append).")
+        as_bool("replace", self.replace)
         for name in ("alpha", "beta", "eta"):
             _pos(name, getattr(self, name))
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) \
@@ -201,6 +218,9 @@ class OptimalPoisoning:
         if self.mode == "forward":
             raise ValueError("mode='forward' gives no gradient wrt the poisoning points; use "
                              "'trajectory' (or another reverse mode).")
+        if self.mode == "reversible" and self.gamma == 0:
+            raise ValueError("mode='reversible' needs momentum gamma > 0 (gamma=0 cannot be "
+                             "reversed); use mode='trajectory' or set gamma.")
         box = _interval("box", self.box)
         lam_range = _interval("lam_range", self.lam_range)
         lam_init = self.lam_init if self.lam_init is not None else \
@@ -300,10 +320,24 @@ class OptimalPoisoning:
                                np.asarray(lams), np.asarray(values), history, bs,
                                bool(self.replace), X, y)
 
-    def _hg(self, Xc, yc, Xp, yp, lam):
+    def _hg(self, Xc, yc, Xp, yp, lam, where):
+        """Hypergradients at the attack's lam; a diverged inner training raises
+        (or warns and gives None) in the attack's terms: eta, its lam, `where`."""
         c = self._ctx
-        return c["victim"].hypergrad(Xc, yc, Xp, yp, c["Xv"], c["yv"], lam, T=self.T, eta=self.eta,
-                                     gamma=self.gamma, mode=self.mode, backend=self.backend)
+        try:
+            return c["victim"].hypergrad(Xc, yc, Xp, yp, c["Xv"], c["yv"], lam, T=self.T,
+                                         eta=self.eta, gamma=self.gamma, mode=self.mode,
+                                         backend=self.backend)
+        except DivergenceError as err:
+            det, n = err.details, Xc.shape[0] + Xp.shape[0]
+            text = message(det, f"optimal poisoning, {where}: ", alpha_name="eta",
+                           lam_term=f"exp(lam) / n = {det['e']:.3g} from lam={lam:g} and the "
+                                    f"n={n} training rows")
+            if self.on_divergence == "raise":
+                raise DivergenceError(text, step=err.step, details=dict(det, lam=lam)) from None
+            warnings.warn(text.replace("would be garbage", "is skipped"), DivergenceWarning,
+                          stacklevel=4)
+            return None
 
     def _lam_step(self, lam, grad_lam):
         return float(np.clip(lam - self.beta * grad_lam, *self._ctx["lam_range"]))
@@ -322,29 +356,40 @@ class OptimalPoisoning:
         """T_lam steps of projected hypergradient descent on lam, clean training set."""
         parts = self._split_last(X, y)
         for it in range(self.T_lam):
-            hg = self._hg(*parts, lam)
+            hg = self._hg(*parts, lam, f"learning lam on the clean set, iteration {it}")
+            if hg is None:
+                self._record(0, 0, it, np.nan, np.nan, np.nan, lam)
+                continue
             lam = self._lam_step(lam, hg.grad_lam)
             self._record(0, 0, it, hg.value, np.nan, hg.grad_lam, lam)
         return lam
 
     def _value(self, X, y, lam):
-        return float(self._hg(*self._split_last(X, y), lam).value)
+        hg = self._hg(*self._split_last(X, y), lam, "the value on the clean training set")
+        return np.nan if hg is None else float(hg.value)
 
     def _batch(self, Xc, yc, Xp, yp, lam, batch, attempt):
         """T_outer coordinate-wise steps on one batch: ascent on Xp, then descent on lam."""
         lo, hi = self._ctx["box"]
         for it in range(self.T_outer):
-            hg = self._hg(Xc, yc, Xp, yp, lam)
+            where = f"batch {batch}, attempt {attempt}, hyperiteration {it}"
+            hg = self._hg(Xc, yc, Xp, yp, lam, where)
+            if hg is None:
+                self._record(batch, attempt, it, np.nan, np.nan, np.nan, lam)
+                continue
             g = hg.grad_Xp
             norms = np.linalg.norm(g, axis=1, keepdims=True)
             Xp = np.clip(Xp + self.alpha * g / np.maximum(norms, np.finfo(g.dtype).tiny), lo, hi)
             Xp = Xp.astype(Xc.dtype, copy=False)
             grad_lam = np.nan
             if self._ctx["learned"]:  # Algorithm 1, line 9: at the updated points
-                grad_lam = self._hg(Xc, yc, Xp, yp, lam).grad_lam
-                lam = self._lam_step(lam, grad_lam)
+                hl = self._hg(Xc, yc, Xp, yp, lam, where + " (lam step)")
+                if hl is not None:
+                    grad_lam = hl.grad_lam
+                    lam = self._lam_step(lam, grad_lam)
             self._record(batch, attempt, it, hg.value, float(norms.mean()), grad_lam, lam)
-        return Xp, lam, float(self._hg(Xc, yc, Xp, yp, lam).value)
+        hg = self._hg(Xc, yc, Xp, yp, lam, f"batch {batch}, attempt {attempt}, final value")
+        return Xp, lam, np.nan if hg is None else float(hg.value)
 
 
 def _sigmoid(z):

@@ -58,11 +58,12 @@ def details(pb, step):
                 dtype=pb.Xc.dtype.name)
 
 
-def message(det, where="", alpha_name="alpha", lam_name="lam", lam_value=None, fix_lam=None):
-    """The error text for `det` (details()); the names and lam value are the
-    caller's (an attack passes its own step size name and its lam)."""
-    lam = det["lam"] if lam_value is None else lam_value
+def message(det, where="", alpha_name="alpha", lam_term=None):
+    """The error text for `det` (details()) in the caller's terms: an attack
+    names its own step size and says how its lam gives the L2 strength
+    (``lam_term``, default "exp(lam) = ... from lam=...")."""
     a, bound, L = det["alpha"], det["stable_alpha"], det["curvature"]
+    lam_term = lam_term or f"exp(lam) = {det['e']:.3g} from lam={det['lam']:g}"
     head = (f"{where}the inner training diverged by step {det['step']} of T={det['T']}: its "
             f"objective became nan/inf or grew past {_growth():g} / (1 - gamma)^2 times its "
             "value at w0, so the hypergradient would be garbage.")
@@ -73,10 +74,9 @@ def message(det, where="", alpha_name="alpha", lam_name="lam", lam_value=None, f
         why = (f" {alpha_name}={a:g} exceeds the stable step 2 (1 + gamma) / ((1 - gamma) L) "
                f"= {bound:.3g} (gamma={det['gamma']:g}), where L ~ {L:.3g} is the curvature of "
                f"the training objective: {det['data_curvature']:.3g} from the data plus "
-               f"exp(lam) = {det['e']:.3g} from {lam_name}={lam:g}. Lower {alpha_name} below "
-               f"{bound:.3g}")
+               f"{lam_term}. Lower {alpha_name} below {bound:.3g}")
         if det["e"] > det["data_curvature"]:
-            why += f", or lower {lam_name}" + (f" ({fix_lam})" if fix_lam else "")
+            why += ", or lower lam"
         why += f", or standardise X (largest |feature| {det['x_max']:.3g})."
     else:
         why = (f" {alpha_name}={a:g} is within the stable step {bound:.3g} for the curvature "
