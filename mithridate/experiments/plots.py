@@ -80,13 +80,13 @@ def _log_axis(panels):
 
 
 def plot_metric_vs_fraction(df, metric, out_path, *, x="beta", hue=None, col=None, title=None,
-                            labels=None, sharey=True, xlabel=None):
+                            labels=None, sharey=True, xlabel=None, ylabel=None):
     """Mean of `metric` over seeds vs `x`, with a mean ± 1 std band over seeds (clipped
     to the range of the values, so an error rate's band stays >= 0).
 
     One curve per value of `hue` (legend text ``labels[value]`` if given), one
     panel per value of `col` (shared y axis unless ``sharey=False``, then each
-    panel's y label names its quantity); rows that share (col, hue, x) are the
+    panel's title and, unless ``ylabel`` is given, y label name it); rows that share (col, hue, x) are the
     repetitions. Coinciding curves are dodged and named (module docstring); the
     y axis is logarithmic where that separates curves a linear axis would merge.
     Writes `out_path` (the coincidences also in its PNG "Description"), returns it.
@@ -141,10 +141,10 @@ def plot_metric_vs_fraction(df, metric, out_path, *, x="beta", hue=None, col=Non
             ax.set_yscale("log")
         ax.set_xlabel(xlabel or {"beta": "poisoning fraction (beta)",
                                  "fraction": "poisoning fraction"}.get(x, x))
-        ax.set_title("" if c is None or not sharey else f"{col} = {c}", fontsize=10)
+        ax.set_title("" if c is None else f"{col} = {c}" if sharey else str(c), fontsize=10)
         ax.grid(alpha=0.3)
         if not sharey or ax is axes[0, 0]:
-            ax.set_ylabel(str(c) if not sharey and c is not None else metric)
+            ax.set_ylabel(ylabel or (str(c) if not sharey and c is not None else metric))
     texts = []
     for h in handle:
         same = [(name[o], e) for (a, o), e in (shared or {}).items() if a == h]
