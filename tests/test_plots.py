@@ -38,7 +38,8 @@ def description(path):
 
 
 def test_coinciding_curves_are_named_in_the_png(tmp_path):
-    df = frame({"lam = -8": [0.1, 0.2, 0.3], "lam_CLEAN": [0.1, 0.2, 0.3], "lam_RMD": [0.1, 0.15, 0.2]})
+    df = frame({"lam = -8": [0.1, 0.2, 0.3], "lam_CLEAN": [0.1, 0.2, 0.3],
+                "lam_RMD": [0.1, 0.15, 0.2]})
     path = plot_metric_vs_fraction(df, "metric", tmp_path / "a.png", hue="setting")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert description(path) == "lam = -8 and lam_CLEAN coincide"

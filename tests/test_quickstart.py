@@ -122,7 +122,8 @@ def test_summary_sentences_follow_the_numbers():
     text = q.summary(synthetic(0.05, 0.02))
     assert "the learned lam reduces the test error relative to lam = -8 by 0.050" in text
     assert "lower on 4 of 4" in text and "5-fold CV picks lam_CLEAN = -8 on 4 of 4 seeds" in text
-    assert "the Wasserstein-robust model reduces the test error relative to the plain one by 0.020" in text
+    assert ("the Wasserstein-robust model reduces the test error relative to the plain one "
+            "by 0.020") in text
     assert "| optimal | lam = -8 | 0.010 ± 0.003 | 0.110 ± 0.003 |" in text
     text = q.summary(synthetic(-0.05, 0.0))
     assert "the learned lam increases the test error relative to lam = -8 by 0.050" in text

@@ -59,8 +59,8 @@ def plot_fig1(df, out):
                        linewidth=1.5, label="poisoning point, start (class 1)")
             ax.scatter(*r[p]["xp"], c="r", s=60, marker="o", edgecolor="k",
                        label="poisoning point, optimised")
-            ax.set_title(f"{'no regularisation' if p == 'plain' else 'L2'} (lam = {r[p]['lam']:.3g}):"
-                         " error vs the point's position", fontsize=9)
+            ax.set_title(f"{'no regularisation' if p == 'plain' else 'L2'} "
+                         f"(lam = {r[p]['lam']:.3g}): error vs the point's position", fontsize=9)
         else:
             ax.set_title("lam minimising the validation error vs the point's position", fontsize=9)
         ax.set_xlim(-box, box)
@@ -87,8 +87,8 @@ def plot_fig2(df, out):
                                          title=f"{tag}: test false positive / negative rates"))
     quantities = d.melt(id_vars=["lam setting", "fraction", "seed"], value_vars=["lam", "w_norm2"],
                         var_name="quantity", value_name="value")
-    quantities["quantity"] = quantities["quantity"].map({"lam": "lam in force (learned for lam_RMD)",
-                                                         "w_norm2": "||w||^2"})
+    quantities["quantity"] = quantities["quantity"].map(
+        {"lam": "lam in force (learned for lam_RMD)", "w_norm2": "||w||^2"})
     paths.append(plot_metric_vs_fraction(quantities, "value", out / f"{tag}_fig2_lam_wnorm.png",
                                          x="fraction", hue="lam setting", col="quantity",
                                          sharey=False, title=f"{tag}: lam and ||w||^2"))

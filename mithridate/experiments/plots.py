@@ -86,8 +86,8 @@ def plot_metric_vs_fraction(df, metric, out_path, *, x="beta", hue=None, col=Non
 
     One curve per value of `hue` (legend text ``labels[value]`` if given), one
     panel per value of `col` (shared y axis unless ``sharey=False``, then each
-    panel's title and, unless ``ylabel`` is given, y label name it); rows that share (col, hue, x) are the
-    repetitions. Coinciding curves are dodged and named (module docstring); the
+    panel's title and, unless ``ylabel`` is given, y label name it); rows that share
+    (col, hue, x) are the repetitions. Coinciding curves are dodged and named (module docstring); the
     y axis is logarithmic where that separates curves a linear axis would merge.
     Writes `out_path` (the coincidences also in its PNG "Description"), returns it.
     """
@@ -152,8 +152,8 @@ def plot_metric_vs_fraction(df, metric, out_path, *, x="beta", hue=None, col=Non
     fig.legend(list(handle.values()), texts, title=hue, loc="center left",
                bbox_to_anchor=(1.0, 0.5), fontsize=8, title_fontsize=9, frameon=False)
     n = df.groupby(keys + [x]).size().max()
-    fig.suptitle(f"{title + ': ' if title else ''}mean ± 1 std over seeds, within their range (n = {n})",
-                 fontsize=10)
+    fig.suptitle(f"{title + ': ' if title else ''}mean ± 1 std over seeds, within their range "
+                 f"(n = {n})", fontsize=10)
     fig.tight_layout()
     if notes:
         caption = textwrap.fill("; ".join(notes) + " (drawn side by side to stay visible).",

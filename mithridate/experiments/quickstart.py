@@ -165,7 +165,8 @@ def _robust(configs):
             if model == "plain":
                 est = WassersteinRobustClassifier(rho=0.0).fit(X, y)
             else:
-                est = select_rho(WassersteinRobustClassifier(), X, y, RHOS, seed=c["seed"]).estimator
+                est = select_rho(WassersteinRobustClassifier(), X, y, RHOS,
+                                 seed=c["seed"]).estimator
         out.append({"test_error": float(np.mean(est.predict(Xte) != yte)), "rho": est.rho,
                     "converged": bool(est.converged_), "n_poisoned": int(mask.sum())})
     return out
@@ -174,7 +175,8 @@ def _robust(configs):
 def spec(quick=False):
     """Every case x fraction, 10 seeds (quick: two fractions, one seed, short attacks)."""
     return SweepSpec(name="quickstart-quick" if quick else "quickstart", experiment="quickstart",
-                     grid={"case": list(CASES), "fraction": FRACTIONS_QUICK if quick else FRACTIONS},
+                     grid={"case": list(CASES),
+                           "fraction": FRACTIONS_QUICK if quick else FRACTIONS},
                      seeds=SEEDS_QUICK if quick else SEEDS,
                      fixed={**FIXED, **(QUICK if quick else {})})
 
