@@ -128,6 +128,9 @@ def test_summary_sentences_follow_the_numbers():
     text = q.summary(synthetic(-0.05, 0.0))
     assert "the learned lam increases the test error relative to lam = -8 by 0.050" in text
     assert "the test error is the same under the Wasserstein-robust model and the plain one" in text
+    some = synthetic(0.05, 0.02)
+    some.loc[(some["case"] == "optimal:clean") & (some["seed"] == 0), "lam"] = -3.0
+    assert "lam_CLEAN = -8 on 3 of 4 seeds (median lam_CLEAN -8); on those seeds" in q.summary(some)
     weak = synthetic(0.0, 0.0)  # only the per-seed jitter of lam_RMD: mean 0.0001, not significant
     assert "(not significant: within 2 s.e.)" in q.summary(weak)
 

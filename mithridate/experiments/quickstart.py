@@ -267,8 +267,10 @@ def summary(df):
         picks = int((lam_cv == LAM_SMALL).sum())
         lines.append(f"- 5-fold CV picks lam_CLEAN = {LAM_SMALL:g} on {picks} of {len(lam_cv)} "
                      f"seeds (median lam_CLEAN {lam_cv.median():g})"
-                     + ("; there its attack and victim are those of lam = -8, and the two "
-                        "curves coincide." if picks else "."))
+                     + ("; its attack and victim are then those of lam = -8, and the two "
+                        "curves coincide." if picks == len(lam_cv) else
+                        "; on those seeds its attack and victim are those of lam = -8."
+                        if picks else "."))
         lines.append("")
     rob = d[d["attack"] != "optimal"]
     for attack in [a for a in ("label", "noise") if a in set(rob["attack"])]:
