@@ -28,8 +28,12 @@ and paper-form models, squared loss 0.5 r^2, 2-norm:
   on the same rows before the attack (a trusted clean hold-out), then refitted on
   the whole training half.
 
-Data: the 506-row UCI ``housing.data`` (the loader pins its sha256; the summary prints
-it). Fits: ``defenses.barrier.solve``, the interior point behind ``fit_batch``, called
+Data: the 506-row UCI ``housing.data``, the file the paper's count (506 records)
+matches; the loader pins its sha256 and the summary prints it. The other copy in the
+shared data, R mlbench's ``BostonHousing.csv``, holds the same values, so the variant
+is fixed, not varied.
+
+Fits: ``defenses.barrier.solve``, the interior point behind ``fit_batch``, called
 directly because it takes the entries under the norm (``sel``) and so fits the free
 intercept without centring tricks; one call per setup for every (beta, seed, model).
 
@@ -161,8 +165,9 @@ def run(configs):
 
 def _wilcoxon_greater(d):
     """One-sided Wilcoxon signed-rank p-value of 'd > 0', exact null distribution, zero
-    differences dropped (Wilcoxon's convention; 1 when every d is 0). Exact, not scipy's
-    default permutation test for samples with zeros: the same p here, 500x faster."""
+    differences dropped (Wilcoxon's convention; 1 when every d is 0). scipy's default for
+    samples with zeros is a permutation test, 500x slower; the exact null assumes distinct
+    nonzero |d|, which differences of float MSEs are."""
     from scipy.stats import wilcoxon
     d = np.asarray(d, float)
     if not np.any(d != 0):
@@ -316,12 +321,12 @@ def summary(df):
     cols = ["setup", "claim", "plain", "paper sig", "paper best", "paper gain %", "paper p",
             "wide sig", "wide best", "wide gain %", "wide p", "val-poisoned gain %",
             "val-poisoned p", "val-clean gain %", "val-clean p"]
+    betas = ", ".join(f"{b:g}" for b in sorted(df["beta"].unique()))
     lines = [f"Sensitivity of Figure 3 (Boston, {n_rows} rows: {name}, sha256 {sha}, read from "
-             f"{origin}); "
-             f"{df['seed'].nunique()} seeds, betas "
-             f"{', '.join(f'{b:g}' for b in sorted(df['beta'].unique()))}.",
-             f"Baseline = the paper as printed: {', '.join(f'{k}={v}' for k, v in BASELINE.items())}"
-             " (the setup of paper000-boston-features).",
+             f"{origin}); {df['seed'].nunique()} seeds, betas {betas}.",
+             "Baseline = the paper as printed: "
+             + ", ".join(f"{k}={_fmt(k, v)}" for k, v in BASELINE.items())
+             + " (the setup of paper000-boston-features).",
              f"At beta={bmax:g}: gain = mean over seeds of (plain - model) test MSE, as % of "
              f"plain; p = one-sided Wilcoxon signed-rank, paired over seeds, Holm-corrected "
              f"within the paper's {len(PAPER_MODELS)} / the wide grid's {len(WIDE_MODELS)} "
