@@ -1,0 +1,104 @@
+"""The published asv dashboard, opened in headless Chromium: every benchmark has a graph.
+
+One dashboard is published for the whole module from the installed package
+(``--existing``, recorded as HEAD), with the first parameter combination of each
+benchmark run once (``--sample --quick``): every benchmark gets a data point in
+well under a minute on two cores.
+"""
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("asv", reason="asv is in the bench extra: pip install '.[bench]'")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "publish_dashboard.py"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium is absent: apt-get install chromium (.ci/run does)")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    """(html folder, benchmark names from asv's benchmarks.json) of a freshly published dashboard."""
+    tmp = tmp_path_factory.mktemp("dashboard")
+    home = tmp / "home"  # asv keeps its machine file in ~: keep the user's out of it
+    home.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--existing", "--sample", "--quick",
+         "--results", str(tmp / "results"), "--out", str(tmp / "html")],
+        env={**os.environ, "HOME": str(home)}, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = sorted(set(json.loads((tmp / "results" / "benchmarks.json").read_text())) - {"version"})
+    assert names, "asv discovered no benchmark"
+    return tmp / "html", names
+
+
+@pytest.fixture(scope="module")
+def site(dashboard):
+    """URL of the dashboard served on the loopback (the page loads its data with XHR)."""
+    handler = functools.partial(_QuietHandler, directory=str(dashboard[0]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/index.html"
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def chromium(tmp_path, url, *args, height=900):
+    """Run headless Chromium on url until the page's scripts settle; its stdout."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--window-size=1400,{height}",
+           "--virtual-time-budget=20000", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True).stdout
+
+
+def test_every_benchmark_has_points_in_the_published_graphs(dashboard):
+    html, names = dashboard
+    index = json.loads((html / "index.json").read_text())
+    assert sorted(index["benchmarks"]) == names
+    for name in names:
+        summary = json.loads((html / "graphs" / "summary" / f"{name}.json").read_text())
+        assert any(y is not None for _, y in summary), f"{name}: no point in its summary graph"
+        # the per-benchmark page plots these: one file per machine/python/branch
+        graphs = [json.loads(p.read_text()) for p in (html / "graphs").rglob(f"{name}.json")
+                  if p.parent.name != "summary"]
+        points = [y for graph in graphs for _, ys in graph
+                  for y in (ys if isinstance(ys, list) else [ys]) if y is not None]
+        assert points, f"{name}: its graph has no data point (did its first combination run?)"
+
+
+def test_the_grid_page_draws_a_plot_for_every_benchmark(dashboard, site, tmp_path):
+    _, names = dashboard
+    # thumbnails are drawn when scrolled into view: a window tall enough for all of them
+    dom = chromium(tmp_path, site, "--dump-dom", height=300 * len(names) + 1000)
+    assert "airspeed velocity error" not in dom, "the page's scripts failed to load"
+    cells = dict(chunk.split('"', 1) for chunk in dom.split('id="summarygrid-')[1:])
+    missing = [n for n in names if 'class="flot-base"' not in cells.get(n, "")]
+    assert not missing, f"no plot drawn for {missing}"
+
+
+def test_a_benchmark_page_plots_its_graph_and_screenshots(dashboard, site, tmp_path):
+    _, names = dashboard
+    page = f"{site}#{names[0]}"
+    dom = chromium(tmp_path, page, "--dump-dom")
+    graph = dom.split('id="main-graph"', 1)[-1].split('id="overview"', 1)[0]
+    assert 'class="flot-base"' in graph, f"{names[0]}: no plot on its page"
+    shot = tmp_path / "dashboard.png"
+    chromium(tmp_path, page, f"--screenshot={shot}")
+    assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 10_000, shot
+    print(f"screenshot of {names[0]}'s page: {shot}")
