@@ -225,3 +225,14 @@ def test_diverging_wasserstein_training_is_an_error():
     with pytest.raises(DivergenceError, match="Lower eta=30"):
         v.hypergrad(X[:-1], y[:-1], X[-1:], y[-1:], X, y, v.lam, T=40, eta=30.0, gamma=0.0,
                     mode="trajectory", backend="torch")
+
+
+def test_attack_on_a_diverging_wasserstein_victim_raises_or_warns():
+    from mithridate.errors import DivergenceError, DivergenceWarning
+    train, val = _attack_data("squared")
+    kw = {**SMALL, "eta": 30.0, "T": 10, "T_outer": 2}
+    model = WassersteinRobustRegressor(rho=0.01)
+    with pytest.raises(DivergenceError, match="optimal poisoning, .*Lower eta=30"):
+        OptimalPoisoning(model=model, lam="model", **kw).run(train, val)
+    with pytest.warns(DivergenceWarning, match="is skipped"):
+        OptimalPoisoning(model=model, lam="model", on_divergence="warn", **kw).run(train, val)

@@ -330,9 +330,12 @@ class OptimalPoisoning:
                                          backend=self.backend)
         except DivergenceError as err:
             det, n = err.details, Xc.shape[0] + Xp.shape[0]
-            text = message(det, f"optimal poisoning, {where}: ", alpha_name="eta",
-                           lam_term=f"exp(lam) / n = {det['e']:.3g} from lam={lam:g} and the "
-                                    f"n={n} training rows")
+            if c["victim"].regularizer != "l2":  # the victim's slow path words it (eta, rho)
+                text = f"optimal poisoning, {where}: {err}"
+            else:
+                text = message(det, f"optimal poisoning, {where}: ", alpha_name="eta",
+                               lam_term=f"exp(lam) / n = {det['e']:.3g} from lam={lam:g} and "
+                                        f"the n={n} training rows")
             if self.on_divergence == "raise":
                 raise DivergenceError(text, step=err.step, details=dict(det, lam=lam)) from None
             warnings.warn(text.replace("would be garbage", "is skipped"), DivergenceWarning,
