@@ -58,8 +58,8 @@ def as_int(name, value, low, hint=""):
         raise TypeError(f"{name}={value!r} ({type(value).__name__}) must be an integer"
                         f"{'; ' + hint if hint else ''}.")
     if x < low:
-        raise ValueError(f"{name}={value!r} must be an integer >= {low}"
-                         f"{'; ' + hint if hint else ''}.")
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name}={value!r} must be {what}{'; ' + hint if hint else ''}.")
     return int(x)
 
 

@@ -3,12 +3,12 @@
 Every check names the argument (and, in a batch, the problem index) and the
 fix, so a sweep fails at once rather than after T steps.
 """
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import check_array, check_choice, check_finite, check_labels, check_shape
+from .._validation import (as_bool, as_int, as_number, check_array, check_choice, check_finite,
+                           check_labels, check_shape, is_torch)
 
 LOSSES = ("logistic", "squared")  # absolute: zero curvature, no useful hypergradient
 MODES = ("trajectory", "forward", "implicit", "checkpoint", "reversible")
@@ -41,13 +41,6 @@ class Problem:
         return self.Xc.shape[1]
 
 
-def _number(name, value, hint):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value):
-        raise ValueError(f"{name}={value!r} must be a finite number; {hint}.")
-    return float(value)
-
-
 def supported_modes(backend):
     """Modes `backend` runs; raises RuntimeError if a native backend is not built."""
     if backend not in NATIVE:
@@ -69,12 +62,11 @@ def check_settings(T, alpha, gamma, loss, mode, backend):
     if mode not in modes:
         raise ValueError(f"mode={mode!r} does not run on backend={backend!r}, which supports "
                          f"modes {list(modes)}; backend='numba' runs every mode.")
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T <= 0:
-        raise ValueError(f"T={T!r} must be a positive integer (the number of inner steps).")
-    alpha = _number("alpha", alpha, "it is the inner step size")
+    T = as_int("T", T, 1, "the number of inner steps")
+    alpha = as_number("alpha", alpha, "it is the inner step size")
     if alpha <= 0:
         raise ValueError(f"alpha={alpha} must be > 0 (the inner step size).")
-    gamma = _number("gamma", gamma, "it is the momentum")
+    gamma = as_number("gamma", gamma, "it is the momentum")
     if not 0 <= gamma < 1:
         raise ValueError(f"gamma={gamma} must lie in [0, 1) (0: plain gradient descent).")
     return int(T), alpha, gamma
@@ -102,6 +94,8 @@ def _check_rows(arrays, d, dt, loss, names):
 
 
 def _check_w0(w0, p, dt):
+    if not isinstance(w0, np.ndarray):
+        raise TypeError(f"w0 must be a numpy array, got {type(w0).__name__}; pass numpy.asarray(w0).")
     check_array("w0", w0, (1,), dt)
     check_shape("w0", w0, (p,))
     check_finite("w0", w0)
@@ -110,6 +104,10 @@ def _check_w0(w0, p, dt):
 def _arrays(Xc, yc, Xp, yp, Xv, yv):
     arrays = dict(Xc=Xc, yc=yc, Xp=Xp, yp=yp, Xv=Xv, yv=yv)
     for name, a in arrays.items():
+        if is_torch(a) and a.requires_grad:
+            raise TypeError(f"{name} is a torch tensor that requires grad; hypergrad works on "
+                            "numpy arrays and returns no autograd graph. Use mithridate.torch "
+                            f"for a differentiable hypergradient, or pass {name}.detach().numpy().")
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}; "
                             f"pass numpy.asarray({name}) (tensor.numpy() for a CPU tensor).")
@@ -120,7 +118,8 @@ def make_problem(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, fit_int
                  mode, backend):
     """Check everything and return a Problem (numpy arrays of X's dtype)."""
     T, alpha, gamma = check_settings(T, alpha, gamma, loss, mode, backend)
-    lam = _number("lam", lam, "it is log(L2 strength)")
+    lam = as_number("lam", lam, "it is log(L2 strength)")
+    fit_intercept = as_bool("fit_intercept", fit_intercept)
     arrays = _arrays(Xc, yc, Xp, yp, Xv, yv)
     check_array("Xc", Xc, (2,))
     dt, d = Xc.dtype.name, Xc.shape[1]
@@ -130,7 +129,7 @@ def make_problem(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, fit_int
         w0 = np.zeros(p, dtype=Xc.dtype)
     else:
         _check_w0(w0, p, dt)
-    return Problem(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, bool(fit_intercept))
+    return Problem(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, fit_intercept)
 
 
 def make_problems(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, fit_intercept,
@@ -140,6 +139,7 @@ def make_problems(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, fit_in
     Checks every problem before any work; returns a list of B Problems, whose
     shared arrays are the very same objects (kernels detect sharing by identity)."""
     T, alpha, gamma = check_settings(T, alpha, gamma, loss, mode, backend)
+    fit_intercept = as_bool("fit_intercept", fit_intercept)
     arrays = _arrays(Xc, yc, Xp, yp, Xv, yv)
     check_array("Xp", Xp, (3,))
     B, dt, d = Xp.shape[0], Xp.dtype.name, Xp.shape[2]
@@ -159,9 +159,13 @@ def make_problems(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, fit_in
         if (X in shared) != (y in shared):
             raise ValueError(f"{X} is {'shared' if X in shared else 'batched'} but {y} is not; "
                              f"give both a leading B axis or neither.")
-    lams = np.asarray(lam) if not isinstance(lam, np.ndarray) else lam
+    if is_torch(lam) or not isinstance(lam, (np.ndarray, list, tuple)) or np.ndim(lam) == 0:
+        lam = as_number("lam", lam, "it is log(L2 strength)")
+    lams = np.asarray(lam)
+    if lams.dtype.kind not in "iuf":
+        raise TypeError(f"lam has dtype {lams.dtype}; give a number or one number per problem.")
     if lams.ndim == 0:
-        lams = np.full(B, _number("lam", lam, "it is log(L2 strength)"))
+        lams = np.full(B, as_number("lam", lam, "it is log(L2 strength)"))
     elif lams.shape != (B,):
         raise ValueError(f"lam has shape {lams.shape}; give a number or one value per problem ({B},).")
     p = d + bool(fit_intercept)
@@ -176,7 +180,7 @@ def make_problems(Xc, yc, Xp, yp, Xv, yv, lam, w0, T, alpha, gamma, loss, fit_in
     for b in range(B):
         one = {name: take(name, b) for name in arrays}
         try:
-            lam_b = _number("lam", lams[b], "it is log(L2 strength)")
+            lam_b = as_number("lam", lams[b], "it is log(L2 strength)")
             _check_rows(one, d, dt, loss, {"Xc", "Xp", "Xv"} - shared)
             if w0 is None:
                 w0_b = np.zeros(p, dtype=Xp.dtype)
