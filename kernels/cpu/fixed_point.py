@@ -7,16 +7,24 @@ x * 2^frac_bits; a buffer row is an unsigned big integer of w little-endian
 uint32 limbs. See the header for the proofs (bijection, no overflow before the
 checks, required_words).
 
-Compiled without fastmath: encode/decode must round exactly as IEEE says,
-whatever loop they are inlined into. Unsigned arithmetic is kept in uint64 by
-explicit casts (numba turns uint64 op int64 into float64).
+Every function here is compiled with fastmath=False *explicitly* (EXACT_JIT)
+and none is inlined by numba: numba compiles a callee that leaves fastmath
+unset with its caller's flags (CPUTargetOptions.finalize inherits them), and
+inline="always" splices the callee's IR into the caller, so either would hand
+a fastmath caller's arcp/contract/reassoc to the exact arithmetic (that is
+how the hypergradient loop once rounded the same increment two ways). LLVM
+may still inline the compiled bodies; their instructions keep their own
+(strict) flags. tests/test_reversible_fuzz.py checks both. Unsigned
+arithmetic is kept in uint64 by explicit casts (numba turns uint64 op int64
+into float64).
 """
 import math
 
 import numpy as np
 from numba import njit
 
-EXACT_JIT = dict(cache=True, error_model="numpy")
+# fastmath=False must be given: left unset, a fastmath caller's flags are inherited.
+EXACT_JIT = dict(cache=True, error_model="numpy", fastmath=False)
 
 # Status codes of the header's enum Code.
 OK, CAPACITY, INT64, NOT_FINITE, RANGE = 0, 1, 2, 3, 4
@@ -45,7 +53,7 @@ def decode1(q, frac_bits):
     return math.ldexp(np.float64(q), -frac_bits)
 
 
-@njit(inline="always", **EXACT_JIT)
+@njit(**EXACT_JIT)
 def encode_scaled(x, scale):
     """encode1 with scale = 2.0**frac_bits, without the libm call: x * 2^f is
     exact, and overflows to inf exactly where ldexp does, so the bits agree."""
@@ -57,7 +65,7 @@ def encode_scaled(x, scale):
     return OK, np.int64(y)
 
 
-@njit(inline="always", **EXACT_JIT)
+@njit(**EXACT_JIT)
 def decode_scaled(q, inv_scale):
     """decode1 with inv_scale = 2.0**-frac_bits: exact for frac_bits <= 62 (the
     result is 0 or at least 2^-62, never subnormal)."""
@@ -202,7 +210,7 @@ def required_words(n_steps, num, den):
 _BELOW = 1.0 - 2.0**-40  # biases 1/base down, so that the float quotient never overshoots
 
 
-@njit(inline="always", **EXACT_JIT)
+@njit(**EXACT_JIT)
 def _divmod_small(cur, base, inv):
     """(cur // base, cur % base) for 0 <= cur < base * 2^32, base < 2^31 (int64),
     inv = (1.0 / base) * _BELOW. The float quotient q_f < 2^32 has relative

@@ -1,21 +1,38 @@
 """Reversible RMD (Maclaurin, Duvenaud & Adams 2015) for linear models, one
 compiled call for the T forward steps and the T reverse steps.
 
-theta and v live in int64 fixed point (frac_bits fractional bits); v is
-multiplied by gamma = num/den exactly, the lost digits kept in a per-element
-buffer (kernels/cpu/fixed_point.py, a port of csrc/include/fixed_point.h).
-Forward step t (q = fixed point, Q = encode):
-    th = decode(theta_q); g = g(th)
-    v_q = mul(v_q, num, den); v_q -= Q((1 - gamma) g); theta_q += Q(alpha decode(v_q))
-The reverse undoes each line in the opposite order, recomputing g at the
-recovered theta_t, then takes the adjoint step of rmd.trajectory there. So
-only theta_q, v_q and the buffer are stored, never the trajectory.
+theta and v live in int64 fixed point (frac_bits = f fractional bits: q =
+x 2^f); v is multiplied by gamma = num/den exactly, the lost digits kept in a
+per-element buffer (kernels/cpu/fixed_point.py, a port of
+csrc/include/fixed_point.h). Forward step t, element j, s = 1 - gamma:
+    g = g(decode(theta_q))                      (row sums, not divided by n)
+    v_q = mul(v_q, num, den) + a_j + b_j,       a_j = rint(-(s/n) g_j 2^f),
+                                                b_j = rint(-(s e) theta_q,j)  (0 on the intercept)
+    theta_q += c_j,                             c_j = rint(alpha v_q,j)
+The reverse undoes each line in the opposite order (theta_q -= c_j; g at
+the recovered theta_t; v_q -= b_j, a_j; unmul), then takes the adjoint step
+of rmd.trajectory there. Only theta_q, v_q and the buffer are stored.
 
-Exactness needs g(theta_t) bit for bit as in the forward pass: both come from
-the same _pass, gradient and HVP together with no branch between them, in
-row chunks fixed by the shape (and the end of the reverse checks that w0
-came back). The fixed-point glue (_v_incr, _theta_incr) is compiled without
-fastmath, so it rounds as IEEE says wherever it is inlined.
+Invariant (why the reversal is exact): the reverse recomputes every
+increment a_j, b_j, c_j as the same integer as the forward, because
+1. each is a function of integer state (theta_q, v_q) and of g only, and g
+   comes from the same compiled _pass on the same bits (gradient and HVP
+   together, no branch between them, row chunks fixed by the shape, chunk
+   sums in order in _sum_chunks), so it is bit for bit the forward's;
+2. each is rint of ONE rounded float product (int64 -> float64 rounds to
+   nearest; times 2^f is exact; s/n and s e are two doubles computed once
+   and passed to both sweeps), so no contraction, reciprocal or
+   reassociation has anything to change, and the glue is compiled strict
+   anyway (fixed_point.EXACT_JIT: fastmath=False, never inlined by numba);
+3. every integer operation is exact: an increment is added only when its
+   float lies in [-2^63, 2^63) and the sum fits int64 (else the run stops
+   with a status, nothing returned), mul/unmul are bijections on (v_q,
+   buffer) and the buffer holds required_words(t) limbs after t muls, so it
+   never overflows; the reverse only revisits states the forward held.
+The end of the reverse checks that theta_q came back to encode(w0) and v_q,
+buffer to zero. Accepted configurations (mithridate/hypergrad/reversible.py
+refuses the rest before any work): 1 <= f <= 62, every |w0_j| 2^f rounding
+into [-2^63, 2^63) (|w0| < 2^(63 - f)), gamma = num/den with den < 2^31.
 """
 import math
 
@@ -132,14 +149,7 @@ def _pass(X, y, code, fit_b, th, u, n_chunks, block, ws, g, h, k, rows):
                 gb[j] = 0
                 hb[j] = 0
         loss[c] = total
-    g[:] = 0.0
-    h[:] = 0.0
-    total = 0.0
-    for c in range(n_chunks):  # in order: deterministic sums
-        g += part[c, 0]
-        h += part[c, 1]
-        total += loss[c]
-    return total
+    return _sum_chunks(part, loss, g, h)  # in chunk order, strict: deterministic
 
 
 @njit(**fp.EXACT_JIT)
@@ -150,20 +160,38 @@ def _decode(thq, th, thx, inv_scale):
         thx[j] = th[j]
 
 
-@njit(inline="always", **fp.EXACT_JIT)
-def _v_incr(g, n, e, th, j, d, s, scale):
-    """rint(s g_j 2^f), g_j = g[j]/n + e th[j] (no L2 on the intercept): the
-    float of encode(s g_j), range not yet checked."""
-    return np.rint(s * (g[j] / n + (e * th[j] if j < d else 0.0)) * scale)
+@njit(**fp.EXACT_JIT)
+def _sum_chunks(part, loss, g, h):
+    """g, h = the chunk partials summed in chunk order; returns the loss sum."""
+    g[:] = 0.0
+    h[:] = 0.0
+    total = 0.0
+    for c in range(part.shape[0]):
+        for j in range(g.shape[0]):
+            g[j] += part[c, 0, j]
+            h[j] += part[c, 1, j]
+        total += loss[c]
+    return total
 
 
-@njit(inline="always", **fp.EXACT_JIT)
-def _theta_incr(vq, alpha, scale, inv_scale):
-    """rint(alpha decode(vq) 2^f): the float of encode(alpha decode(vq))."""
-    return np.rint(alpha * (np.float64(vq) * inv_scale) * scale)
+@njit(**fp.EXACT_JIT)
+def _v_incr(g, thq, j, d, cg, ce, scale):
+    """(a, b), the v increment -Q(s g_j) = a + b as two integral floats (range
+    not yet checked): a = rint(-cg g[j] 2^f), cg = s/n (the data term), and
+    b = rint(-ce thq[j]), ce = s e, the L2 term (thq = theta 2^f; none on
+    the intercept)."""
+    a = np.rint(-cg * g[j] * scale)
+    b = np.rint(-ce * np.float64(thq[j])) if j < d else 0.0
+    return a, b
 
 
-@njit(inline="always", **fp.EXACT_JIT)
+@njit(**fp.EXACT_JIT)
+def _theta_incr(vq, alpha):
+    """rint(alpha vq) = Q(alpha decode(vq)), as an integral float."""
+    return np.rint(alpha * np.float64(vq))
+
+
+@njit(**fp.EXACT_JIT)
 def _status(y, a):
     """Code of a + int64(y): NOT_FINITE (nan), RANGE (y outside int64, inf
     too), INT64 (the sum outside int64) or OK. Branch-free."""
@@ -176,21 +204,29 @@ def _status(y, a):
 
 
 @njit(**fp.EXACT_JIT)
-def _forward_update(thq, vq, buf, w, num, den, g, n, e, th, d, s, alpha, scale, inv_scale,
-                    rem, hi, codes):
-    """v_q = mul(v_q); v_q -= Q(s g); theta_q += Q(alpha decode(v_q)), every
-    element without a branch (the loop vectorises), each element's code in
-    codes. Returns (status, which, j): OK, or the first element that left
-    int64 (the state is then garbage)."""
+def _add(a, y, code):
+    """a + int64(y) where code (of _status) is OK, else a."""
+    return a + (np.int64(y) if code == fp.OK else np.int64(0))
+
+
+@njit(**fp.EXACT_JIT)
+def _forward_update(thq, vq, buf, w, num, den, g, d, cg, ce, alpha, scale, rem, hi, codes):
+    """v_q = mul(v_q) + a + b (_v_incr at theta_t); theta_q += rint(alpha v_q),
+    every element without a branch (the loop vectorises), each element's
+    code in codes. Returns (status, which, j): OK, or the first element that
+    left int64 (the state is then garbage)."""
     fp.step_lanes(vq, buf, w, num, den, rem, hi)
     bad = 0
     for j in range(thq.shape[0]):
-        dv = _v_incr(g, n, e, th, j, d, s, scale)
-        code_v = _status(-dv, vq[j])  # vq - dv, as vq + (-dv)
-        vq[j] -= np.int64(dv) if code_v == fp.OK else np.int64(0)
-        dth = _theta_incr(vq[j], alpha, scale, inv_scale)
+        a, b = _v_incr(g, thq, j, d, cg, ce, scale)
+        code_a = _status(a, vq[j])
+        v = _add(vq[j], a, code_a)
+        code_b = _status(b, v)
+        vq[j] = _add(v, b, code_b)
+        dth = _theta_incr(vq[j], alpha)
         code_t = _status(dth, thq[j])
-        thq[j] += np.int64(dth) if code_t == fp.OK else np.int64(0)
+        thq[j] = _add(thq[j], dth, code_t)
+        code_v = code_a if code_a != fp.OK else code_b
         codes[j] = code_v if code_v != fp.OK else 8 * code_t
         bad |= codes[j]
     if bad == 0:
@@ -203,17 +239,19 @@ def _forward_update(thq, vq, buf, w, num, den, g, n, e, th, d, s, alpha, scale, 
 
 
 @njit(**fp.EXACT_JIT)
-def _undo_theta(thq, vq, alpha, scale, inv_scale):
-    """theta_q -= Q(alpha decode(v_q)): the forward's increment, so it fits."""
+def _undo_theta(thq, vq, alpha):
+    """theta_q -= rint(alpha v_q): the forward's increment, so it fits."""
     for j in range(thq.shape[0]):
-        thq[j] -= np.int64(_theta_incr(vq[j], alpha, scale, inv_scale))
+        thq[j] -= np.int64(_theta_incr(vq[j], alpha))
 
 
 @njit(**fp.EXACT_JIT)
-def _undo_v(vq, buf, w, num, den, g, n, e, th, d, s, scale, rem, hi):
-    """v_q += Q(s g); v_q = unmul(v_q): back to the state the forward held."""
+def _undo_v(vq, buf, w, num, den, g, thq, d, cg, ce, scale, rem, hi):
+    """v_q -= b, then a (the forward's increments at theta_t, which thq holds
+    again); v_q = unmul(v_q): back to the state the forward held."""
     for j in range(vq.shape[0]):
-        vq[j] += np.int64(_v_incr(g, n, e, th, j, d, s, scale))
+        a, b = _v_incr(g, thq, j, d, cg, ce, scale)
+        vq[j] = (vq[j] - np.int64(b)) - np.int64(a)
     fp.step_lanes(vq, buf, w, den, num, rem, hi)
 
 
@@ -247,6 +285,8 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     n, d = X.shape
     p = thq.shape[0]
     s = 1.0 - gamma
+    cg = s / n  # computed once: forward and reverse use the same two doubles
+    ce = s * e
     scale = math.ldexp(1.0, frac_bits)
     inv_scale = math.ldexp(1.0, -frac_bits)
     th = np.zeros(d + 1)  # slot d stays 0 without an intercept
@@ -267,8 +307,8 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     for t in range(T):
         _decode(thq, th, thx, inv_scale)
         _pass(X, y, code, fit_b, thx, ux, n_chunks, block, ws, g, h, k, rows)
-        status, which, j = _forward_update(thq, vq, buf, words[t + 1], num, den, g, n, e, th, d,
-                                           s, alpha, scale, inv_scale, rem, hi, codes)
+        status, which, j = _forward_update(thq, vq, buf, words[t + 1], num, den, g, d, cg, ce,
+                                           alpha, scale, rem, hi, codes)
         if status != fp.OK:
             return status, which, t, j, 0.0, 0.0, False
 
@@ -281,13 +321,13 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     dXp[:] = 0.0
     dlam = 0.0
     for t in range(T - 1, -1, -1):
-        _undo_theta(thq, vq, alpha, scale, inv_scale)
+        _undo_theta(thq, vq, alpha)
         _decode(thq, th, thx, inv_scale)
         for j in range(d + 1):
             u[j] = vb[j] + alpha * tb[j]
             ux[j] = u[j]
         _pass(X, y, code, fit_b, thx, ux, n_chunks, block, ws, g, h, k, rows)
-        _undo_v(vq, buf, words[t + 1], num, den, g, n, e, th, d, s, scale, rem, hi)
+        _undo_v(vq, buf, words[t + 1], num, den, g, thq, d, cg, ce, scale, rem, hi)
         dlam += _adjoint_step(th, u, h, rows, tb, vb, dXp, n, gamma, e)
 
     q0 = np.empty(p, dtype=np.int64)

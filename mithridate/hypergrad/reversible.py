@@ -9,6 +9,20 @@ theta_t, v_t bit for bit instead of storing the trajectory: state
 p (16 + 4 words) bytes instead of (T + 1) p 8. The hypergradient is that of
 the float dynamics along the fixed-point trajectory, within ~T 2^-frac_bits of
 trajectory mode.
+
+Why the reversal is exact: kernels/cpu/rmd_reversible.py (the invariant).
+A configuration is accepted, and then w0 comes back bit for bit, when
+(checked by ``plan`` before any work):
+- 1 <= frac_bits <= 62 (MAX_FRAC_BITS: 2^-frac_bits and every decoded value
+  stay normal doubles, and one integer bit is left);
+- every coordinate of w0 rounds into the int64 range: |w0_j| 2^frac_bits
+  < 2^63, i.e. |w0| < 2^(63 - frac_bits) (about; the exact test is encode's);
+- gamma in (0, 1) is within GAMMA_TOL of a fraction num/den, den < 2^31;
+- T >= 1 and the bit buffer, p required_words(T, num, den) 4 bytes, fits
+  max_buffer_bytes.
+If theta or v later leaves the int64 range (training diverges, or frac_bits
+leaves too little room), the kernel stops at that step and FixedPointOverflow
+is raised: no result is returned.
 """
 import math
 from fractions import Fraction
@@ -90,11 +104,33 @@ def plan(pb, frac_bits, max_buffer_bytes):
             f"{buffer_bytes}-byte bit buffer ({words} words per parameter), over max_buffer_bytes="
             f"{cap}{' (the trajectory it replaces)' if max_buffer_bytes is None else ''}; use "
             "mode='checkpoint', a larger gamma, or raise max_buffer_bytes.")
-    try:
-        fixedpoint.encode(pb.theta0.astype(np.float64), frac_bits)
-    except fixedpoint.FixedPointOverflow as err:
-        raise fixedpoint.FixedPointOverflow(f"w0: {err}") from None
+    check_w0_fits(pb.theta0, frac_bits)
     return num, den, words, slots * 16 + buffer_bytes
+
+
+def check_w0_fits(w0, frac_bits):
+    """Raise FixedPointOverflow, naming frac_bits and the bound, unless every
+    w0_j encodes into int64 with frac_bits fractional bits."""
+    w0 = np.asarray(w0, np.float64)
+    if _encodes(w0, frac_bits):
+        return
+    j = int(np.argmax(np.abs(w0)))
+    fits = next((f for f in range(frac_bits - 1, 0, -1) if _encodes(w0, f)), None)
+    fix = f"use frac_bits={fits} (the largest that fits this w0) or rescale w0" if fits \
+        else "rescale w0"
+    e = 63 - frac_bits
+    raise fixedpoint.FixedPointOverflow(
+        f"w0[{j}] = {float(w0[j])!r} does not fit the fixed point of mode='reversible' with "
+        f"frac_bits={frac_bits}: it needs |w0| < 2**{e} = {2.0**e:g} (w0 2**frac_bits within "
+        f"int64); {fix}.")
+
+
+def _encodes(w0, frac_bits):
+    try:
+        fixedpoint.encode(w0, frac_bits)
+    except fixedpoint.FixedPointOverflow:
+        return False
+    return True
 
 
 def run(problems, frac_bits=None, max_buffer_bytes=None):
