@@ -56,6 +56,9 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import ops
+from .._validation import as_bool, check_choice
+from ..backends import BACKENDS
+from ..errors import DivergenceError
 from . import barrier
 from .solvers import paper_coefficients, solve
 
@@ -99,6 +102,8 @@ class _WassersteinRobust(BaseEstimator):
         if self.data_bounds is not None and self.regularizer != "paper":
             raise ValueError("data_bounds applies to regularizer='paper' only.")
         number("tol", self.tol, 0)
+        as_bool("fit_intercept", self.fit_intercept)
+        check_choice("backend", self.backend, BACKENDS)
         if not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
             raise ValueError(f"max_iter={self.max_iter!r} must be an integer >= 1.")
 
@@ -148,7 +153,12 @@ class _WassersteinRobust(BaseEstimator):
     def _bounds(self, X, y, p):
         """Data bounds (X, Y) of the paper form: given, or max ||x||_p, max |y| of the data."""
         if self.data_bounds is None:
-            return float(np.max(np.linalg.norm(X, p, axis=1))), float(np.max(np.abs(y)))
+            with np.errstate(over="ignore"):
+                bounds = float(np.max(np.linalg.norm(X, p, axis=1))), float(np.max(np.abs(y)))
+            if not all(math.isfinite(v) for v in bounds):
+                raise ValueError(f"X or y is too large for float64: max ||x||_{p:g} = {bounds[0]:.3g}, "
+                                 f"max |y| = {bounds[1]:.3g} overflow; standardise X (and y).")
+            return bounds
         try:
             bounds = tuple(float(v) for v in self.data_bounds)
         except (TypeError, ValueError):
@@ -200,7 +210,15 @@ class _WassersteinRobust(BaseEstimator):
                            "the barrier method stopped short of tol")
 
     def _store(self, theta, value, lipschitz, bounds, n_iter, converged, why):
-        """Set the fitted attributes."""
+        """Set the fitted attributes; a nan/inf solution raises DivergenceError."""
+        if not (np.isfinite(theta).all() and math.isfinite(value) and math.isfinite(lipschitz)):
+            raise DivergenceError(
+                f"{type(self).__name__}.fit diverged: the solver's iterate became nan/inf "
+                f"within {n_iter} iterations (finite inputs, so a scale overflowed float64): "
+                f"rho={self.rho!r}" + (f", c1={self.c1!r}, c2={self.c2!r}"
+                                       if self.c1 is not None or self.c2 is not None else "")
+                + " or the feature scale is too large; standardise X (and y) or lower rho.",
+                step=n_iter)
         d = len(theta) - bool(self.fit_intercept)
         self.coef_ = theta[:d].copy()
         self.intercept_ = float(theta[-1]) if self.fit_intercept else 0.0
