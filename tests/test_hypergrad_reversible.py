@@ -1,6 +1,7 @@
 """Reversible-mode hypergradients: the numba fixed-point port against the C++
 one bit for bit, the hypergradient against autograd through the unrolled loop
 and central differences, w0 recovered bit for bit, and bad inputs."""
+import re
 from fractions import Fraction
 
 import numba
@@ -82,18 +83,14 @@ def test_port_step_matches_cpp(draw, base):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(doubles, min_size=1, max_size=8), st.integers(0, 62))
-def test_scaled_encode_decode_match_cpp(xs, frac_bits):
-    """The loop's encode/decode by a power-of-two product, without ldexp."""
-    scale, inv_scale = 2.0**frac_bits, 2.0**-frac_bits
-    x = np.array(xs, np.float64)
-    q = np.zeros(x.size, np.int64)
-    code, bad = CPP.encode(x, q, frac_bits)
-    for i, xi in enumerate(x[:bad] if bad >= 0 else x):
-        assert nfp.encode_scaled(xi, scale) == (nfp.OK, q[i])
-        assert nfp.decode_scaled(q[i], inv_scale) == nfp.decode1(q[i], frac_bits)
-    if bad >= 0:
-        assert nfp.encode_scaled(x[bad], scale)[0] == code
+@given(st.lists(int64s, min_size=1, max_size=8), st.integers(0, 62))
+def test_scaled_decode_matches_cpp(qs, frac_bits):
+    """The loop's decode, a product by 2^-frac_bits without ldexp."""
+    q = np.array(qs, np.int64)
+    out = np.empty(q.size)
+    CPP.decode(q, out, frac_bits)
+    for i in range(q.size):
+        assert nfp.decode_scaled(q[i], 2.0**-frac_bits) == out[i]
 
 
 @settings(max_examples=300, deadline=None)
@@ -317,6 +314,36 @@ def test_overflow_raises_and_loses_nothing():
     close(hg.grad_Xp, hypergrad(*big, **{**opts, "mode": "trajectory"}).grad_Xp, 1e-8, "grad_Xp")
     with pytest.raises(fp.FixedPointOverflow, match="w0"):
         hypergrad(*D, w0=np.full(4, 1e10), **kw(mode="reversible"))
+
+
+@pytest.mark.parametrize("backend", ["numba", "cpp"])
+def test_w0_outside_the_fixed_point_is_refused_naming_frac_bits_and_the_bound(backend):
+    w0 = np.array([0.5, -3e6, 1.0, 0.0, 2.0, 0.1])  # 3e6 < 2**22: fits frac_bits <= 41 only
+    opts = {**kw(mode="reversible"), "backend": backend, "w0": w0}
+    with pytest.raises(fp.FixedPointOverflow,
+                       match=r"w0\[1\] = -3000000.0 .* frac_bits=45: it needs \|w0\| < 2\*\*18 .* "
+                             r"use frac_bits=41 \(the largest"):
+        hypergrad(*data(), frac_bits=45, **opts)
+    assert hypergrad(*data(), frac_bits=41, **opts).info["w0_recovered"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(-2.0**64, 2.0**64, allow_nan=False), st.integers(1, 62))
+def test_w0_range_check_is_the_encode_range(x, frac_bits):
+    """Refused exactly when encode does not fit, and the frac_bits it suggests
+    is the largest that fits."""
+    w0 = np.array([0.25, x])
+    fits = nfp.encode(w0, np.empty(2, np.int64), frac_bits)[0] == nfp.OK
+    if fits:
+        reversible.check_w0_fits(w0, frac_bits)
+        return
+    with pytest.raises(fp.FixedPointOverflow, match=f"frac_bits={frac_bits}: it needs") as err:
+        reversible.check_w0_fits(w0, frac_bits)
+    suggested = [int(f) for f in re.findall(r"use frac_bits=(\d+)", str(err.value))]
+    for f in suggested:
+        assert nfp.encode(w0, np.empty(2, np.int64), f)[0] == nfp.OK
+        assert nfp.encode(w0, np.empty(2, np.int64), f + 1)[0] != nfp.OK
+    assert suggested or nfp.encode(w0, np.empty(2, np.int64), 1)[0] != nfp.OK
 
 
 def test_unrecovered_w0_raises(monkeypatch):

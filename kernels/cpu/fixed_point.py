@@ -54,18 +54,6 @@ def decode1(q, frac_bits):
 
 
 @njit(**EXACT_JIT)
-def encode_scaled(x, scale):
-    """encode1 with scale = 2.0**frac_bits, without the libm call: x * 2^f is
-    exact, and overflows to inf exactly where ldexp does, so the bits agree."""
-    if not np.isfinite(x):
-        return NOT_FINITE, np.int64(0)
-    y = np.rint(x * scale)
-    if not (y >= -_TWO63 and y < _TWO63):
-        return RANGE, np.int64(0)
-    return OK, np.int64(y)
-
-
-@njit(**EXACT_JIT)
 def decode_scaled(q, inv_scale):
     """decode1 with inv_scale = 2.0**-frac_bits: exact for frac_bits <= 62 (the
     result is 0 or at least 2^-62, never subnormal)."""
