@@ -14,13 +14,11 @@ the published page gets the copies that asv 0.5.1 (the last release to ship
 them, downloaded once with pip) has of the same libraries.
 
 ``--existing`` measures the package installed in this interpreter instead and
-records it as HEAD (no builds: seconds, for tests and for a look at the working
-tree); ``--sample`` runs the first parameter combination of every benchmark
+records it as HEAD (no builds: for tests, and for a look at the working tree); ``--sample`` runs the first parameter combination of every benchmark
 only, so that each still gets a graph.
 """
 import argparse
 import json
-import os
 import platform
 import re
 import subprocess
@@ -30,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from asv import util
+from asv.machine import MachineCollection
 from asv.results import iter_results_for_machine
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -143,12 +142,11 @@ def page_assets():
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                             "--no-binary", ":all:", "-d", tmp, ASSETS_FROM], check=True)
             with tarfile.open(next(Path(tmp).glob("asv-*.tar.gz"))) as sdist:
-                members = [m for m in sdist.getmembers()
-                           if "/www/vendor/" in m.name and Path(m.name).name in LOCAL_COPIES.values()]
-                for m in members:
-                    m.name = Path(m.name).name
                 ASSETS_DIR.mkdir(parents=True, exist_ok=True)
-                sdist.extractall(ASSETS_DIR, members=members, filter="data")
+                for member in sdist.getmembers():
+                    name = Path(member.name).name
+                    if "/www/vendor/" in member.name and name in LOCAL_COPIES.values():
+                        (ASSETS_DIR / name).write_bytes(sdist.extractfile(member).read())
     return ASSETS_DIR
 
 
@@ -178,8 +176,11 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         conf, config = write_config(args, tmp)
         asv = [sys.executable, "-m", "asv", "--config", str(config)]
-        subprocess.run(asv + ["machine", "--yes", "--machine", machine], check=True,
-                       stdout=subprocess.DEVNULL)
+        try:
+            MachineCollection.load(machine)
+        except util.UserError:  # first use: describe this machine with asv's defaults
+            subprocess.run(asv + ["machine", "--yes", "--machine", machine], check=True,
+                           stdout=subprocess.DEVNULL)
         run = asv + ["run", "--machine", machine]
         if args.existing:
             commits = git("rev-parse", "HEAD")
