@@ -44,7 +44,7 @@ FULL = dict(shapes=((100_000, 1000), (1_000_000, 100), (48_842, 14), (512, 784))
 QUICK = dict(shapes=((20_000, 100), (512, 784)),
              batched_shape=(20_000, 100), budget_s=0.2, max_repeats=10,
              hypergrad=dict(n=200, k=5, nv=50, d=64, T=20, reps=2, lams=2),
-            torch_train=dict(shape=(4_000, 32), steps=200))
+            torch_train=dict(shape=(4_000, 32), steps=50))
 DTYPES = ("float32", "float64")
 CACHE_BYTES = 64 << 20  # above this X streams from memory (twice a 32 MiB L3)
 MIN_REPEATS = 3
