@@ -13,6 +13,13 @@
 #include <cmath>
 #include <cstdint>
 
+// The reversal is exact only under IEEE semantics (rint, round-to-nearest
+// conversions, the recomputed gradient bit for bit): a -ffast-math or -Ofast
+// build is refused here rather than allowed to fail at run time.
+#if defined(__FAST_MATH__)
+#error "mithridate's exact fixed point needs IEEE arithmetic: build csrc/ without -ffast-math or -Ofast"
+#endif
+
 #ifdef __CUDACC__
 #define MITHRIDATE_HD __host__ __device__
 #else
