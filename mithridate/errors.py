@@ -10,8 +10,8 @@ __all__ = ["DivergenceError", "DivergenceWarning", "InsufficientMemoryError",
 
 
 class DivergenceError(FloatingPointError):
-    """The inner training diverged on finite inputs: its objective became nan
-    or inf, or grew past ``GROWTH`` times its starting value.
+    """The inner training diverged on finite inputs: its gradient became nan
+    or inf, or its norm grew far past any stable run's (kernels/cpu/rmd.py).
 
     ``step``: the first inner step t whose iterate theta_t showed it (0 is the
     start, T the final iterate); ``problem``: the index in a batched call

@@ -277,12 +277,6 @@ struct Loop {
     return -(1.0 - P.gamma) * P.e * wu;
   }
 
-  double ww(const double* th) const {
-    double s = 0.0;
-    for (int64_t j = 0; j < d; ++j) s += th[j] * th[j];
-    return s;
-  }
-
   void finish(const double* theta, double value, double glam, double recovered) {
     std::copy(theta, theta + p, P.theta_T);
     P.scalars[0] = value;
@@ -301,12 +295,15 @@ Status trajectory(const Problem<T>& P, bool par) {
   for (int64_t t = 0; t < P.steps; ++t) {
     const double* th = &traj[t * p];
     double* next = &traj[(t + 1) * p];
-    const double total = L.template train_pass<true, false, false>(th, nullptr, g.data(), nullptr, nullptr);
-    watch.check(total, L.ww(th), L.n, P.e, P.gamma, t);
+    L.template train_pass<true, false, false>(th, nullptr, g.data(), nullptr, nullptr);
+    double gg = 0.0;
     for (int64_t j = 0; j < p; ++j) {
+      const double gj = grad_j(g[j], L.n, P.e, th[j], j < d);
+      gg += gj * gj;
       next[j] = th[j];
-      step_j(&next[j], &v[j], grad_j(g[j], L.n, P.e, th[j], j < d), P.alpha, P.gamma);
+      step_j(&next[j], &v[j], gj, P.alpha, P.gamma);
     }
+    watch.check(gg, P.gamma, t);
   }
   const double* theta = &traj[P.steps * p];
   const double value = L.validation(theta, tb.data());
@@ -329,13 +326,15 @@ Status forward(const Problem<T>& P, bool par) {
   std::vector<double> theta(P.theta0, P.theta0 + p), v(p, 0.0), dth(p, 0.0), dv(p, 0.0), g(p), h(p);
   Watch watch;
   for (int64_t t = 0; t < P.steps; ++t) {
-    const double total =
-        L.template train_pass<true, true, false>(theta.data(), dth.data(), g.data(), h.data(), nullptr);
-    watch.check(total, L.ww(theta.data()), L.n, P.e, P.gamma, t);
+    L.template train_pass<true, true, false>(theta.data(), dth.data(), g.data(), h.data(), nullptr);
+    double gg = 0.0;
     for (int64_t j = 0; j < p; ++j) {  // the tangent first: it reads theta_t
+      const double gj = grad_j(g[j], L.n, P.e, theta[j], j < d);
+      gg += gj * gj;
       tangent_step_j(&dth[j], &dv[j], h[j], L.n, P.e, theta[j], j < d, P.alpha, P.gamma);
-      step_j(&theta[j], &v[j], grad_j(g[j], L.n, P.e, theta[j], j < d), P.alpha, P.gamma);
+      step_j(&theta[j], &v[j], gj, P.alpha, P.gamma);
     }
+    watch.check(gg, P.gamma, t);
   }
   const double value = L.validation(theta.data(), g.data());
   double glam = 0.0;

@@ -129,13 +129,6 @@ __device__ double adjoint(const Problem<T>& P, const Work& W, const double* th, 
   return -(1.0 - P.gamma) * P.e * wu;
 }
 
-// ||w||^2 of th, on every thread of the block.
-__device__ double ww(const double* th, int64_t d, double* shm) {
-  double s = 0.0;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += th[j] * th[j];
-  return block_sum(s, shm);
-}
-
 template <class T>
 __device__ void finish(const Problem<T>& P, const Work& W, const double* theta, double value, double glam,
                        double recovered, Status st) {
@@ -161,14 +154,15 @@ __device__ void trajectory(const Problem<T>& P, const Work& W, double* shm) {
   for (int64_t t = 0; t < P.steps; ++t) {
     const double* th = W.traj + t * p;
     double* next = W.traj + (t + 1) * p;
-    const double total =
-        pass<T, true, false, false>(R, P.loss, P.fit_b, th, nullptr, W.g, nullptr, nullptr, P.gamma, W, shm);
-    watch.check(total, ww(th, d, shm), n, P.e, P.gamma, t);
+    pass<T, true, false, false>(R, P.loss, P.fit_b, th, nullptr, W.g, nullptr, nullptr, P.gamma, W, shm);
+    double gg = 0.0;
     for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {
+      const double gj = grad_j(W.g[j], n, P.e, th[j], j < d);
+      gg += gj * gj;
       next[j] = th[j];
-      step_j(&next[j], &W.v[j], grad_j(W.g[j], n, P.e, th[j], j < d), P.alpha, P.gamma);
+      step_j(&next[j], &W.v[j], gj, P.alpha, P.gamma);
     }
-    __syncthreads();
+    watch.check(block_sum(gg, shm), P.gamma, t);  // block_sum synchronises
   }
   const double* theta = W.traj + P.steps * p;
   const double value = validation(P, W, theta, W.tb, shm);
@@ -198,14 +192,15 @@ __device__ void forward(const Problem<T>& P, const Work& W, double* shm) {
   __syncthreads();
   Watch watch;
   for (int64_t t = 0; t < P.steps; ++t) {
-    const double total =
-        pass<T, true, true, false>(R, P.loss, P.fit_b, W.th, W.dth, W.g, W.h, nullptr, P.gamma, W, shm);
-    watch.check(total, ww(W.th, d, shm), n, P.e, P.gamma, t);
+    pass<T, true, true, false>(R, P.loss, P.fit_b, W.th, W.dth, W.g, W.h, nullptr, P.gamma, W, shm);
+    double gg = 0.0;
     for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {  // the tangent first: it reads theta_t
+      const double gj = grad_j(W.g[j], n, P.e, W.th[j], j < d);
+      gg += gj * gj;
       tangent_step_j(&W.dth[j], &W.dv[j], W.h[j], n, P.e, W.th[j], j < d, P.alpha, P.gamma);
-      step_j(&W.th[j], &W.v[j], grad_j(W.g[j], n, P.e, W.th[j], j < d), P.alpha, P.gamma);
+      step_j(&W.th[j], &W.v[j], gj, P.alpha, P.gamma);
     }
-    __syncthreads();
+    watch.check(block_sum(gg, shm), P.gamma, t);  // block_sum synchronises
   }
   const double value = validation(P, W, W.th, W.g, shm);
   double glam = 0.0;

@@ -142,17 +142,16 @@ MITHRIDATE_HD inline void mixed_coefs(double c1, double c2, double xu, int64_t n
 
 constexpr double kGrowth = 1e6;  // = GROWTH in kernels/cpu/rmd.py
 
-// The first step whose training objective F_t = total / n + e/2 ||w_t||^2 (total:
-// the pass's loss sum, ww = ||w_t||^2) is nan/inf or above kGrowth F_0 / (1 - gamma)^2.
+// The first step whose squared training-gradient norm gg = ||g(theta_t)||^2 is
+// nan/inf or above kGrowth gg_0 / (1 - gamma)^2.
 struct Watch {
   double limit = 0.0;
   int64_t step = -1;
 
-  MITHRIDATE_HD void check(double total, double ww, int64_t n, double e, double gamma, int64_t t) {
+  MITHRIDATE_HD void check(double gg, double gamma, int64_t t) {
     if (step >= 0) return;
-    const double F = total / static_cast<double>(n) + 0.5 * e * ww;
-    if (t == 0) limit = kGrowth * F / ((1.0 - gamma) * (1.0 - gamma));
-    if (!(std::isfinite(F) && F <= limit)) step = t;
+    if (t == 0) limit = kGrowth * gg / ((1.0 - gamma) * (1.0 - gamma));
+    if (!(std::isfinite(gg) && gg <= limit)) step = t;
   }
 };
 

@@ -59,7 +59,7 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
     ``cpp``/``cuda`` (compiled extension, where built).
     Arrays: numpy, one float dtype, C-contiguous; results in that dtype.
 
-    Divergence: every mode and backend watches the training objective at each
+    Divergence: every mode and backend watches the training gradient at each
     inner step (no extra pass over X); if it becomes nan/inf or grows past a
     bound no stable run reaches (kernels/cpu/rmd.py), ``on_divergence="raise"``
     (default) raises mithridate.DivergenceError naming the step, alpha against

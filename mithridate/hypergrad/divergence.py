@@ -1,8 +1,8 @@
 """A diverging inner training loop: the error message, and raise or warn.
 
-Every backend flags the first inner step t whose training objective F_t is
-nan/inf or beyond GROWTH F_0 / (1 - gamma)^2 (the check and why it is safe:
-kernels/cpu/rmd.py). This module turns the flag into a DivergenceError (or a
+Every backend flags the first inner step t whose squared training-gradient
+norm is nan/inf or beyond GROWTH times its start / (1 - gamma)^2 (the check
+and why it is safe: kernels/cpu/rmd.py). This module turns the flag into a DivergenceError (or a
 DivergenceWarning with ``on_divergence="warn"``) that names t, the
 hyperparameters and the likely fix. Heavy-ball steps are stable on a
 quadratic of curvature L iff alpha (1 - gamma) L < 2 (1 + gamma), so the
@@ -65,8 +65,8 @@ def message(det, where="", alpha_name="alpha", lam_term=None):
     a, bound, L = det["alpha"], det["stable_alpha"], det["curvature"]
     lam_term = lam_term or f"exp(lam) = {det['e']:.3g} from lam={det['lam']:g}"
     head = (f"{where}the inner training diverged by step {det['step']} of T={det['T']}: its "
-            f"objective became nan/inf or grew past {_growth():g} / (1 - gamma)^2 times its "
-            "value at w0, so the hypergradient would be garbage.")
+            f"training gradient became nan/inf or its squared norm grew past {_growth():g} / "
+            "(1 - gamma)^2 times its value at w0, so the hypergradient would be garbage.")
     if not math.isfinite(det["data_curvature"]):
         why = (f" The features are too large for {det['dtype']} arithmetic (largest |feature| "
                f"{det['x_max']:.3g}: X^T X overflows); standardise X.")

@@ -13,19 +13,19 @@ def _tensors(pb):
 
 def _descend(torch, X, y, lam, pb, create_graph):
     """T heavy-ball steps (see mithridate.hypergrad); graph kept if asked.
-    Returns theta_T and the first step whose objective is nan/inf or past
-    the growth bound of kernels/cpu/rmd.py (-1: none)."""
+    Returns theta_T and the first step whose squared gradient norm is
+    nan/inf or past the growth bound of kernels/cpu/rmd.py (-1: none)."""
     from ..kernels.cpu.rmd import GROWTH
     theta = torch.from_numpy(pb.theta0).clone().requires_grad_(True)
     v = torch.zeros_like(theta)
     bad, limit = -1, None
     for t in range(pb.T):
         value = objective(theta[None], X, y, None, lam[None], pb.loss, pb.fit_intercept, False)
-        F = float(value.detach())
-        limit = GROWTH * F / (1 - pb.gamma) ** 2 if limit is None else limit
-        if bad < 0 and not (np.isfinite(F) and F <= limit):
-            bad = t
         (g,) = torch.autograd.grad(value.sum(), theta, create_graph=create_graph)
+        gg = float((g.detach().double() ** 2).sum())
+        limit = GROWTH * gg / (1 - pb.gamma) ** 2 if limit is None else limit
+        if bad < 0 and not (np.isfinite(gg) and gg <= limit):
+            bad = t
         v = pb.gamma * v - (1 - pb.gamma) * g
         theta = theta + pb.alpha * v
         if not create_graph:
