@@ -5,6 +5,8 @@ the identity on values at the rounding edges, and a CI-sized slice of
 benchmarks/fuzz_reversible.py recovers w0 on every configuration."""
 import importlib.util
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numba
@@ -113,8 +115,25 @@ def test_step_then_undo_is_the_identity_at_rounding_edges(seed):
     assert done >= 30
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
+@pytest.mark.parametrize("flags,builds", [([], True), (["-ffast-math"], False), (["-Ofast"], False)])
+def test_fast_math_build_of_the_header_is_refused(tmp_path, flags, builds):
+    """csrc/include/fixed_point.h stops a -ffast-math/-Ofast build (IEEE semantics
+    are the reversal's premise); a plain build of the same source compiles."""
+    src = tmp_path / "use.cpp"
+    src.write_text('#include "fixed_point.h"\nint main() { return 0; }\n')
+    out = subprocess.run(["c++", "-std=c++17", "-fsyntax-only", *flags, "-I",
+                          str(ROOT / "csrc" / "include"), str(src)], capture_output=True, text=True)
+    assert (out.returncode == 0) == builds, out.stderr
+    if not builds:
+        assert "needs IEEE arithmetic" in out.stderr
+
+
 def _fuzz_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz_reversible.py"
+    path = ROOT / "benchmarks" / "fuzz_reversible.py"
     spec = importlib.util.spec_from_file_location("fuzz_reversible", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
