@@ -54,6 +54,12 @@ def _lam_arg(lam, names):
     return float(lam)
 
 
+def _data(*tensors):
+    """Detached views for the ops, which return values without a graph (ours is
+    built around them); non-tensors pass through."""
+    return tuple(t.detach() if torch.is_tensor(t) else t for t in tensors)
+
+
 def _penalised(theta, d, o):
     """The L2-penalised part of theta (last axis)."""
     return theta if (o["fit_intercept"] and o["penalize_intercept"]) else theta[..., :d]
@@ -114,8 +120,8 @@ class LinearObjective(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta, lam, X, y, sample_weight, options):
         with torch.enable_grad():  # the torch backend runs autograd inside
-            value, grad = ops.loss_grad(theta, X, y, lam=lam, sample_weight=sample_weight,
-                                        **options)
+            th, Xd, yd, lamd, sd = _data(theta, X, y, lam, sample_weight)
+            value, grad = ops.loss_grad(th, Xd, yd, lam=lamd, sample_weight=sd, **options)
         ctx.save_for_backward(theta, lam if torch.is_tensor(lam) else None, X, y,
                               sample_weight, grad)
         ctx.lam, ctx.options = (None if torch.is_tensor(lam) else lam), options
@@ -165,9 +171,10 @@ class LinearGradient(torch.autograd.Function):
         o = ctx.options
         u = u.contiguous()
         need_theta, need_lam, need_X, need_y = ctx.needs_input_grad[:4]
-        kw = dict(lam=lam, sample_weight=s, **o)
-        with torch.enable_grad():  # for the torch backend; ops return detached tensors
-            g_theta = ops.hvp(theta, u, X, y, **kw) if need_theta else None
+        th, ud, Xd, yd, lamd, sd = _data(theta, u, X, y, lam, s)
+        kw = dict(lam=lamd, sample_weight=sd, **o)
+        with torch.enable_grad():  # the torch backend runs autograd inside
+            g_theta = ops.hvp(th, ud, Xd, yd, **kw) if need_theta else None
         g_lam = g_X = g_y = None
         if need_lam:  # d/dlam (exp(lam) pen . u_pen)
             d = X.shape[-1]
@@ -176,7 +183,7 @@ class LinearGradient(torch.autograd.Function):
         if need_X:
             rows = torch.arange(X.shape[-2])
             with torch.enable_grad():
-                g_X, _ = ops.mixed(theta, u, X, y, rows, **kw)
+                g_X, _ = ops.mixed(th, ud, Xd, yd, rows, **kw)
             if X.dim() == 2 and theta.dim() == 2:  # one X shared by the B thetas
                 g_X = g_X.sum(0)
         if need_y:  # dl'/dy = -1 (logistic, squared), 0 (absolute)
@@ -215,7 +222,7 @@ class Lipschitz(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta, X, y, options):
         with torch.enable_grad():  # the torch and triton backends run autograd inside
-            value, subgrad = ops.lipschitz(theta, X, y, **options)
+            value, subgrad = ops.lipschitz(*_data(theta, X, y), **options)
         ctx.save_for_backward(theta, subgrad)
         return value
 
