@@ -119,6 +119,7 @@ class LinearObjective(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, lam, X, y, sample_weight, options):
+        """Fused loss (value (B,) or ()); the gradient is kept for backward."""
         with torch.enable_grad():  # the torch backend runs autograd inside
             th, Xd, yd, lamd, sd = _data(theta, X, y, lam, sample_weight)
             value, grad = ops.loss_grad(th, Xd, yd, lam=lamd, sample_weight=sd, **options)
@@ -129,6 +130,7 @@ class LinearObjective(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gv):
+        """Gradients wrt theta (differentiable again), lam, X and y."""
         theta, lam_t, X, y, s, grad = ctx.saved_tensors
         lam = lam_t if lam_t is not None else ctx.lam
         o = ctx.options
@@ -160,12 +162,14 @@ class LinearGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, lam, X, y, sample_weight, grad, options):
+        """The gradient kept by the forward pass."""
         ctx.save_for_backward(theta, lam if torch.is_tensor(lam) else None, X, y, sample_weight)
         ctx.lam, ctx.options = (None if torch.is_tensor(lam) else lam), options
         return grad.clone()
 
     @staticmethod
     def backward(ctx, u):
+        """Second derivatives: fused HVP (theta), fused mixed product (X), lam, y."""
         theta, lam_t, X, y, s = ctx.saved_tensors
         lam = lam_t if lam_t is not None else ctx.lam
         o = ctx.options
@@ -221,6 +225,7 @@ class Lipschitz(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, X, y, options):
+        """The constant (B,) or (); the subgradient is kept for backward."""
         with torch.enable_grad():  # the torch and triton backends run autograd inside
             value, subgrad = ops.lipschitz(*_data(theta, X, y), **options)
         ctx.save_for_backward(theta, subgrad)
@@ -228,6 +233,7 @@ class Lipschitz(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gv):
+        """The incoming gradient times the subgradient wrt theta."""
         theta, subgrad = ctx.saved_tensors
         return _no_higher("lipschitz", gv[..., None] * subgrad, theta, gv), None, None, None
 
@@ -252,6 +258,7 @@ class HyperGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, Xp, lam, Xc, yc, yp, Xv, yv, w0, options):
+        """The validation loss; the hypergradients are kept for backward."""
         from .hypergrad import hypergrad as run
         lam_np = lam if not torch.is_tensor(lam) else float(lam) if lam.dim() == 0 else _host(lam)
         with torch.enable_grad():  # backend="torch" runs autograd inside
@@ -268,6 +275,7 @@ class HyperGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gv):
+        """The incoming gradient times the hypergradients wrt Xp and lam."""
         Xp, lam, grad_Xp, grad_lam = ctx.saved_tensors
         g_Xp = g_lam = None
         if ctx.needs_input_grad[0]:
