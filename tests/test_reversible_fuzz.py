@@ -17,7 +17,9 @@ from numba.core.registry import CPUDispatcher
 
 from mithridate.kernels.cpu import fixed_point as fp
 from mithridate.kernels.cpu import rmd_reversible as R
+from mithridate.hypergrad import hypergrad
 from mithridate.kernels.cpu._math import FASTMATH
+from mithridate.testing import bilevel_data
 
 # an LLVM float instruction carrying any fast-math flag
 FAST_FLAGS = re.compile(r"= (fadd|fsub|fmul|fdiv|frem|fneg)( [a-z]+)*? "
@@ -116,6 +118,20 @@ def test_step_then_undo_is_the_identity_at_rounding_edges(seed):
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("loss,fi", [("squared", True), ("logistic", False)])
+def test_numba_and_cpp_take_the_same_fixed_point_steps(loss, fi):
+    """Both loops implement the same increments (rint of one product each): at
+    frac_bits = 3 their float64 gradients, equal to ~1e-16, round to the same
+    integers, so theta_T agrees bit for bit."""
+    for seed in range(10):
+        D = bilevel_data(n=30, k=3, d=6, seed=seed)
+        opts = dict(lam=0.5, T=20, alpha=0.3, gamma=0.5, loss=loss, fit_intercept=fi,
+                    mode="reversible", frac_bits=3, w0=np.linspace(-1, 2, 6 + fi))
+        a, b = (hypergrad(*D, backend=be, **opts) for be in ("numba", "cpp"))
+        assert a.info["w0_recovered"] and b.info["w0_recovered"]
+        assert a.theta_T.tobytes() == b.theta_T.tobytes(), seed
 
 
 @pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
