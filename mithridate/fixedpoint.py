@@ -56,7 +56,7 @@ def encode(x, frac_bits):
 
 
 def decode(q, frac_bits):
-    """Return float64 ``q / 2**frac_bits`` (rounded to nearest when |q| > 2**53)."""
+    """Return float64 ``q / 2**frac_bits`` (rounded to nearest when ``|q| > 2**53``)."""
     _check_int("frac_bits", frac_bits, 0, MAX_FRAC_BITS)
     _check_array("q", q, "int64", writeable=False)
     if is_torch(q) and q.is_cuda:

@@ -6,7 +6,7 @@ Linear models, per problem (labels {0, 1} for the logistic loss)::
     z = X w + b,  theta = [w; b] (b present when fit_intercept).
 
 l is ``logistic`` softplus(z) - y z, ``squared`` (z - y)^2 / 2 or
-``absolute`` |z - y| (subgradient 0 at 0). s are optional sample weights,
+``absolute`` ``|z - y|`` (subgradient 0 at 0). s are optional sample weights,
 ``lam=None`` drops the L2 term, the intercept is penalised only with
 ``penalize_intercept=True``.
 
@@ -257,18 +257,21 @@ def lipschitz(theta, X, y, *, loss, norm=2, bound="tight", fit_intercept=True,
     (0 without: the "+1" of ||[x; 1]|| <= ||x|| + 1 disappears).
 
     ``bound="tight"``, Lemma 3 / eq. (10): L = max over the training rows of
-    ||grad_(x,y) l||_*:
+    ||grad_(x,y) l||_*::
+
       squared   grad = r (w, -1), r = z - y:  L = max_i |r_i| ||(w, 1)||_*
       absolute  grad = sign(r) (w, -1):       L = ||(w, 1)||_*  (X not read)
       logistic  grad = ((sigmoid(z) - y) w, -z):
                 L = max_i ||((sigmoid(z_i) - y_i) ||w||_*, z_i)||_q  (2-vector)
+
     The printed (10) has ||W theta||_* = ||w||_* in place of ||(w, 1)||_*:
     that is the constant in x alone; with y transported Lemma 3 adds the y
     component, and we follow Lemma 3 for every loss.
 
     ``bound="paper"``, closed forms with t = ||theta||_* (theta incl. b) and
-    data bounds X = max_i ||x_i||_p, Y = max_i |y_i| (from X, y in one pass,
-    or ``data_bounds=(X, Y)``, which then need not come from X):
+    data bounds X = max_i ||x_i||_p, ``Y = max_i |y_i|`` (from X, y in one pass,
+    or ``data_bounds=(X, Y)``, which then need not come from X)::
+
       squared   (11)  L = (X + e) t^2 + Y t   (as printed: it bounds (10)'s x-only form)
       absolute  (13)  L = t   (Lemma 3; the text of (13) prints rho ||theta||_*^2,
                                 a typo: the line above it derives L = ||theta||_*)

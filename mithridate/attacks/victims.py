@@ -7,7 +7,8 @@ gradient descent from zeros, see :mod:`mithridate.hypergrad`) on the objective
 below; ``lam`` is the victim's hyperparameter on the attack's log scale.
 
 L2 victims, the attack's scale (mithridate.attacks.optimal), intercept never
-penalised:  (1/n) [ sum_i l(z_i, y_i) + exp(lam)/2 ||w||^2 ]
+penalised, (1/n) [ sum_i l(z_i, y_i) + exp(lam)/2 ||w||^2 ]::
+
   "logistic" / "squared"   a bare loss (l = softplus(z) - y z or 0.5 (z - y)^2);
                            lam comes from the attack.
   LogisticRegression       sklearn minimises C sum_i l_i + 1/2 ||w||^2 (L2 penalty;
@@ -17,6 +18,7 @@ penalised:  (1/n) [ sum_i l(z_i, y_i) + exp(lam)/2 ||w||^2 ]
   Ridge                    sklearn minimises ||y - X w - b||^2 + alpha ||w||^2 =
                            2 [ sum_i 0.5 r_i^2 + alpha/2 ||w||^2 ]: exp(lam) = alpha,
                            lam = log(alpha).
+
 The maps do not involve n: sklearn's objectives already sum the loss over the
 rows, as the attack's scale does. ``fit_intercept`` is kept. Refused: other
 penalties (l1, elastic net, none), C or alpha that are infinite or zero,
@@ -25,10 +27,12 @@ the intercept), ``positive=True`` Ridge (a constrained problem), multi-output
 alpha, and a fitted classifier with more than two classes.
 
 Wasserstein victims (mithridate.defenses, paper 000, eq. 8) with
-regularizer="paper", the closed forms (11) (squared) and (15) (logistic):
+regularizer="paper", the closed forms (11) (squared) and (15) (logistic)::
+
     (1/n) sum_i l(z_i, y_i) + rho L(theta),   L = a(X, Y) t^2 + b(X, Y) t,
+
 t = ||theta||_q (theta = [w; b], q the dual of the estimator's ``norm``), with
-the data bounds X = max ||x_i||_p, Y = max |y_i| of the *poisoned* training set
+the data bounds X = max ||x_i||_p, ``Y = max |y_i|`` of the *poisoned* training set
 (so the poisoning points move them) unless the estimator fixes ``data_bounds``;
 lam = log(rho). The engine's fused hypergradient through this objective is not
 written yet (issue 11): these victims take the slow path, torch autograd through
@@ -53,7 +57,7 @@ class Victim:
     """A resolved victim. loss: the data term; fit_intercept; lam: its own
     hyperparameter on the attack's scale (None for a bare loss name); regularizer
     "l2" or "wasserstein"; norm and data_bounds: the Wasserstein estimator's;
-    n_features: a fitted estimator's n_features_in_ (None if unfitted); name: how
+    n_features: a fitted estimator's ``n_features_in_`` (None if unfitted); name: how
     messages refer to it."""
     loss: str
     fit_intercept: bool = True

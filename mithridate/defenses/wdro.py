@@ -262,12 +262,12 @@ class _WassersteinRobust(BaseEstimator):
 class WassersteinRobustRegressor(RegressorMixin, _WassersteinRobust):
     """Linear regression with the Wasserstein-DRO regulariser (11) or (13), tight (10) or exact.
 
-    loss "squared" (0.5 r^2, eq. 9) or "absolute" (|r|, eq. 12); rho >= 0 the
+    loss "squared" (0.5 r^2, eq. 9) or "absolute" (``|r|``, eq. 12); rho >= 0 the
     Wasserstein radius; norm = p of the transport cost (dual q in the
     regulariser); data_bounds = (X, Y) overrides the training-set bounds of the
     paper form; kappa (> 0, default inf) the cost of moving labels in
-    regularizer="exact". Fitted: coef_, intercept_, lipschitz_, objective_ (J_n),
-    data_bounds_ (None unless "paper"), n_iter_, converged_.
+    regularizer="exact". Fitted: ``coef_``, ``intercept_``, ``lipschitz_``, ``objective_``
+    (J_n), ``data_bounds_`` (None unless "paper"), ``n_iter_``, ``converged_``.
     """
 
     def __init__(self, loss="squared", rho=0.1, norm=2, regularizer="paper", c1=None, c2=None,
@@ -314,7 +314,7 @@ class WassersteinRobustRegressor(RegressorMixin, _WassersteinRobust):
 class WassersteinRobustClassifier(ClassifierMixin, _WassersteinRobust):
     """Binary logistic regression with the Wasserstein-DRO regulariser (15), tight (10) or exact.
 
-    Any two labels: classes_ (sorted) map to {0, 1}. Parameters and fitted
+    Any two labels: ``classes_`` (sorted) map to {0, 1}. Parameters and fitted
     attributes as WassersteinRobustRegressor (no loss argument).
     """
     _loss = "logistic"

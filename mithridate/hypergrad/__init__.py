@@ -1,9 +1,11 @@
 """Hypergradients of the poisoning bilevel problem (paper 002) for linear models.
 
 Inner problem: T steps of full-batch heavy-ball gradient descent from theta_0
-on the poisoned training set [Xc; Xp] (labels fixed),
+on the poisoned training set [Xc; Xp] (labels fixed)::
+
     L(theta) = 1/n sum_i l(z_i, y_i) + exp(lam)/2 ||w||^2,   theta = [w; b],
     v_{t+1} = gamma v_t - (1 - gamma) grad L(theta_t),   theta_{t+1} = theta_t + alpha v_{t+1},
+
 v_0 = 0 (Maclaurin et al. 2015; gamma = 0 is Algorithm 2's plain GD).
 Outer: A = mean validation loss of theta_T (no regulariser).
 
