@@ -123,10 +123,11 @@ def commit_status(results_dir, machine, commits):
             lines.append(f"{commit[:8]} measured: {len(with_data)} benchmarks with data points")
         elif not found:
             lines.append(f"{commit[:8]} skipped: no results (see asv's log above)")
-        elif all(not r.stderr.get(k) for r, k in keys):
-            lines.append(f"{commit[:8]} skipped: it did not build (asv's log above says why)")
+        elif all(r.duration.get(k) is None for r, k in keys):  # asv times only what it ran
+            lines.append(f"{commit[:8]} skipped: it did not build, or the suite could not "
+                         "import it (asv's log above says which)")
         else:
-            lines.append(f"{commit[:8]} skipped: every benchmark failed (asv's log above)")
+            lines.append(f"{commit[:8]} skipped: every benchmark failed (asv's log above says why)")
     return lines, measured
 
 

@@ -7,6 +7,7 @@ well under a minute on two cores.
 """
 import functools
 import http.server
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -21,9 +22,43 @@ pytest.importorskip("asv", reason="asv is in the bench extra: pip install '.[ben
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "publish_dashboard.py"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="headless Chromium is absent: apt-get install chromium (.ci/run does)")
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("publish_dashboard", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_report_names_commits_that_did_not_build(tmp_path):
+    from asv.machine import Machine
+    from asv.results import Results
+    from asv.runner import BenchmarkResult, fail_benchmark
+
+    bench = {"name": "bench_x.time_x", "params": [], "version": "1"}
+    outcomes = {  # commit -> (what asv stores for its benchmark, the time asv spent running it)
+        "a" * 40: (BenchmarkResult([1.5], [[1.5]], [1], 0, "", None), 2.0),
+        "b" * 40: (fail_benchmark(bench), None),  # a failed build: nothing was run
+        "c" * 40: (fail_benchmark(bench, stderr="ImportError"), 2.0),
+    }
+    for commit, (outcome, duration) in outcomes.items():
+        res = Results({"machine": "m", "python": "3.11"}, {}, commit, 0, "3.11", "env", {})
+        res.add_result(bench, outcome, duration=duration)
+        res.save(str(tmp_path))
+    machine = Machine()
+    machine.__dict__.update(machine="m")
+    machine.save(str(tmp_path))
+    lines, measured = load_script().commit_status(tmp_path, "m", [*outcomes, "d" * 40])
+    assert measured == 1
+    assert lines == ["aaaaaaaa measured: 1 benchmarks with data points",
+                     "bbbbbbbb skipped: it did not build, or the suite could not import it "
+                     "(asv's log above says which)",
+                     "cccccccc skipped: every benchmark failed (asv's log above says why)",
+                     "dddddddd skipped: no results (see asv's log above)"]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +99,7 @@ def chromium(tmp_path, url, *args, height=900):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True).stdout
 
 
+@needs_chromium
 def test_every_benchmark_has_points_in_the_published_graphs(dashboard):
     html, names = dashboard
     index = json.loads((html / "index.json").read_text())
@@ -79,6 +115,7 @@ def test_every_benchmark_has_points_in_the_published_graphs(dashboard):
         assert points, f"{name}: its graph has no data point (did its first combination run?)"
 
 
+@needs_chromium
 def test_the_grid_page_draws_a_plot_for_every_benchmark(dashboard, site, tmp_path):
     _, names = dashboard
     # thumbnails are drawn when scrolled into view: a window tall enough for all of them
@@ -89,6 +126,7 @@ def test_the_grid_page_draws_a_plot_for_every_benchmark(dashboard, site, tmp_pat
     assert not missing, f"no plot drawn for {missing}"
 
 
+@needs_chromium
 def test_a_benchmark_page_plots_its_graph_and_screenshots(dashboard, site, tmp_path):
     _, names = dashboard
     page = f"{site}#{names[0]}"
