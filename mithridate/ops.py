@@ -22,8 +22,6 @@ kernels' single pass (a separate scan would double the cost): a non-finite
 result raises a ValueError naming the row, and nothing is returned.
 """
 import math
-import sys
-
 import numpy as np
 
 from . import backends
@@ -34,18 +32,10 @@ from ._validation import (LOSSES, as_bool, check_array, check_choice, check_fini
 __all__ = ["loss_grad", "hvp", "mixed", "lipschitz"]
 
 
-def _graph_built_by_caller():
-    """Whether the op was called by mithridate.torch, whose autograd Functions
-    build the graph around the detached values ops return (frame 2: the
-    public op's caller)."""
-    return sys._getframe(2).f_globals.get("__name__", "").startswith("mithridate.torch")
-
-
-def _check_model_args(theta, X, y, loss, fit_intercept, backend, x_ndims, graph_ok=False,
-                      **others):
+def _check_model_args(theta, X, y, loss, fit_intercept, backend, x_ndims, **others):
     """Checks every op shares: the loss and backend names; fit_intercept a
-    bool; no tensor that requires grad unless `graph_ok` (ops return values
-    without a graph: mithridate.torch gives one); X, theta and y of one float
+    bool; no tensor that requires grad (ops return values without a graph:
+    mithridate.torch gives one, handing the ops detached tensors); X, theta and y of one float
     dtype; theta's width d + fit_intercept; y's shape; finite theta; labels.
     Returns X's dtype name."""
     check_choice("loss", loss, LOSSES)
@@ -53,8 +43,7 @@ def _check_model_args(theta, X, y, loss, fit_intercept, backend, x_ndims, graph_
         raise ValueError(f"backend={backend!r} is unknown; choose one of {list(backends.BACKENDS)}.")
     as_bool("fit_intercept", fit_intercept)
     for name, a in dict(theta=theta, X=X, y=y, **others).items():
-        if not graph_ok:
-            check_no_grad(name, a, "mithridate.ops")
+        check_no_grad(name, a, "mithridate.ops")
     check_array("X", X, x_ndims)
     dt = dtype_name(X)
     check_array("theta", theta, (1, 2), dt)
@@ -74,8 +63,8 @@ class _Problem:
     """Validated, normalised arguments of one call (theta always (B, p))."""
 
     def __init__(self, theta, X, y, v, sample_weight, lam, loss, fit_intercept,
-                 penalize_intercept, backend, graph_ok):
-        dt = _check_model_args(theta, X, y, loss, fit_intercept, backend, (2, 3), graph_ok, v=v,
+                 penalize_intercept, backend):
+        dt = _check_model_args(theta, X, y, loss, fit_intercept, backend, (2, 3), v=v,
                                sample_weight=sample_weight, lam=lam)
         as_bool("penalize_intercept", penalize_intercept)
         self.single = theta.ndim == 1
@@ -169,7 +158,7 @@ def loss_grad(theta, X, y, *, loss="logistic", lam=None, sample_weight=None,
     (B, p) for a batch.
     """
     pb = _Problem(theta, X, y, None, sample_weight, lam, loss, fit_intercept,
-                  penalize_intercept, backend, _graph_built_by_caller())
+                  penalize_intercept, backend)
     a = pb.arrays()
     value, grad = backends.linear_module(pb.backend).loss_grad(
         a["theta"], a["X"], a["y"], a["sample_weight"], a["lam"], **pb.options)
@@ -185,7 +174,7 @@ def hvp(theta, v, X, y, *, loss="logistic", lam=None, sample_weight=None,
     everywhere, so its product is the L2 term alone.
     """
     pb = _Problem(theta, X, y, v, sample_weight, lam, loss, fit_intercept,
-                  penalize_intercept, backend, _graph_built_by_caller())
+                  penalize_intercept, backend)
     if loss == "absolute":  # X is not read, so check it here
         check_finite_X(_host(X))
     a = pb.arrays()
@@ -205,7 +194,7 @@ def mixed(theta, v, X, y, rows, *, loss="logistic", lam=None, sample_weight=None
     rows k of X are read. ``lam=None`` gives a zero lam derivative.
     """
     pb = _Problem(theta, X, y, v, sample_weight, lam, loss, fit_intercept,
-                  penalize_intercept, backend, _graph_built_by_caller())
+                  penalize_intercept, backend)
     rows_np = np.asarray(_to_numpy(rows.cpu()) if is_torch(rows) else rows)
     if rows_np.ndim != 1 or rows_np.size == 0 or not np.issubdtype(rows_np.dtype, np.integer):
         raise ValueError(f"rows must be a non-empty 1-D integer array of row indices, got "
@@ -287,7 +276,7 @@ def lipschitz(theta, X, y, *, loss, norm=2, bound="tight", fit_intercept=True,
     """
     check_choice("bound", bound, BOUNDS)
     q = _dual_exponent(norm)
-    _check_model_args(theta, X, y, loss, fit_intercept, backend, (2,), _graph_built_by_caller())
+    _check_model_args(theta, X, y, loss, fit_intercept, backend, (2,))
     if data_bounds is not None:
         if bound != "paper":
             raise ValueError("data_bounds applies to bound='paper' only; drop it for the tight bound.")
