@@ -144,3 +144,11 @@ def test_singular_implicit_hessian_is_a_clear_error():
             hypergrad(dup(Xc), yc, dup(Xp), yp, dup(Xv), yv, loss="squared",
                       **opts("implicit", lam=-60.0))
     assert isinstance(info.value, np.linalg.LinAlgError) and "singular" in str(info.value)
+
+
+def test_native_result_past_the_float32_range_is_an_error_not_inf():
+    from mithridate.hypergrad import native
+    with pytest.raises(OverflowError, match="float32 range"):
+        native._cast(np.array([[1.0, -1e39]]), np.dtype(np.float32), 0)
+    out = native._cast(np.array([[1.0, -2.0]]), np.dtype(np.float32), 0)
+    assert out.dtype == np.float32 and out.tolist() == [[1.0, -2.0]]

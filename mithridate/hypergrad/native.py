@@ -67,16 +67,27 @@ def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
             elif code:
                 _raise(code, step, j, i, problems[i], mode, packed[i][1], f)
     out = []
-    for pb, (args, info), bad in zip(problems, packed, diverged):
+    for i, (pb, (args, info), bad) in enumerate(zip(problems, packed, diverged)):
         theta, dXp, (value, glam, recovered) = args[-3], args[-2], args[-1]
         dt = pb.Xc.dtype
         info = dict(mode=mode, backend=backend, T=pb.T, **info, diverged_at=bad)
         if mode == "reversible":
             info["w0_recovered"] = bool(recovered)
-        gX = None if mode == "forward" else dXp.astype(dt)
+        gX = None if mode == "forward" else _cast(dXp, dt, i)
         out.append(HyperGrad(float(value), gX, float(glam),
                              theta[:pb.d + pb.fit_intercept].astype(dt), info))
     return out
+
+
+def _cast(a, dtype, i):
+    """a (float64, from the compiled loop) in the caller's dtype; values past
+    that dtype's range are an error, not a silent inf."""
+    limit = np.finfo(dtype).max
+    if np.isfinite(a).all() and np.abs(a).max(initial=0.0) > limit:
+        raise OverflowError(f"problem {i}: the hypergradient wrt Xp reaches {np.abs(a).max():.3g}, "
+                            f"beyond the {np.dtype(dtype).name} range ({limit:.3g}); pass the "
+                            f"data as float64 or rescale X.")
+    return a.astype(dtype)
 
 
 def _pack(pb, mode, f, max_buffer_bytes):
