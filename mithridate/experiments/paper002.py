@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import attacks, datasets
 from .registry import Figure, experiment, register_figure
+from .runner import inner_progress
 from .spec import SweepSpec
 
 # Tables 2-3 (alpha: Xp step, beta: lam step, eta: inner step; lr: victim SGD step).
@@ -90,7 +91,7 @@ def fig2(configs):
     seeds = sorted({c["seed"] for c in configs})
     with threadpool_limits(1, user_api="blas"):  # BLAS threads fight numba's on few cores
         for seed in tqdm(seeds, desc=f"{configs[0]['dataset']} lam={configs[0]['setting']}",
-                         unit="seed", leave=False):
+                         unit="seed", leave=False, disable=not inner_progress()):
             mine = [c for c in configs if c["seed"] == seed]
             c0 = mine[0]
             for c in mine:

@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import attacks, datasets
 from .registry import Figure, experiment, register_figure
+from .runner import inner_progress
 from .spec import SweepSpec
 
 LAMS = ("rmd", "-8", "clean")
@@ -137,7 +138,7 @@ def _optimal(configs):
             lam=lam, n_points=top, batch_size=c["batch_size"], T=c["T"], T_outer=c["T_outer"],
             T_lam=c["T_lam"], alpha=c["alpha"], beta=c["beta"], eta=c["eta"], box=(0.0, 1.0),
             lam_range=(LAM_SMALL, c["lam_large"]), random_state=c["seed"],
-            progress=True).run(train, val)
+            progress=inner_progress()).run(train, val)
         out = []
         for k in configs:
             j = _n_points(k) // c["batch_size"]

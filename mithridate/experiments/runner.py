@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 from . import registry
 from .spec import config_key
@@ -199,6 +199,30 @@ def _ray(exp, batches, workers, address):
             ray.shutdown()
 
 
+PROGRESS_VAR = "MITHRIDATE_PROGRESS"
+
+
+def inner_progress():
+    """Whether an experiment should show its own (inner) progress bars: not
+    when the sweep runs with progress=False (read at call time, so pool
+    workers started by that sweep see it too)."""
+    return os.environ.get(PROGRESS_VAR, "1") != "0"
+
+
+@contextmanager
+def _inner_bars(progress):
+    """progress=False silences the experiments' own bars too (inner_progress)."""
+    old = os.environ.get(PROGRESS_VAR)
+    os.environ[PROGRESS_VAR] = "1" if progress else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[PROGRESS_VAR]
+        else:
+            os.environ[PROGRESS_VAR] = old
+
+
 def run_sweep(spec, out_dir, executor="local", workers=1, address=None, progress=True):
     """Run the configs of ``spec`` not yet in ``out_dir``'s store; return the full frame."""
     from tqdm import tqdm
@@ -212,7 +236,7 @@ def run_sweep(spec, out_dir, executor="local", workers=1, address=None, progress
     exp.check(spec)
     if address is not None:
         _probe(address)
-    with ResultsStore(out_dir, spec) as store:
+    with ResultsStore(out_dir, spec) as store, _inner_bars(progress):
         configs = spec.configs()
         done = store.done()
         pending = [c for c in configs if config_key(c) not in done]
