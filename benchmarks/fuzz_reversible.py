@@ -72,7 +72,7 @@ def classify(args, kw):
         hg = hypergrad(*args, **kw)
     except FixedPointOverflow as err:
         return "refused" if "does not fit the fixed point" in str(err) else "overflow"
-    except DivergenceError:
+    except (DivergenceError, OverflowError):  # OverflowError: a result past X's dtype
         return "overflow"
     except Exception:  # noqa: BLE001 - every other outcome is a finding
         return "FAILED", traceback.format_exc(limit=3)

@@ -146,9 +146,42 @@ def test_singular_implicit_hessian_is_a_clear_error():
     assert isinstance(info.value, np.linalg.LinAlgError) and "singular" in str(info.value)
 
 
-def test_native_result_past_the_float32_range_is_an_error_not_inf():
-    from mithridate.hypergrad import native
-    with pytest.raises(OverflowError, match="float32 range"):
-        native._cast(np.array([[1.0, -1e39]]), np.dtype(np.float32), 0)
-    out = native._cast(np.array([[1.0, -2.0]]), np.dtype(np.float32), 0)
+def test_result_past_the_float32_range_is_an_error_not_inf():
+    with pytest.raises(OverflowError, match="^problem 3: .* float32 range"):
+        divergence.to_dtype(np.array([[1.0, -1e39]]), np.dtype(np.float32), "problem 3")
+    out = divergence.to_dtype(np.array([[1.0, -2.0]]), np.dtype(np.float32), "problem 3")
     assert out.dtype == np.float32 and out.tolist() == [[1.0, -2.0]]
+
+
+@pytest.mark.parametrize("backend", ["numba", "cpp"])
+def test_reversible_adjoint_past_float32_is_an_error(backend):
+    """A fuzz find: frac_bits=5 holds the forward steps back (no growth to
+    flag) while alpha is far past the stable step, so the reverse sweep grows
+    to ~1e107; in float32 that was a silent inf. Now an error either way: past
+    float32's range, or (numba, whose adjoint overflows float64 first) a
+    non-finite result reported as divergence."""
+    rng = np.random.default_rng(0)
+    X = lambda m: (rng.normal(size=(m, 20)) * 0.1).astype(np.float32)
+    y = lambda m: (np.arange(m) % 2 == 0).astype(np.float32)
+    args = (X(49), y(49), X(4), 1 - y(4), X(20), y(20))
+    with pytest.raises((OverflowError, DivergenceError), match="(?i)lower alpha"):
+        hypergrad(*args, lam=-2.0, T=54, alpha=80.0, gamma=0.3, fit_intercept=False,
+                  mode="reversible", frac_bits=5, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cpp"])
+@pytest.mark.parametrize("alpha", [7.0, 8.0])
+def test_reversible_flags_growth_inside_the_fixed_point_range(backend, alpha):
+    """A diverging run whose state stays inside the fixed-point range (frac_bits=16:
+    |theta| < 2**47) is flagged at the same step as trajectory's check, not only
+    once the state overflows."""
+    kw = dict(T=30, lam=0.0, alpha=alpha, gamma=0.5, on_divergence="warn")
+    with pytest.warns(DivergenceWarning):
+        want = hypergrad(*bilevel_data(), mode="trajectory", backend=backend, **kw)
+    with pytest.warns(DivergenceWarning):
+        got = hypergrad(*bilevel_data(), mode="reversible", frac_bits=16, backend=backend, **kw)
+    assert got.info["w0_recovered"] and np.abs(got.theta_T).max() < 2.0**47
+    assert got.info["diverged_at"] == want.info["diverged_at"] is not None
+    with pytest.raises(DivergenceError, match=f"by step {want.info['diverged_at']} of T=30"):
+        hypergrad(*bilevel_data(), mode="reversible", frac_bits=16, backend=backend,
+                  **dict(kw, on_divergence="raise"))

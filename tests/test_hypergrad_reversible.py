@@ -350,8 +350,8 @@ def test_unrecovered_w0_raises(monkeypatch):
     real = rmd_reversible.reversible
 
     def broken(*args):
-        status, which, t, j, value, dlam, _ = real(*args)
-        return status, which, t, j, value, dlam, False
+        status, which, t, j, value, dlam, _, diverged_at = real(*args)
+        return status, which, t, j, value, dlam, False, diverged_at
     monkeypatch.setattr(rmd_reversible, "reversible", broken)
     with pytest.raises(RuntimeError, match="did not recover w0"):
         hypergrad(*data(), **kw(mode="reversible"))

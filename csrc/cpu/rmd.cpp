@@ -357,13 +357,18 @@ Status reversible(const Problem<T>& P, bool par) {
     if (c != fp::kOk) return {c, -1, j};
   }
   thq = q0;
+  Watch watch;  // the divergence check of trajectory, on the decoded theta_t (no state changes)
   for (int64_t t = 0; t < P.steps; ++t) {
     for (int64_t j = 0; j < p; ++j) th[j] = fp::decode(thq[j], f);
     L.template train_pass<true, false, false>(th.data(), nullptr, g.data(), nullptr, nullptr);
+    double gg = 0.0;
     for (int64_t j = 0; j < p; ++j) {
+      const double gj = grad_j(g[j], L.n, P.e, th[j], j < d);
+      gg += gj * gj;
       const int c = rev_forward_j(&thq[j], &vq[j], &buf[j * w], g[j], j < d, k, P.num, P.den, w, f);
       if (c != fp::kOk) return {c, t, j};
     }
+    watch.check(gg, P.gamma, t);
   }
   std::vector<double> theta_T(p);
   for (int64_t j = 0; j < p; ++j) theta_T[j] = fp::decode(thq[j], f);
@@ -389,7 +394,7 @@ Status reversible(const Problem<T>& P, bool par) {
                          std::all_of(buf.begin(), buf.end(), [](uint32_t x) { return x == 0; });
   L.finish(theta_T.data(), value, glam, recovered ? 1.0 : 0.0);
   if (!recovered) return {kNotRecovered, -1, -1};
-  return {fp::kOk, -1, -1};
+  return watch.step < 0 ? Status{fp::kOk, -1, -1} : Status{kDiverged, watch.step, -1};
 }
 
 template <class T>

@@ -238,15 +238,19 @@ __device__ void reversible(const Problem<T>& P, const Work& W, double* shm, Fail
   }
   __syncthreads();
   if (err->code) return;
+  Watch watch;  // the divergence check of trajectory, on the decoded theta_t
   for (int64_t t = 0; t < P.steps; ++t) {
     for (int64_t j = threadIdx.x; j < p; j += blockDim.x) W.th[j] = fp::decode(W.thq[j], f);
     __syncthreads();
     pass<T, true, false, false>(R, P.loss, P.fit_b, W.th, nullptr, W.g, nullptr, nullptr, P.gamma, W, shm);
+    double gg = 0.0;
     for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {
+      const double gj = grad_j(W.g[j], n, P.e, W.th[j], j < d);
+      gg += gj * gj;
       const int c = rev_forward_j(&W.thq[j], &W.vq[j], W.buf + j * w, W.g[j], j < d, k, P.num, P.den, w, f);
       if (c != fp::kOk) fail(err, c, t, j);
     }
-    __syncthreads();
+    watch.check(block_sum(gg, shm), P.gamma, t);  // block_sum synchronises
     if (err->code) return;
   }
   double* theta_T = W.dth;  // free in this mode
@@ -282,7 +286,8 @@ __device__ void reversible(const Problem<T>& P, const Work& W, double* shm, Fail
   }
   const bool recovered = __syncthreads_and(ok);
   finish(P, W, theta_T, value, glam, recovered ? 1.0 : 0.0,
-         recovered ? Status{fp::kOk, -1, -1} : Status{kNotRecovered, -1, -1});
+         !recovered ? Status{kNotRecovered, -1, -1}
+         : watch.step < 0 ? Status{fp::kOk, -1, -1} : Status{kDiverged, watch.step, -1});
 }
 
 template <class T>

@@ -30,7 +30,7 @@ enum Loss : int { kLogistic = 0, kSquared = 1 };
 enum Code : int {
   kNotRecovered = 5,  // reversible: the reverse sweep did not end at encode(w0), v = 0, B = 0
   kNoMemory = 6,      // host: a workspace allocation failed
-  kDiverged = 7,      // trajectory/forward: the objective check flagged `step` (the run went on)
+  kDiverged = 7,      // the gradient-growth check flagged `step` (the run went on)
 };
 
 struct Status {

@@ -42,7 +42,7 @@ from numba import njit, prange
 from . import fixed_point as fp
 from ._math import JIT
 from .linear import _block_rows, _dot2_rows, _terms
-from .rmd import _adjoint_step
+from .rmd import _adjoint_step, _watch, new_watch
 
 V_STATE, THETA_STATE = 0, 1  # which state left int64, in the status
 
@@ -278,9 +278,10 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     reverse only revisits states the forward held, so it needs no checks.
 
     Writes dXp (k, d) and theta_T (d + 1,), float64. Returns (status, which,
-    t, j, value, dlam, recovered): status a fixed_point code (OK, or state
-    `which` left int64 at step t, element j: nothing else is meaningful then);
-    recovered: theta_q came back to encode(theta0) and v_q, buf to zero.
+    t, j, value, dlam, recovered, diverged_at): status a fixed_point code (OK,
+    or state `which` left int64 at step t, element j: nothing else is
+    meaningful then); recovered: theta_q came back to encode(theta0) and v_q,
+    buf to zero; diverged_at: the first step rmd's growth check flagged, or -1.
     """
     n, d = X.shape
     p = thq.shape[0]
@@ -301,16 +302,22 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     ws = workspace(X, n_chunks, block)
     vq[:] = 0
     buf[:] = 0
+    watch = new_watch()  # the divergence check of rmd.trajectory, on the decoded theta_t
     status, j = fp.encode(theta0[:p], thq, frac_bits)
     if status != fp.OK:
-        return status, THETA_STATE, 0, j, 0.0, 0.0, False
+        return status, THETA_STATE, 0, j, 0.0, 0.0, False, -1
     for t in range(T):
         _decode(thq, th, thx, inv_scale)
         _pass(X, y, code, fit_b, thx, ux, n_chunks, block, ws, g, h, k, rows)
+        gg = 0.0
+        for jj in range(d + 1):
+            gj = g[jj] / n + (e * th[jj] if jj < d else 0.0)
+            gg += gj * gj
+        _watch(gg, gamma, t, watch)
         status, which, j = _forward_update(thq, vq, buf, words[t + 1], num, den, g, d, cg, ce,
                                            alpha, scale, rem, hi, codes)
         if status != fp.OK:
-            return status, which, t, j, 0.0, 0.0, False
+            return status, which, t, j, 0.0, 0.0, False, -1
 
     _decode(thq, th, thx, inv_scale)
     tb = np.empty(d + 1)
@@ -333,7 +340,7 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     q0 = np.empty(p, dtype=np.int64)
     fp.encode(theta0[:p], q0, frac_bits)
     recovered = (thq == q0).all() and not vq.any() and not buf.any()
-    return fp.OK, V_STATE, T, -1, value, dlam, recovered
+    return fp.OK, V_STATE, T, -1, value, dlam, recovered, np.int64(watch[1])
 
 
 @njit(**fp.EXACT_JIT)

@@ -120,3 +120,19 @@ def report(problems, steps, on_divergence, stacklevel=3):
                               details=det)
     warnings.warn(text.replace("would be garbage", "is returned as computed"), DivergenceWarning,
                   stacklevel=stacklevel)
+
+
+def to_dtype(a, dtype, where):
+    """a (float64, from a compiled loop) in the caller's dtype; values past that
+    dtype's range are an error, not a silent inf (finite inputs only: a
+    flagged divergence is reported by `report`)."""
+    top = float(np.abs(a).max(initial=0.0))
+    limit = float(np.finfo(dtype).max)
+    if math.isfinite(top) and top > limit:
+        raise OverflowError(
+            f"{where}: the hypergradient wrt Xp reaches {top:.3g}, beyond the "
+            f"{np.dtype(dtype).name} range ({limit:.3g}). The reverse sweep grew although the "
+            "training gradient did not: alpha is likely too large for the curvature (the "
+            "forward steps may be held back by a coarse frac_bits); lower alpha, or pass "
+            "float64 data.")
+    return a.astype(dtype)

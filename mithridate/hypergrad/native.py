@@ -27,6 +27,7 @@ cores that are busy elsewhere. On the GPU each problem is one thread block.
 import numpy as np
 
 from .. import fixedpoint
+from . import divergence
 from .problem import Problem
 from .reversible import check_frac_bits, check_max_buffer_bytes, plan
 
@@ -73,21 +74,10 @@ def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
         info = dict(mode=mode, backend=backend, T=pb.T, **info, diverged_at=bad)
         if mode == "reversible":
             info["w0_recovered"] = bool(recovered)
-        gX = None if mode == "forward" else _cast(dXp, dt, i)
+        gX = None if mode == "forward" else divergence.to_dtype(dXp, dt, f"problem {i}")
         out.append(HyperGrad(float(value), gX, float(glam),
                              theta[:pb.d + pb.fit_intercept].astype(dt), info))
     return out
-
-
-def _cast(a, dtype, i):
-    """a (float64, from the compiled loop) in the caller's dtype; values past
-    that dtype's range are an error, not a silent inf."""
-    limit = np.finfo(dtype).max
-    if np.isfinite(a).all() and np.abs(a).max(initial=0.0) > limit:
-        raise OverflowError(f"problem {i}: the hypergradient wrt Xp reaches {np.abs(a).max():.3g}, "
-                            f"beyond the {np.dtype(dtype).name} range ({limit:.3g}); pass the "
-                            f"data as float64 or rescale X.")
-    return a.astype(dtype)
 
 
 def _pack(pb, mode, f, max_buffer_bytes):

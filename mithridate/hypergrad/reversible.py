@@ -30,6 +30,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import fixedpoint
+from . import divergence
 from .api import HyperGrad
 
 DEFAULT_FRAC_BITS = 40
@@ -165,7 +166,7 @@ def _one(pb, frac_bits, num, den, words, state_bytes, where):
     thq = np.empty(p, np.int64)
     vq = np.empty(p, np.int64)
     buf = np.empty((words, p), np.uint32)
-    status, which, t, j, value, dlam, recovered = reversible(
+    status, which, t, j, value, dlam, recovered, diverged_at = reversible(
         X, y, k, pb.Xv, pb.yv, LOSS_CODES[pb.loss], pb.fit_intercept, theta0, pb.alpha, pb.gamma,
         num, den, float(np.exp(pb.lam)), pb.T, frac_bits, step_words(pb.T, num, den),
         *layout(n, d, X.itemsize), *layout(nv, d, X.itemsize), dXp, theta_T, thq, vq, buf)
@@ -184,6 +185,7 @@ def _one(pb, frac_bits, num, den, words, state_bytes, where):
                            "and use mode='trajectory'.")
     info = dict(mode="reversible", backend="numba", T=pb.T, w0_recovered=True,
                 frac_bits=frac_bits, gamma_fraction=(num, den), buffer_words=words,
-                state_bytes=state_bytes)
+                state_bytes=state_bytes, diverged_at=int(diverged_at))
     dt = pb.Xc.dtype
-    return HyperGrad(float(value), dXp.astype(dt), float(dlam), theta_T[:p].astype(dt), info)
+    return HyperGrad(float(value), divergence.to_dtype(dXp, dt, f"mode='reversible'{where}"),
+                     float(dlam), theta_T[:p].astype(dt), info)
