@@ -219,14 +219,16 @@ def test_store_unwritable_mid_run_exit_2_keeps_rows(tmp_path, workers):
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
     """)
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # cwd=tmp_path: from the checkout, `python -c` would import its source tree (no _C)
     full = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env,
-                          preexec_fn=lambda: exec(limit))
+                          preexec_fn=lambda: exec(limit), cwd=tmp_path)
     assert full.returncode == 2, full.stderr
     assert "cannot write to" in full.stderr and "rows committed before are kept" in full.stderr
     assert "Traceback" not in full.stderr
     kept = stored(tmp_path / "o")
     assert 1 <= len(kept) < 20
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env,
+                           cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     after = stored(tmp_path / "o")
     assert len(after) == 20 and {k: after[k] for k in kept} == kept
@@ -272,7 +274,7 @@ def test_killed_pool_driver_leaves_no_workers(tmp_path):
                   {str(tmp_path / "out")!r}, workers=2, progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", driver], env={**os.environ, "MARKS": str(marks)},
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, cwd=tmp_path)
     try:
         deadline = time.time() + 60
         while time.time() < deadline and len(os.listdir(marks)) < 2 and proc.poll() is None:
@@ -298,7 +300,8 @@ def test_watchdog_alone_ends_an_orphan(tmp_path):
     """)
     parent = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
               f"{orphan!r}]); time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
     try:
         pid = int(proc.stdout.readline())
         assert _alive(pid)
@@ -323,7 +326,8 @@ def test_ray_address_where_nothing_answers(tmp_path, scheme):
     done = subprocess.run([sys.executable, "-c", "import sys; from mithridate.cli import main; "
                            "sys.exit(main())", "sweep", str(tmp_path / "s.toml"), "--out",
                            str(tmp_path / "o"), "--executor", "ray", "--address", address],
-                          capture_output=True, text=True, timeout=2 * RAY_CONNECT_SECONDS + 30)
+                          capture_output=True, text=True, timeout=2 * RAY_CONNECT_SECONDS + 30,
+                          cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert f"--address {address}: nothing answers there within " \
            f"{RAY_CONNECT_SECONDS:g} s" in done.stderr

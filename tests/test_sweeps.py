@@ -28,6 +28,8 @@ scale = 2.0
 """
 
 
+# Run it with cwd=tmp_path: `python -c` puts the cwd first on sys.path, and from the
+# checkout the source tree (no compiled _C) would shadow the installed package.
 CLI = [sys.executable, "-c", "import sys; from mithridate.cli import main; sys.exit(main())"]
 
 
@@ -160,7 +162,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     out = tmp_path / "out"
     cmd = [*CLI, "sweep", str(tmp_path / "s.toml"),
            "--out", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if (out / "results.sqlite").exists() and committed(out) >= 4:
@@ -171,7 +173,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     proc.wait()
     before = rows(out)
     assert 4 <= len(before) < 16
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     after = rows(out)
     assert len(after) == 16 and set(after) == {config_key(c) for c in spec.configs()}
@@ -192,7 +194,7 @@ def test_ray_local_cluster_and_join(tmp_path):
                                  str(tmp_path / "s.toml"), "--out", str(tmp_path / "join"),
                                  "--executor", "ray", "--address", address, "--no-progress",
                                  "--export", str(tmp_path / "join.csv")],
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=120, cwd=tmp_path)
     finally:
         ray.shutdown()
     assert joined.returncode == 0, joined.stderr
