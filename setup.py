@@ -61,7 +61,7 @@ class BuildExt(build_ext):
         def compile_any(obj, src, ext, cc_args, extra_postargs, pp_opts):
             if ext != ".cu":
                 return compile_cxx(obj, src, ext, cc_args, extra_postargs, pp_opts)
-            # --fmad=false: no FMA contraction, so recomputed sums match bit for bit (rmd.h).
+            # --fmad=false: no FMA contraction, so recomputed sums match bit for bit (hypergrad.h).
             self.spawn([os.path.join(CUDA_HOME, "bin", "nvcc"), "-c", src, "-o", obj, *pp_opts,
                         "-O3", "--std=c++17", "--fmad=false", "-Xcompiler", "-fPIC",
                         *gencode_flags()])
@@ -85,7 +85,7 @@ headers = sorted(glob("csrc/include/*.h"))  # rebuild when a shared header chang
 ext_modules = [
     Pybind11Extension("mithridate._C", sorted(glob("csrc/cpu/*.cpp")), depends=headers,
                       include_dirs=["csrc/include"], cxx_std=17,
-                      # no FMA contraction: recomputed sums match bit for bit (csrc/include/rmd.h)
+                      # no FMA contraction: recomputed sums match bit for bit (csrc/include/hypergrad.h)
                       extra_compile_args=["-O3", "-ffp-contract=off"]),
 ]
 

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from mithridate import DivergenceError
-from mithridate.fixedpoint import FixedPointOverflow
+from mithridate.fixed_point import FixedPointOverflow
 from mithridate.hypergrad import hypergrad
 
 GAMMAS = (0.3, 0.5, 0.9, 0.99, 0.123456789)

@@ -11,7 +11,7 @@ __all__ = ["DivergenceError", "DivergenceWarning", "InsufficientMemoryError",
 
 class DivergenceError(FloatingPointError):
     """The inner training diverged on finite inputs: its gradient became nan
-    or inf, or its norm grew far past any stable run's (kernels/cpu/rmd.py).
+    or inf, or its norm grew far past any stable run's (kernels/cpu/hypergrad.py).
 
     ``step``: the first inner step t whose iterate theta_t showed it (0 is the
     start, T the final iterate); ``problem``: the index in a batched call

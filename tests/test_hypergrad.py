@@ -76,11 +76,11 @@ def test_implicit_warns_before_convergence():
 
 
 def test_implicit_cg_path_agrees_with_cholesky(monkeypatch):
-    from mithridate.hypergrad import api
+    from mithridate.hypergrad import implicit
     D = data(n=40, k=3, d=6, seed=4)
     opts = dict(lam=-0.5, T=500, alpha=0.5, loss="logistic", mode="implicit")
     chol = hypergrad(*D, **opts)
-    monkeypatch.setattr(api, "CHOLESKY_MAX", 0)
+    monkeypatch.setattr(implicit, "CHOLESKY_MAX", 0)
     cg = hypergrad(*D, **opts)
     assert cg.info["solver"] == "cg"
     close(cg.grad_Xp, chol.grad_Xp, 1e-7)

@@ -4,7 +4,7 @@ of problems sharing Xc), and bad batch shapes are rejected naming the problem.""
 import numpy as np
 import pytest
 
-from mithridate.hypergrad import api, hypergrad
+from mithridate.hypergrad import fused, hypergrad
 from mithridate.testing import TOLERANCES
 
 B, N, K, NV, D = 5, 26, 3, 17, 7
@@ -58,8 +58,8 @@ def test_shared_route_matches_single_calls(monkeypatch, mode, dtype, loss, fit_i
     equal slices in runs of 3 and 2 plus one of its own (that one takes the
     per-problem route)."""
     calls = []
-    monkeypatch.setattr(api, "SHARED_MIN_GROUP", 2)
-    monkeypatch.setattr(api, "_numba_shared", lambda pbs, mode, info: calls.append(len(pbs))
+    monkeypatch.setattr(fused, "SHARED_MIN_GROUP", 2)
+    monkeypatch.setattr(fused, "shared", lambda pbs, mode, info: calls.append(len(pbs))
                         or _numba_shared(pbs, mode, info))
     rng = np.random.default_rng(4)
     n, k, nv, d, b = 23, 3, 9, 37, 6
@@ -94,7 +94,7 @@ def test_shared_route_matches_single_calls(monkeypatch, mode, dtype, loss, fit_i
     assert calls == [b, 3, 2]
 
 
-_numba_shared = api._numba_shared
+_numba_shared = fused.shared
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,8 +1,8 @@
-"""The compiled fused hypergradient loops (backend "cpp", csrc/cpu/rmd.cpp):
+"""The compiled fused hypergradient loops (backend "cpp", csrc/cpu/hypergrad.cpp):
 against autograd through the unrolled loop, the numba backend and central
 differences; reversible mode restores w0 bit for bit; batches give the bits of
 single runs whatever the threading; bad inputs fail before any kernel runs.
-The CUDA twin (csrc/cuda/rmd.cu) compiles here; without a GPU it must refuse
+The CUDA twin (csrc/cuda/hypergrad.cu) compiles here; without a GPU it must refuse
 clearly."""
 import os
 import subprocess
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mithridate import _C
-from mithridate import fixedpoint as fp
+from mithridate import fixed_point as fp
 from mithridate.errors import DivergenceError
 from mithridate.hypergrad import hypergrad, native, reversible
 from mithridate.hypergrad.problem import make_problem
@@ -226,7 +226,7 @@ def test_binding_refuses_arrays_it_could_overrun():
     caller cannot make it read or write out of bounds."""
     pb = problem(data(k=3, d=13))
     args, _ = native._pack(pb, "trajectory", 40, None)
-    run = lambda a: _C.rmd.run(0, [tuple(a)])
+    run = lambda a: _C.hypergrad.run(0, [tuple(a)])
     bad = list(args)
     bad[2] = np.ascontiguousarray(pb.Xp[:, :12])  # Xp narrower than Xc
     with pytest.raises(ValueError, match="Xp"):
@@ -248,7 +248,7 @@ def test_binding_refuses_arrays_it_could_overrun():
     with pytest.raises(ValueError, match="T"):
         run(bad)
     with pytest.raises(ValueError, match="mode"):
-        _C.rmd.run(7, [tuple(args)])
+        _C.hypergrad.run(7, [tuple(args)])
     assert run(args) == [(0, -1, -1)]
 
 

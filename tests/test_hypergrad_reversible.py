@@ -11,12 +11,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mithridate import _C
-from mithridate import fixedpoint as fp
+from mithridate import fixed_point as fp
 from mithridate.hypergrad import hypergrad
 from mithridate.hypergrad import reversible
 from mithridate.hypergrad.problem import make_problem
 from mithridate.kernels.cpu import fixed_point as nfp
-from mithridate.kernels.cpu import rmd_reversible
+from mithridate.kernels.cpu import hypergrad_reversible
 from mithridate.kernels.cpu.linear import LOSS_CODES
 from mithridate.testing import TOLERANCES, assert_verbose_allclose, bilevel_data as data, hypergrad_fd
 
@@ -200,14 +200,14 @@ def run_kernel(pb, frac_bits):
     (n, d), k = X.shape, pb.Xp.shape[0]
     theta0 = np.zeros(d + 1)
     theta0[:pb.theta0.size] = pb.theta0
-    words = rmd_reversible.step_words(pb.T, num, den)
+    words = hypergrad_reversible.step_words(pb.T, num, den)
     p = d + pb.fit_intercept
     thq, vq = np.full(p, 7, np.int64), np.full(p, 7, np.int64)  # overwritten by the kernel
     buf = np.full((words[-1], p), 7, np.uint32)
-    out = rmd_reversible.reversible(
+    out = hypergrad_reversible.reversible(
         X, y, k, pb.Xv, pb.yv, LOSS_CODES[pb.loss], pb.fit_intercept, theta0, pb.alpha, pb.gamma,
-        num, den, np.exp(pb.lam), pb.T, frac_bits, words, *rmd_reversible.layout(n, d, X.itemsize),
-        *rmd_reversible.layout(pb.Xv.shape[0], d, X.itemsize), np.empty((k, d)), np.empty(d + 1),
+        num, den, np.exp(pb.lam), pb.T, frac_bits, words, *hypergrad_reversible.layout(n, d, X.itemsize),
+        *hypergrad_reversible.layout(pb.Xv.shape[0], d, X.itemsize), np.empty((k, d)), np.empty(d + 1),
         thq, vq, buf)
     return theta0, thq, vq, buf, out
 
@@ -233,7 +233,7 @@ def test_w0_recovered_with_several_row_chunks_and_threads():
     """Wide rows, several row chunks: the recomputed gradient must not depend
     on the thread count, so 1 and 2 threads give the same bits."""
     D = data(n=1100, k=5, nv=30, d=400, seed=7)
-    assert rmd_reversible.layout(1105, 400, 8)[0] > 1
+    assert hypergrad_reversible.layout(1105, 400, 8)[0] > 1
     opts = kw(T=12, gamma=0.9, mode="reversible")
     hg = hypergrad(*D, **opts)
     assert hg.info["w0_recovered"]
@@ -347,11 +347,11 @@ def test_w0_range_check_is_the_encode_range(x, frac_bits):
 
 
 def test_unrecovered_w0_raises(monkeypatch):
-    real = rmd_reversible.reversible
+    real = hypergrad_reversible.reversible
 
     def broken(*args):
         status, which, t, j, value, dlam, _, diverged_at = real(*args)
         return status, which, t, j, value, dlam, False, diverged_at
-    monkeypatch.setattr(rmd_reversible, "reversible", broken)
+    monkeypatch.setattr(hypergrad_reversible, "reversible", broken)
     with pytest.raises(RuntimeError, match="did not recover w0"):
         hypergrad(*data(), **kw(mode="reversible"))

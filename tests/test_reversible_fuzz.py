@@ -16,7 +16,7 @@ from numba import njit
 from numba.core.registry import CPUDispatcher
 
 from mithridate.kernels.cpu import fixed_point as fp
-from mithridate.kernels.cpu import rmd_reversible as R
+from mithridate.kernels.cpu import hypergrad_reversible as R
 from mithridate.hypergrad import hypergrad
 from mithridate.kernels.cpu._math import FASTMATH
 from mithridate.testing import bilevel_data
@@ -24,7 +24,7 @@ from mithridate.testing import bilevel_data
 # an LLVM float instruction carrying any fast-math flag
 FAST_FLAGS = re.compile(r"= (fadd|fsub|fmul|fdiv|frem|fneg)( [a-z]+)*? "
                         r"(fast|reassoc|contract|arcp|nnan|ninf|nsz|afn)\b")
-# the helpers of rmd_reversible.py that compute or apply fixed-point increments
+# the helpers of hypergrad_reversible.py that compute or apply fixed-point increments
 GLUE = ("_decode", "_sum_chunks", "_v_incr", "_theta_incr", "_status", "_add", "_forward_update",
         "_undo_theta", "_undo_v", "step_words")
 

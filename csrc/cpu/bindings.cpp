@@ -7,7 +7,7 @@
 #include <stdexcept>
 
 #include "fixed_point.h"
-#include "rmd_args.h"
+#include "hypergrad_args.h"
 
 namespace py = pybind11;
 namespace fp = mithridate::fixed_point;
@@ -57,20 +57,20 @@ py::tuple mul(carray<int64_t> x, carray<uint32_t> b, int w, uint32_t num, uint32
 }
 
 template <class T>
-py::list rmd_run(int mode, const py::list& problems) {
-  auto descs = mithridate::rmd::args::parse_all<T>(problems, mode);
-  std::vector<mithridate::rmd::Status> st(descs.size());
+py::list hypergrad_run(int mode, const py::list& problems) {
+  auto descs = mithridate::hypergrad::args::parse_all<T>(problems, mode);
+  std::vector<mithridate::hypergrad::Status> st(descs.size());
   {
     py::gil_scoped_release nogil;
-    mithridate::rmd::cpu::run<T>(mode, descs.data(), static_cast<int64_t>(descs.size()), st.data());
+    mithridate::hypergrad::cpu::run<T>(mode, descs.data(), static_cast<int64_t>(descs.size()), st.data());
   }
-  return mithridate::rmd::args::statuses(st);
+  return mithridate::hypergrad::args::statuses(st);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "mithridate host kernels (see mithridate.fixedpoint for the public API)";
+  m.doc() = "mithridate host kernels (see mithridate.fixed_point for the public API)";
 
   auto f = m.def_submodule("fixed_point", "exact reversible int64 fixed point");
   f.def("encode", &encode, py::arg("x").noconvert(), py::arg("q").noconvert(), py::arg("frac_bits"),
@@ -86,11 +86,11 @@ PYBIND11_MODULE(_C, m) {
   f.attr("RANGE") = int(fp::kRange);
   f.def("required_words", &fp::required_words, py::arg("n_steps"), py::arg("num"), py::arg("den"));
 
-  auto r = m.def_submodule("rmd", "fused hypergradient loops for linear models");
+  auto r = m.def_submodule("hypergrad", "fused hypergradient loops for linear models");
   r.def("run",
         [](int mode, const py::list& problems) {
-          return mithridate::rmd::args::is_float32(problems) ? rmd_run<float>(mode, problems)
-                                                             : rmd_run<double>(mode, problems);
+          return mithridate::hypergrad::args::is_float32(problems) ? hypergrad_run<float>(mode, problems)
+                                                             : hypergrad_run<double>(mode, problems);
         },
         py::arg("mode"), py::arg("problems"),
         "run a batch of problem tuples (see mithridate.hypergrad.native); returns [(code, step, index)]");

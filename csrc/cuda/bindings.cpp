@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "fixed_point.h"
-#include "rmd_args.h"
+#include "hypergrad_args.h"
 
 namespace py = pybind11;
 namespace fp = mithridate::fixed_point;
@@ -51,10 +51,10 @@ class DeviceArrays {
 
 // numpy problem tuples: copied to the current device, run, outputs copied back.
 template <class T>
-py::list rmd_run(int mode, const py::list& problems) {
-  namespace rmd = mithridate::rmd;
-  auto host = rmd::args::parse_all<T>(problems, mode);
-  std::vector<rmd::Status> st(host.size());
+py::list hypergrad_run(int mode, const py::list& problems) {
+  namespace hg = mithridate::hypergrad;
+  auto host = hg::args::parse_all<T>(problems, mode);
+  std::vector<hg::Status> st(host.size());
   {
     py::gil_scoped_release nogil;
     int count = 0;
@@ -66,7 +66,7 @@ py::list rmd_run(int mode, const py::list& problems) {
     int device = 0;
     cuda_check(cudaGetDevice(&device), "cudaGetDevice");
     DeviceArrays mem;
-    std::vector<rmd::Problem<T>> dev(host);
+    std::vector<hg::Problem<T>> dev(host);
     for (size_t b = 0; b < host.size(); ++b) {
       const auto& H = host[b];
       auto& D = dev[b];
@@ -82,7 +82,7 @@ py::list rmd_run(int mode, const py::list& problems) {
       D.dXp = mem.copy(H.dXp, H.k * H.d);
       D.scalars = mem.copy(H.scalars, 3);
     }
-    rmd::cuda::run<T>(mode, dev.data(), static_cast<int64_t>(dev.size()), st.data(), device, 0);
+    hg::cuda::run<T>(mode, dev.data(), static_cast<int64_t>(dev.size()), st.data(), device, 0);
     for (size_t b = 0; b < host.size(); ++b) {
       const auto& H = host[b];
       const auto& D = dev[b];
@@ -91,13 +91,13 @@ py::list rmd_run(int mode, const py::list& problems) {
       cuda_check(cudaMemcpy(H.scalars, D.scalars, 3 * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy");
     }
   }
-  return mithridate::rmd::args::statuses(st);
+  return mithridate::hypergrad::args::statuses(st);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
-  m.doc() = "mithridate CUDA kernels (see mithridate.fixedpoint for the public API)";
+  m.doc() = "mithridate CUDA kernels (see mithridate.fixed_point for the public API)";
 
   auto f = m.def_submodule("fixed_point", "exact reversible int64 fixed point");
   f.def("encode",
@@ -121,11 +121,11 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("x"), py::arg("b"), py::arg("n"), py::arg("w"), py::arg("num"), py::arg("den"),
         py::arg("device"), py::arg("stream"));
 
-  auto r = m.def_submodule("rmd", "fused hypergradient loops for linear models");
+  auto r = m.def_submodule("hypergrad", "fused hypergradient loops for linear models");
   r.def("run",
         [](int mode, const py::list& problems) {
-          return mithridate::rmd::args::is_float32(problems) ? rmd_run<float>(mode, problems)
-                                                             : rmd_run<double>(mode, problems);
+          return mithridate::hypergrad::args::is_float32(problems) ? hypergrad_run<float>(mode, problems)
+                                                             : hypergrad_run<double>(mode, problems);
         },
         py::arg("mode"), py::arg("problems"),
         "copy numpy problem tuples to the GPU, run the batch, copy the outputs back; "

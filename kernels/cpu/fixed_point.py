@@ -1,8 +1,8 @@
 """Numba port of csrc/include/fixed_point.h (exact reversible int64 fixed point).
 
 Mirrors the header function for function, so the compiled hypergradient loop
-(rmd_reversible.py) runs the same arithmetic as the C++/CUDA kernels; tests
-check it against mithridate.fixedpoint bit for bit. Values are int64
+(hypergrad_reversible.py) runs the same arithmetic as the C++/CUDA kernels; tests
+check it against mithridate.fixed_point bit for bit. Values are int64
 x * 2^frac_bits; a buffer row is an unsigned big integer of w little-endian
 uint32 limbs. See the header for the proofs (bijection, no overflow before the
 checks, required_words).

@@ -213,11 +213,11 @@ def wasserstein_objective(victim, theta, X, y, lam):
 
 
 def _check_divergence(v, J, J0, t, T, eta, gamma, lam):
-    """The engine's bound GROWTH (kernels/cpu/rmd.py) applied to the objective J at
+    """The engine's bound GROWTH (kernels/cpu/hypergrad.py) applied to the objective J at
     step t: nan/inf or above GROWTH J0 / (1 - gamma)^2, J0 its value at step 0.
     (The compiled engine watches the squared gradient norm instead.)"""
     from ..errors import DivergenceError
-    from ..kernels.cpu.rmd import GROWTH
+    from ..kernels.cpu.hypergrad import GROWTH
     if not math.isfinite(J) or J > GROWTH * J0 / (1 - gamma) ** 2:
         raise DivergenceError(
             f"model {v.name}: the inner training diverged by step {t} of T={T}: its objective "

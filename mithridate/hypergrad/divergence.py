@@ -2,7 +2,7 @@
 
 Every backend flags the first inner step t whose squared training-gradient
 norm is nan/inf or beyond GROWTH times its start / (1 - gamma)^2 (the check
-and why it is safe: kernels/cpu/rmd.py). This module turns the flag into a DivergenceError (or a
+and why it is safe: kernels/cpu/hypergrad.py). This module turns the flag into a DivergenceError (or a
 DivergenceWarning with ``on_divergence="warn"``) that names t, the
 hyperparameters and the likely fix. Heavy-ball steps are stable on a
 quadratic of curvature L iff alpha (1 - gamma) L < 2 (1 + gamma), so the
@@ -86,7 +86,7 @@ def message(det, where="", alpha_name="alpha", lam_term=None):
 
 
 def _growth():
-    from ..kernels.cpu.rmd import GROWTH
+    from ..kernels.cpu.hypergrad import GROWTH
     return GROWTH
 
 

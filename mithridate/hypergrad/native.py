@@ -4,7 +4,7 @@ validation pass of a problem in one call, a batch of problems per call.
 
 Modes: ``trajectory`` (RMD storing theta_0..theta_T), ``forward`` (lam only)
 and ``reversible``: Maclaurin, Duvenaud & Adams (2015) with the exact int64
-fixed point of :mod:`mithridate.fixedpoint`. theta and v are kept as
+fixed point of :mod:`mithridate.fixed_point`. theta and v are kept as
 ``round(x * 2**frac_bits)``; gamma is the simplest fraction num/den within
 1e-12 of it, and each multiplication by gamma moves its lost digit into a
 per-coordinate buffer of ``required_words(T, num, den)`` words, so the reverse
@@ -26,7 +26,7 @@ cores that are busy elsewhere. On the GPU each problem is one thread block.
 """
 import numpy as np
 
-from .. import fixedpoint
+from .. import fixed_point
 from . import divergence
 from .problem import Problem
 from .reversible import check_frac_bits, check_max_buffer_bytes, plan
@@ -34,14 +34,14 @@ from .reversible import check_frac_bits, check_max_buffer_bytes, plan
 MODES = ("trajectory", "forward", "reversible")
 BACKENDS = ("cpp", "cuda")
 _LOSS = {"logistic": 0, "squared": 1}
-# Status codes of csrc/include/rmd.h (0 is success). _DIVERGED: the objective
-# check of kernels/cpu/rmd.py flagged `step` (the run went on to the end).
+# Status codes of csrc/include/hypergrad.h (0 is success). _DIVERGED: the objective
+# check of kernels/cpu/hypergrad.py flagged `step` (the run went on to the end).
 _CAPACITY, _INT64, _NOT_FINITE, _RANGE, _NOT_RECOVERED, _NO_MEMORY, _DIVERGED = 1, 2, 3, 4, 5, 6, 7
 
 
 def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
     """Hypergradients of a batch of Problems with the compiled loops; one HyperGrad each."""
-    from .api import HyperGrad
+    from .result import HyperGrad
 
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {MODES} for the compiled backends.")
@@ -61,7 +61,7 @@ def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
         groups.setdefault(pb.Xc.dtype.name, []).append(i)
     diverged = [-1] * len(problems)
     for idx in groups.values():
-        statuses = module.rmd.run(MODES.index(mode), [packed[i][0] for i in idx])
+        statuses = module.hypergrad.run(MODES.index(mode), [packed[i][0] for i in idx])
         for i, (code, step, j) in zip(idx, statuses):
             if code == _DIVERGED:
                 diverged[i] = step
@@ -81,7 +81,7 @@ def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
 
 
 def _pack(pb, mode, f, max_buffer_bytes):
-    """The tuple of csrc/include/rmd_args.h (outputs allocated) and the info entries."""
+    """The tuple of csrc/include/hypergrad_args.h (outputs allocated) and the info entries."""
     d, k = pb.d, pb.Xp.shape[0]
     theta0 = np.zeros(d + 1)
     theta0[:pb.theta0.shape[0]] = pb.theta0
@@ -102,12 +102,12 @@ def _pack(pb, mode, f, max_buffer_bytes):
 def _raise(code, step, j, i, pb, mode, info, f):
     where = f"problem {i}: " + (f"step {step}, coordinate {j}" if step >= 0 else f"coordinate {j}")
     if code in (_CAPACITY, _INT64, _RANGE):
-        raise fixedpoint.FixedPointOverflow(
+        raise fixed_point.FixedPointOverflow(
             f"{where}: theta or v left the int64 fixed-point range [-2**{63 - f}, 2**{63 - f}) of "
             f"frac_bits={f}; lower frac_bits (e.g. frac_bits={max(f - 8, 1)}), or alpha if "
             "training diverges, or rescale the data.")
     if code == _NOT_FINITE:
-        raise fixedpoint.FixedPointOverflow(
+        raise fixed_point.FixedPointOverflow(
             f"{where}: the training gradient is nan or inf, the inner loop diverged; lower alpha "
             f"(now {pb.alpha}).")
     if code == _NOT_RECOVERED:

@@ -14,8 +14,8 @@ def _tensors(pb):
 def _descend(torch, X, y, lam, pb, create_graph):
     """T heavy-ball steps (see mithridate.hypergrad); graph kept if asked.
     Returns theta_T and the first step whose squared gradient norm is
-    nan/inf or past the growth bound of kernels/cpu/rmd.py (-1: none)."""
-    from ..kernels.cpu.rmd import GROWTH
+    nan/inf or past the growth bound of kernels/cpu/hypergrad.py (-1: none)."""
+    from ..kernels.cpu.hypergrad import GROWTH
     theta = torch.from_numpy(pb.theta0).clone().requires_grad_(True)
     v = torch.zeros_like(theta)
     bad, limit = -1, None

@@ -4,13 +4,13 @@ The inner loop runs in int64 fixed point with ``frac_bits`` fractional bits
 (default 40: resolution 2^-40 ~ 9e-13, range |theta|, |v| < 2^23 ~ 8e6), and
 the momentum multiplies v by a fraction num/den within 1e-12 of gamma
 exactly, moving the lost digits into a per-parameter buffer sized in advance
-(mithridate.fixedpoint.required_words). The reverse sweep then recomputes
+(mithridate.fixed_point.required_words). The reverse sweep then recomputes
 theta_t, v_t bit for bit instead of storing the trajectory: state
 p (16 + 4 words) bytes instead of (T + 1) p 8. The hypergradient is that of
 the float dynamics along the fixed-point trajectory, within ~T 2^-frac_bits of
 trajectory mode.
 
-Why the reversal is exact: kernels/cpu/rmd_reversible.py (the invariant).
+Why the reversal is exact: kernels/cpu/hypergrad_reversible.py (the invariant).
 A configuration is accepted, and then w0 comes back bit for bit, when
 (checked by ``plan`` before any work):
 - 1 <= frac_bits <= 62 (MAX_FRAC_BITS: 2^-frac_bits and every decoded value
@@ -29,12 +29,12 @@ from fractions import Fraction
 
 import numpy as np
 
-from .. import fixedpoint
+from .. import fixed_point
 from . import divergence
-from .api import HyperGrad
+from .result import HyperGrad
 
 DEFAULT_FRAC_BITS = 40
-MAX_FRAC_BITS = fixedpoint.MAX_FRAC_BITS
+MAX_FRAC_BITS = fixed_point.MAX_FRAC_BITS
 GAMMA_TOL = 1e-12  # gamma is replaced by the simplest fraction this close
 
 
@@ -48,7 +48,7 @@ def gamma_fraction(gamma):
     if f.numerator == 0:
         raise ValueError(f"gamma={gamma!r} is within {GAMMA_TOL:g} of 0; mode='reversible' needs "
                          "gamma > 0 (use mode='trajectory' or 'checkpoint').")
-    if f.denominator > fixedpoint.MAX_BASE:
+    if f.denominator > fixed_point.MAX_BASE:
         raise ValueError(f"gamma={gamma!r} has no fraction num/den with den < 2**31 within "
                          f"{GAMMA_TOL:g}; round it (e.g. gamma={round(gamma, 6)}).")
     return f.numerator, f.denominator
@@ -95,7 +95,7 @@ def plan(pb, frac_bits, max_buffer_bytes):
     if isinstance(pb.T, bool) or not isinstance(pb.T, (int, np.integer)) or pb.T <= 0:
         raise ValueError(f"T={pb.T!r} must be a positive integer (the number of inner steps).")
     num, den = gamma_fraction(pb.gamma)
-    words = fixedpoint.required_words(pb.T, num, den)
+    words = fixed_point.required_words(pb.T, num, den)
     slots = pb.d + pb.fit_intercept
     buffer_bytes = slots * words * 4
     cap = (pb.T + 1) * slots * 8 if max_buffer_bytes is None else max_buffer_bytes
@@ -120,7 +120,7 @@ def check_w0_fits(w0, frac_bits):
     fix = f"use frac_bits={fits} (the largest that fits this w0) or rescale w0" if fits \
         else "rescale w0"
     e = 63 - frac_bits
-    raise fixedpoint.FixedPointOverflow(
+    raise fixed_point.FixedPointOverflow(
         f"w0[{j}] = {float(w0[j])!r} does not fit the fixed point of mode='reversible' with "
         f"frac_bits={frac_bits}: it needs |w0| < 2**{e} = {2.0**e:g} (w0 2**frac_bits within "
         f"int64); {fix}.")
@@ -128,8 +128,8 @@ def check_w0_fits(w0, frac_bits):
 
 def _encodes(w0, frac_bits):
     try:
-        fixedpoint.encode(w0, frac_bits)
-    except fixedpoint.FixedPointOverflow:
+        fixed_point.encode(w0, frac_bits)
+    except fixed_point.FixedPointOverflow:
         return False
     return True
 
@@ -154,7 +154,7 @@ def _one(pb, frac_bits, num, den, words, state_bytes, where):
     """Run one planned problem; raise on overflow or an unrecovered w0."""
     from ..kernels.cpu.fixed_point import NOT_FINITE, OK
     from ..kernels.cpu.linear import LOSS_CODES
-    from ..kernels.cpu.rmd_reversible import THETA_STATE, layout, reversible, step_words
+    from ..kernels.cpu.hypergrad_reversible import THETA_STATE, layout, reversible, step_words
     X = np.concatenate([pb.Xc, pb.Xp])
     y = np.concatenate([pb.yc, pb.yp])
     (n, d), nv, k = X.shape, pb.Xv.shape[0], pb.Xp.shape[0]
@@ -175,7 +175,7 @@ def _one(pb, frac_bits, num, den, words, state_bytes, where):
         e = 63 - frac_bits
         what = "is not finite" if status == NOT_FINITE else \
             f"left the fixed-point range [-2**{e}, 2**{e})"
-        raise fixedpoint.FixedPointOverflow(
+        raise fixed_point.FixedPointOverflow(
             f"mode='reversible'{where}: {name}[{j}] at step {t + 1} of {pb.T} {what} with "
             f"frac_bits={frac_bits}; lower frac_bits, or alpha if training diverges, or rescale "
             "the data. No result was returned.")

@@ -11,7 +11,7 @@ csrc/include/fixed_point.h). Forward step t, element j, s = 1 - gamma:
     theta_q += c_j,                             c_j = rint(alpha v_q,j)
 The reverse undoes each line in the opposite order (theta_q -= c_j; g at
 the recovered theta_t; v_q -= b_j, a_j; unmul), then takes the adjoint step
-of rmd.trajectory there. Only theta_q, v_q and the buffer are stored.
+of trajectory (hypergrad.py) there. Only theta_q, v_q and the buffer are stored.
 
 Invariant (why the reversal is exact): the reverse recomputes every
 increment a_j, b_j, c_j as the same integer as the forward, because
@@ -42,7 +42,7 @@ from numba import njit, prange
 from . import fixed_point as fp
 from ._math import JIT
 from .linear import _block_rows, _dot2_rows, _terms
-from .rmd import _adjoint_step, _watch, new_watch
+from .hypergrad import _adjoint_step, _watch, new_watch
 
 V_STATE, THETA_STATE = 0, 1  # which state left int64, in the status
 
@@ -269,7 +269,7 @@ def _validation(Xv, yv, code, fit_b, thx, n_chunks, block, grad):
 def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, T, frac_bits,
                words, n_chunks, block, v_chunks, v_block, dXp, theta_T, thq, vq, buf):
     """T heavy-ball steps from theta0 (d + 1,) in fixed point, then the reverse
-    sweep with the adjoints of rmd.trajectory. The poisoning rows are the last
+    sweep with the adjoints of trajectory (hypergrad.py). The poisoning rows are the last
     k of X. The state (overwritten): thq, vq (p,) int64 and the limb-major
     buffer buf (W, p) uint32, p = d + fit_b. Step t touches only the first
     words[t + 1] limbs, which by the bound of required_words hold the whole
@@ -281,7 +281,7 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     t, j, value, dlam, recovered, diverged_at): status a fixed_point code (OK,
     or state `which` left int64 at step t, element j: nothing else is
     meaningful then); recovered: theta_q came back to encode(theta0) and v_q,
-    buf to zero; diverged_at: the first step rmd's growth check flagged, or -1.
+    buf to zero; diverged_at: the first step the growth check flagged, or -1.
     """
     n, d = X.shape
     p = thq.shape[0]
@@ -302,7 +302,7 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     ws = workspace(X, n_chunks, block)
     vq[:] = 0
     buf[:] = 0
-    watch = new_watch()  # the divergence check of rmd.trajectory, on the decoded theta_t
+    watch = new_watch()  # the divergence check of trajectory (hypergrad.py), on the decoded theta_t
     status, j = fp.encode(theta0[:p], thq, frac_bits)
     if status != fp.OK:
         return status, THETA_STATE, 0, j, 0.0, 0.0, False, -1

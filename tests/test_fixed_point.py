@@ -1,4 +1,4 @@
-"""Exact reversible fixed point: mithridate.fixedpoint against a big-int reference."""
+"""Exact reversible fixed point: mithridate.fixed_point against a big-int reference."""
 import math
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mithridate import fixedpoint as fp
+from mithridate import fixed_point as fp
 
 I64_MIN, I64_MAX = -2**63, 2**63 - 1
 MAX_BASE = 2**31 - 1
@@ -310,7 +310,7 @@ def test_bindings_reject_mismatched_sizes():
 
 
 def test_import_does_not_import_torch(tmp_path):
-    code = "import sys, mithridate.fixedpoint; assert 'torch' not in sys.modules"
+    code = "import sys, mithridate.fixed_point; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)  # the installed package
 
 

@@ -1,7 +1,7 @@
 // Fused hypergradient loops for linear models (paper 002): the problem layout
-// and the scalar math of one RMD step, shared by csrc/cpu/rmd.cpp (row passes
-// as chunked host loops) and csrc/cuda/rmd.cu (one thread block per problem,
-// row passes as block reductions). The math mirrors kernels/cpu/rmd.py:
+// and the scalar math of one RMD step, shared by csrc/cpu/hypergrad.cpp (row passes
+// as chunked host loops) and csrc/cuda/hypergrad.cu (one thread block per problem,
+// row passes as block reductions). The math mirrors kernels/cpu/hypergrad.py:
 //   v_{t+1} = gamma v_t - (1 - gamma) g(theta_t),  theta_{t+1} = theta_t + alpha v_{t+1},
 //   g = 1/n X^T l'(z) + e [w; 0],  z = X w + b,  e = exp(lam),  v_0 = 0;
 // outer value = mean validation loss at theta_T. theta has d + 1 slots, slot
@@ -21,7 +21,7 @@
 #include "fixed_point.h"  // MITHRIDATE_HD and the exact int64 steps
 
 namespace mithridate {
-namespace rmd {
+namespace hypergrad {
 
 enum Mode : int { kTrajectory = 0, kForward = 1, kReversible = 2 };
 enum Loss : int { kLogistic = 0, kSquared = 1 };
@@ -138,9 +138,9 @@ MITHRIDATE_HD inline void mixed_coefs(double c1, double c2, double xu, int64_t n
   *b = s * c1;
 }
 
-// ---- divergence (the check and its bound: kernels/cpu/rmd.py) ----------------
+// ---- divergence (the check and its bound: kernels/cpu/hypergrad.py) ----------------
 
-constexpr double kGrowth = 1e6;  // = GROWTH in kernels/cpu/rmd.py
+constexpr double kGrowth = 1e6;  // = GROWTH in kernels/cpu/hypergrad.py
 
 // The first step whose squared training-gradient norm gg = ||g(theta_t)||^2 is
 // nan/inf or above kGrowth gg_0 / (1 - gamma)^2.
@@ -170,7 +170,7 @@ MITHRIDATE_HD inline int add_checked(int64_t x, int64_t y, int sign, int64_t* ou
   return fixed_point::kOk;
 }
 
-// The increments of a reversible step (kernels/cpu/rmd_reversible.py states
+// The increments of a reversible step (kernels/cpu/hypergrad_reversible.py states
 // the invariant): v += a + b, a = rint(-cg gsum_j 2^f), b = rint(-ce thq_j)
 // (cg = (1-gamma)/n, ce = (1-gamma) e, computed once per problem; b = 0 on the
 // intercept); theta += c, c = rint(alpha vq_j). Each is rint of ONE rounded
@@ -230,7 +230,7 @@ MITHRIDATE_HD inline int rev_velocity_j(int64_t* v, uint32_t* buf, double gsum_j
   return fixed_point::kOk;
 }
 
-// ---- entry points (csrc/cpu/rmd.cpp, csrc/cuda/rmd.cu) ------------------------
+// ---- entry points (csrc/cpu/hypergrad.cpp, csrc/cuda/hypergrad.cu) ------------------------
 // Run `mode` on problems[0..count); status[b] per problem. Validation is the
 // caller's (mithridate/hypergrad/native.py); outputs are written in place.
 
@@ -246,5 +246,5 @@ void run(int mode, const Problem<T>* problems, int64_t count, Status* status, in
          uintptr_t stream);
 }  // namespace cuda
 
-}  // namespace rmd
+}  // namespace hypergrad
 }  // namespace mithridate

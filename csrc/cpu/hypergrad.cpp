@@ -1,4 +1,4 @@
-// Host loops of the fused hypergradient RMD (math and layout: csrc/include/rmd.h).
+// Host loops of the fused hypergradient RMD (math and layout: csrc/include/hypergrad.h).
 //
 // A row pass splits the rows into chunks fixed by n alone, each with its own
 // float64 partial sums, and adds the chunks in order: the result does not
@@ -13,10 +13,10 @@
 #include <omp.h>
 #endif
 
-#include "rmd.h"
+#include "hypergrad.h"
 
 namespace mithridate {
-namespace rmd {
+namespace hypergrad {
 namespace cpu {
 namespace {
 
@@ -431,5 +431,5 @@ template void run<float>(int, const Problem<float>*, int64_t, Status*);
 template void run<double>(int, const Problem<double>*, int64_t, Status*);
 
 }  // namespace cpu
-}  // namespace rmd
+}  // namespace hypergrad
 }  // namespace mithridate

@@ -1,5 +1,5 @@
-// CUDA fused hypergradient RMD (math and layout: csrc/include/rmd.h; the host
-// mirror is csrc/cpu/rmd.cpp). One thread block runs one problem's whole loop,
+// CUDA fused hypergradient RMD (math and layout: csrc/include/hypergrad.h; the host
+// mirror is csrc/cpu/hypergrad.cpp). One thread block runs one problem's whole loop,
 // a launch runs a batch. A row pass is two phases: warps take rows and reduce
 // x . theta by a fixed butterfly; then thread j sums column j over the rows in
 // row order. Every sum has an order fixed by the shape and the block size,
@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "rmd.h"
+#include "hypergrad.h"
 
 namespace mithridate {
-namespace rmd {
+namespace hypergrad {
 namespace cuda {
 namespace {
 
@@ -52,7 +52,7 @@ __device__ double block_sum(double x, double* shm) {
   return r;
 }
 
-// The row pass of csrc/cpu/rmd.cpp: G: g = X^T l'(z); H: h = X^T (l'' X u);
+// The row pass of csrc/cpu/hypergrad.cpp: G: g = X^T l'(z); H: h = X^T (l'' X u);
 // M: dXp[r] -= a_r th_w + b_r u_w. Returns sum_i l(z_i); ends synchronised.
 template <class T, bool G, bool H, bool M>
 __device__ double pass(const Rows<T>& R, int loss, bool fit_b, const double* th, const double* u,
@@ -291,7 +291,7 @@ __device__ void reversible(const Problem<T>& P, const Work& W, double* shm, Fail
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads) rmd_kernel(int mode, const Problem<T>* problems, const Work* works) {
+__global__ void __launch_bounds__(kThreads) hypergrad_kernel(int mode, const Problem<T>* problems, const Work* works) {
   __shared__ double shm[kThreads];
   __shared__ Failure err;
   const Problem<T> P = problems[blockIdx.x];
@@ -355,7 +355,7 @@ void run(int mode, const Problem<T>* problems, int64_t count, Status* status, in
     auto* d_works = reinterpret_cast<Work*>(d_problems + count);
     check(cudaMemcpyAsync(d_problems, problems, count * sizeof(Problem<T>), cudaMemcpyHostToDevice, s));
     check(cudaMemcpyAsync(d_works, works.data(), count * sizeof(Work), cudaMemcpyHostToDevice, s));
-    rmd_kernel<T><<<static_cast<unsigned>(count), kThreads, 0, s>>>(mode, d_problems, d_works);
+    hypergrad_kernel<T><<<static_cast<unsigned>(count), kThreads, 0, s>>>(mode, d_problems, d_works);
     check(cudaGetLastError());
     for (int64_t b = 0; b < count; ++b)
       check(cudaMemcpyAsync(&status[b], works[b].status, sizeof(Status), cudaMemcpyDeviceToHost, s));
@@ -371,5 +371,5 @@ template void run<float>(int, const Problem<float>*, int64_t, Status*, int, uint
 template void run<double>(int, const Problem<double>*, int64_t, Status*, int, uintptr_t);
 
 }  // namespace cuda
-}  // namespace rmd
+}  // namespace hypergrad
 }  // namespace mithridate

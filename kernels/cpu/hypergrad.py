@@ -49,7 +49,7 @@ BLOCK_BYTES = 1 << 17     # rows per block: re-read from cache for X^T c; long e
                           # for the vectorised loss terms (8-row blocks cost 3x)
 GROUP_ELEMS = 1 << 14     # about this many elements of X per reduction group
 MAX_GROUPS = 64
-GROWTH = 1e6              # divergence bound (see the module docstring); = kGrowth in csrc/include/rmd.h
+GROWTH = 1e6              # divergence bound (see the module docstring); = kGrowth in csrc/include/hypergrad.h
 
 
 def layout(n, d, itemsize):

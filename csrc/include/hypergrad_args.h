@@ -1,5 +1,5 @@
 // The problem tuples that mithridate/hypergrad/native.py hands to the
-// bindings of both extension modules, read into rmd::Problem descriptors with
+// bindings of both extension modules, read into hypergrad::Problem descriptors with
 // host pointers. Values are validated in Python; these checks only keep a
 // direct caller from reading or writing out of bounds.
 #pragma once
@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "rmd.h"
+#include "hypergrad.h"
 
 namespace mithridate {
-namespace rmd {
+namespace hypergrad {
 namespace args {
 
 namespace py = pybind11;
@@ -105,5 +105,5 @@ inline py::list statuses(const std::vector<Status>& st) {
 }
 
 }  // namespace args
-}  // namespace rmd
+}  // namespace hypergrad
 }  // namespace mithridate
