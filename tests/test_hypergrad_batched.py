@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mithridate.hypergrad import fused, hypergrad
+from mithridate.kernels.cpu import hypergrad_shared
 from mithridate.testing import TOLERANCES
 
 B, N, K, NV, D = 5, 26, 3, 17, 7
@@ -58,7 +59,7 @@ def test_shared_route_matches_single_calls(monkeypatch, mode, dtype, loss, fit_i
     equal slices in runs of 3 and 2 plus one of its own (that one takes the
     per-problem route)."""
     calls = []
-    monkeypatch.setattr(fused, "SHARED_MIN_GROUP", 2)
+    monkeypatch.setattr(hypergrad_shared, "SHARED_MIN_GROUP", 2)
     monkeypatch.setattr(fused, "shared", lambda pbs, mode, info: calls.append(len(pbs))
                         or _numba_shared(pbs, mode, info))
     rng = np.random.default_rng(4)

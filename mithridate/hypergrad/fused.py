@@ -4,14 +4,6 @@ import numpy as np
 
 from .result import HyperGrad
 
-# Trajectory- and forward-mode batches: at least SHARED_MIN_GROUP consecutive problems sharing Xc, yc
-# with d >= SHARED_MIN_FEATURES take the matrix-matrix route (kernel.shared_parts).
-# Measured at paper size (n = 529, d = 784, T = 150, 2 cores) against the per-problem
-# batch: groups of 24-40 gain 1.3-1.5x (f32) and 1.4-2.5x (f64); groups of 4-20 lose
-# (0.3-0.9x: BLAS on a few rows is no faster than streaming X per problem).
-# Below d = 32 the per-problem route is as fast for shared X (kernels/cpu/linear.py).
-SHARED_MIN_GROUP = 24
-SHARED_MIN_FEATURES = 32
 
 
 def single(pb, mode, n_ckpt, info):
@@ -88,7 +80,8 @@ def _shared_groups(problems):
     """Index lists of runs of consecutive problems with the same clean rows
     (the same Xc, yc objects, or equal ones: a (B, n, d) Xc that repeats each
     repetition's rows), where the matrix-matrix route pays (SHARED_MIN_*)."""
-    if problems[0].d < SHARED_MIN_FEATURES:
+    from ..kernels.cpu import hypergrad_shared as route
+    if problems[0].d < route.SHARED_MIN_FEATURES:
         return []
     same = lambda a, b: a is b or (a.shape == b.shape and np.array_equal(a[:1], b[:1])
                                    and np.array_equal(a, b))
@@ -99,14 +92,14 @@ def _shared_groups(problems):
             runs[-1].append(i)
         else:
             runs.append([i])
-    return [r for r in runs if len(r) >= SHARED_MIN_GROUP]
+    return [r for r in runs if len(r) >= route.SHARED_MIN_GROUP]
 
 
 def shared(problems, mode, info):
     """Trajectory RMD or forward mode for problems sharing Xc, yc:
-    kernel.shared_parts, one part of the problems per numba thread."""
+    hypergrad_shared.shared_parts, one part of the problems per numba thread."""
     import numba
-    from ..kernels.cpu import hypergrad as kernel
+    from ..kernels.cpu import hypergrad as kernel, hypergrad_shared
     from ..kernels.cpu.linear import _one_blas_thread
     from ..kernels.cpu.linear import LOSS_CODES
     pb0 = problems[0]
@@ -116,7 +109,7 @@ def shared(problems, mode, info):
     yp = np.stack([pb.yp for pb in problems])
     dXp, out, theta_T = np.empty(Xp.shape), np.empty((G, 3)), np.empty((G, d + 1))
     with _one_blas_thread():
-        kernel.shared_parts(mode != "forward", pb0.Xc, pb0.yc, Xp, yp, Xv, yv,
+        hypergrad_shared.shared_parts(mode != "forward", pb0.Xc, pb0.yc, Xp, yp, Xv, yv,
                          LOSS_CODES[pb0.loss], pb0.fit_intercept, theta0, pb0.alpha, pb0.gamma,
                          e, pb0.T, *kernel.layout(Xv.shape[1], d, Xp.itemsize),
                          min(G, numba.get_num_threads()), dXp, out, theta_T)
