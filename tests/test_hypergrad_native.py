@@ -224,31 +224,24 @@ def test_run_checks_its_arguments():
 def test_binding_refuses_arrays_it_could_overrun():
     """The extension checks dtype, contiguity and shapes itself, so a direct
     caller cannot make it read or write out of bounds."""
+    from dataclasses import replace
     pb = problem(data(k=3, d=13))
     args, _ = native._pack(pb, "trajectory", 40, None)
-    run = lambda a: _C.hypergrad.run(0, [tuple(a)])
-    bad = list(args)
-    bad[2] = np.ascontiguousarray(pb.Xp[:, :12])  # Xp narrower than Xc
-    with pytest.raises(ValueError, match="Xp"):
-        run(bad)
-    bad = list(args)
-    bad[0] = np.asfortranarray(pb.Xc)
-    with pytest.raises(TypeError, match="Xc"):
-        run(bad)
-    bad = list(args)
-    bad[1] = pb.yc.astype(np.float32)  # labels of another dtype than X
-    with pytest.raises(TypeError, match="yc"):
-        run(bad)
-    bad = list(args)
-    bad[18] = np.zeros((2, 13))  # dXp output too small for k = 3
-    with pytest.raises(ValueError, match="dXp"):
-        run(bad)
-    bad = list(args)
-    bad[7] = 0
-    with pytest.raises(ValueError, match="T"):
-        run(bad)
+    run = lambda a: _C.hypergrad.run(0, [a])
+    for change, error, match in [
+            (dict(Xp=np.ascontiguousarray(pb.Xp[:, :12])), ValueError, "Xp"),  # narrower than Xc
+            (dict(Xc=np.asfortranarray(pb.Xc)), TypeError, "Xc"),
+            (dict(yc=pb.yc.astype(np.float32)), TypeError, "yc"),  # labels of another dtype than X
+            (dict(dXp=np.zeros((2, 13))), ValueError, "dXp"),  # output too small for k = 3
+            (dict(T=0), ValueError, "T"),
+            (dict(alpha="0.1"), TypeError, "alpha"),
+            (dict(model=native.LinearSpec(2, True)), ValueError, "loss_code")]:
+        with pytest.raises(error, match=match):
+            run(replace(args, **change))
+    with pytest.raises(AttributeError):
+        _C.hypergrad.run(0, [tuple(vars(args).values())])  # positional tuples are gone
     with pytest.raises(ValueError, match="mode"):
-        _C.hypergrad.run(7, [tuple(args)])
+        _C.hypergrad.run(7, [args])
     assert run(args) == [(0, -1, -1)]
 
 

@@ -93,5 +93,5 @@ PYBIND11_MODULE(_C, m) {
                                                              : hypergrad_run<double>(mode, problems);
         },
         py::arg("mode"), py::arg("problems"),
-        "run a batch of problem tuples (see mithridate.hypergrad.native); returns [(code, step, index)]");
+        "run a batch of problem descriptions (mithridate.hypergrad.native.NativeProblem); returns [(code, step, index)]");
 }

@@ -274,7 +274,7 @@ struct Loop {
     double wu = 0.0;
     for (int64_t j = 0; j < d; ++j) wu += th[j] * u[j];
     for (int64_t j = 0; j < p; ++j) adjoint_j(&tb[j], &vb[j], u[j], h[j], n, P.e, j < d, P.gamma);
-    return -(1.0 - P.gamma) * P.e * wu;
+    return lam_term(wu, P.e, P.gamma);
   }
 
   void finish(const double* theta, double value, double glam, double recovered) {

@@ -49,7 +49,7 @@ class DeviceArrays {
   std::vector<void*> ptrs_;
 };
 
-// numpy problem tuples: copied to the current device, run, outputs copied back.
+// problem descriptions (numpy arrays): copied to the current device, run, outputs copied back.
 template <class T>
 py::list hypergrad_run(int mode, const py::list& problems) {
   namespace hg = mithridate::hypergrad;
@@ -128,6 +128,6 @@ PYBIND11_MODULE(_C_cuda, m) {
                                                              : hypergrad_run<double>(mode, problems);
         },
         py::arg("mode"), py::arg("problems"),
-        "copy numpy problem tuples to the GPU, run the batch, copy the outputs back; "
+        "copy the problem descriptions (numpy arrays) to the GPU, run the batch, copy the outputs back; "
         "returns [(code, step, index)]");
 }

@@ -126,7 +126,7 @@ __device__ double adjoint(const Problem<T>& P, const Work& W, const double* th, 
   for (int64_t j = threadIdx.x; j <= d; j += blockDim.x)
     adjoint_j(&W.tb[j], &W.vb[j], W.u[j], W.h[j], n, P.e, j < d, P.gamma);
   __syncthreads();
-  return -(1.0 - P.gamma) * P.e * wu;
+  return lam_term(wu, P.e, P.gamma);
 }
 
 template <class T>

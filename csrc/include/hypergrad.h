@@ -129,6 +129,12 @@ MITHRIDATE_HD inline void adjoint_j(double* tb_j, double* vb_j, double u_j, doub
   *vb_j = gamma * u_j;
 }
 
+// The step's d lam term -(1 - gamma) d/dlam (g . u) = -(1 - gamma) e (w_t . u_w),
+// from wu = w_t . u_w.
+MITHRIDATE_HD inline double lam_term(double wu, double e, double gamma) {
+  return -(1.0 - gamma) * e * wu;
+}
+
 // d/dXp_r (g . u) scaled by -(1 - gamma) is  -(a th + b u)  over the w slots:
 // the coefficients of poisoning row r (z = its score, xu = its x . u + u_d).
 MITHRIDATE_HD inline void mixed_coefs(double c1, double c2, double xu, int64_t n, double gamma,

@@ -24,6 +24,8 @@ regions per inner step; on a machine whose cores are shared with other work,
 OMP_WAIT_POLICY=passive or OMP_NUM_THREADS=1 avoids threads spinning for
 cores that are busy elsewhere. On the GPU each problem is one thread block.
 """
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import fixed_point
@@ -69,7 +71,7 @@ def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
                 _raise(code, step, j, i, problems[i], mode, packed[i][1], f)
     out = []
     for i, (pb, (args, info), bad) in enumerate(zip(problems, packed, diverged)):
-        theta, dXp, (value, glam, recovered) = args[-3], args[-2], args[-1]
+        theta, dXp, (value, glam, recovered) = args.theta_T, args.dXp, args.scalars
         dt = pb.Xc.dtype
         info = dict(mode=mode, backend=backend, T=pb.T, **info, diverged_at=bad)
         if mode == "reversible":
@@ -80,8 +82,49 @@ def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
     return out
 
 
+@dataclass
+class LinearSpec:
+    """The linear model as the compiled loops read it (the attributes csrc reads
+    from any model description: loss_code, fit_intercept)."""
+    loss_code: int
+    fit_intercept: bool
+
+
+@dataclass
+class NativeProblem:
+    """One problem as csrc/include/hypergrad_args.h reads it, by attribute name:
+    rows, theta0, the model description, the inner loop, the reversible fixed
+    point (num/den = gamma, words per coordinate, frac_bits), and the outputs
+    theta_T (d + 1,), dXp (k, d), scalars [value, grad_lam, w0_recovered]."""
+    Xc: np.ndarray
+    yc: np.ndarray
+    Xp: np.ndarray
+    yp: np.ndarray
+    Xv: np.ndarray
+    yv: np.ndarray
+    theta0: np.ndarray
+    model: object
+    T: int
+    alpha: float
+    gamma: float
+    e: float
+    num: int
+    den: int
+    words: int
+    frac_bits: int
+    theta_T: np.ndarray
+    dXp: np.ndarray
+    scalars: np.ndarray
+
+
+def _model(pb):
+    """The problem's model description: its model object where it carries one."""
+    model = getattr(pb, "model", None)
+    return model if model is not None else LinearSpec(_LOSS[pb.loss], bool(pb.fit_intercept))
+
+
 def _pack(pb, mode, f, max_buffer_bytes):
-    """The tuple of csrc/include/hypergrad_args.h (outputs allocated) and the info entries."""
+    """The NativeProblem of `pb` (outputs allocated) and the info entries."""
     d, k = pb.d, pb.Xp.shape[0]
     theta0 = np.zeros(d + 1)
     theta0[:pb.theta0.shape[0]] = pb.theta0
@@ -93,10 +136,9 @@ def _pack(pb, mode, f, max_buffer_bytes):
                     state_bytes=state_bytes)
     elif mode == "trajectory":
         info = dict(state_bytes=(pb.T + 1) * (d + 1) * 8)
-    arrays = [np.ascontiguousarray(a) for a in (pb.Xc, pb.yc, pb.Xp, pb.yp, pb.Xv, pb.yv)]
-    args = (*arrays, theta0, pb.T, pb.alpha, gamma, float(np.exp(pb.lam)), num, den, words, f,
-            _LOSS[pb.loss], pb.fit_intercept, np.empty(d + 1), np.zeros((k, d)), np.zeros(3))
-    return args, info
+    rows = [np.ascontiguousarray(a) for a in (pb.Xc, pb.yc, pb.Xp, pb.yp, pb.Xv, pb.yv)]
+    return NativeProblem(*rows, theta0, _model(pb), pb.T, pb.alpha, gamma, float(np.exp(pb.lam)),
+                         num, den, words, f, np.empty(d + 1), np.zeros((k, d)), np.zeros(3)), info
 
 
 def _raise(code, step, j, i, pb, mode, info, f):
