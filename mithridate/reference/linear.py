@@ -68,3 +68,10 @@ def mixed(theta, v, X, y, sample_weight, lam, rows, loss, fit_intercept, penaliz
     dX = torch.zeros_like(Xk) if outs[0] is None else outs[0]
     dlam = torch.zeros(B, dtype=torch.float64) if lam_ is None else outs[1]
     return dX.detach(), dlam.detach().to(theta.dtype)
+
+
+def l2(theta, lam, slices):
+    """sum_g exp(lam_g)/2 ||theta[slices[g]]||^2 for one problem (theta (p,), lam (n_lam,)):
+    the models layer's L2 component, by autograd-friendly torch operations."""
+    return sum(0.5 * torch.exp(lam[g]).to(theta.dtype) * (theta[sl] ** 2).sum()
+               for g, sl in enumerate(slices))

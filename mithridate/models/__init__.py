@@ -1,0 +1,8 @@
+"""Models: parameter layout, objective, gradient, HVP and mixed products for the
+hypergradient engine and the trainers (see base.Model for the interface)."""
+from .base import Model
+from .layout import Layout
+from .linear import LinearModel
+from .regularizers import L2
+
+__all__ = ["Model", "Layout", "L2", "LinearModel"]

@@ -1,0 +1,108 @@
+"""The model interface the hypergradient engine and the trainers run on.
+
+A model is a training objective over one flat parameter vector theta, laid out
+in named groups (:class:`~mithridate.models.layout.Layout`), with one L2
+hyperparameter per penalised group (lam, a float64 vector of length n_lam)::
+
+    objective(theta) = loss(theta; X, y) + L2(theta; lam)
+
+``loss`` is the mean data term of training (sample-weighted where the model
+has weights); ``data_loss`` is the outer objective of the bilevel problem, the
+plain mean loss on validation rows (never weighted, never regularised).
+Arrays are numpy in and out; X is (n, d), y (n,); theta and u (p,). The engine
+needs, per problem:
+
+- ``layout(d)`` for d features, and ``features(p)``, its inverse (d from len(theta));
+  ``regularizer(d)`` is the L2 component over that layout;
+- ``loss_grad(theta, X, y) -> (value, grad)``, ``loss_hvp(theta, u, X, y)``,
+  ``loss_hessian(theta, X, y) -> (p, p) float64`` (training data term);
+- ``mixed_rows(theta, u, X, y, rows) -> (len(rows), d)``: d/dX[rows] (grad . u)
+  (the regulariser does not depend on X);
+- ``data_loss_grad(theta, X, y) -> (value, grad)`` (outer objective);
+- ``check_data(X, y, name)`` and ``torch_objective(theta, X, y, lam)`` (the
+  test oracle: the same objective on torch tensors, differentiable by autograd);
+- attribute ``fused``: "linear" when the compiled linear loops run this model
+  exactly, else None (the engine then drives these primitives).
+
+Everything else is derived here from those primitives and the L2 component.
+``loss_grad_batch`` is the trainers' hook for B problems at once; the default
+loops, a model whose kernels take a batch overrides it.
+"""
+import numpy as np
+
+from .regularizers import L2
+
+
+class Model:
+    fused = None
+
+    # -- what a model implements ------------------------------------------------
+    def layout(self, d):
+        raise NotImplementedError
+
+    def features(self, p):
+        raise NotImplementedError
+
+    def loss_grad(self, theta, X, y):
+        raise NotImplementedError
+
+    def loss_hvp(self, theta, u, X, y):
+        raise NotImplementedError
+
+    def loss_hessian(self, theta, X, y):
+        raise NotImplementedError
+
+    def mixed_rows(self, theta, u, X, y, rows):
+        raise NotImplementedError
+
+    def data_loss_grad(self, theta, X, y):
+        raise NotImplementedError
+
+    def check_data(self, X, y, name):
+        raise NotImplementedError
+
+    def torch_objective(self, theta, X, y, lam):
+        raise NotImplementedError
+
+    # -- derived ----------------------------------------------------------------
+    def regularizer(self, d):
+        """The L2 component over ``layout(d)`` (built once per d)."""
+        cache = self.__dict__.setdefault("_regularizers", {})
+        if d not in cache:
+            cache[d] = L2(self.layout(d))
+        return cache[d]
+
+    def data_loss(self, theta, X, y):
+        """Outer objective: mean loss on (X, y), no regulariser."""
+        return self.data_loss_grad(theta, X, y)[0]
+
+    def objective(self, theta, X, y, lam):
+        reg = self.regularizer(X.shape[-1])
+        return self.loss_grad(theta, X, y)[0] + reg.value(theta, reg.check_lam(lam))
+
+    def grad(self, theta, X, y, lam):
+        reg = self.regularizer(X.shape[-1])
+        return self.loss_grad(theta, X, y)[1] + reg.grad(theta, reg.check_lam(lam))
+
+    def hvp(self, theta, u, X, y, lam):
+        reg = self.regularizer(X.shape[-1])
+        return self.loss_hvp(theta, u, X, y) + reg.hvp(u, reg.check_lam(lam))
+
+    def mixed_lam(self, theta, u, lam):
+        """d/dlam (grad . u), shape (n_lam,)."""
+        reg = self.regularizer(self.features(theta.shape[-1]))
+        return reg.mixed_lam(theta, u, reg.check_lam(lam))
+
+    def hessian(self, theta, X, y, lam):
+        """The training objective's (p, p) Hessian in float64."""
+        reg = self.regularizer(X.shape[-1])
+        H = self.loss_hessian(theta, X, y)
+        H[np.diag_indices_from(H)] += reg.diagonal(reg.check_lam(lam))
+        return H
+
+    def loss_grad_batch(self, theta, X, y):
+        """Training data term for B problems: theta (B, p), X (n, d) shared or
+        (B, n, d), y (n,) or (B, n). Returns (values (B,), grads (B, p))."""
+        out = [self.loss_grad(th, X if X.ndim == 2 else X[b], y if y.ndim == 1 else y[b])
+               for b, th in enumerate(theta)]
+        return np.array([v for v, _ in out]), np.stack([g for _, g in out])
