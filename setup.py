@@ -106,10 +106,10 @@ if CUDA_HOME is not None:
 setup(
     packages=["mithridate", "mithridate.reference", "mithridate.kernels",
               "mithridate.kernels.cpu", "mithridate.kernels.gpu",
-              "mithridate.attacks", "mithridate.hypergrad",
+              "mithridate.attacks", "mithridate.hypergrad", "mithridate.models",
               "mithridate.datasets", "mithridate.experiments", "mithridate.defenses",
               "mithridate.integrations"],
-    package_dir={"mithridate.kernels": "kernels"},
+    package_dir={"mithridate.kernels": "kernels"},  # see kernels/__init__.py
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt},
 )
