@@ -1,0 +1,281 @@
+"""Hypergradients of any mithridate.models Model by a Python loop over its
+primitives: the engine's route for models without a fused loop (a
+penalised intercept, sample weights, n_lam > 1, the network of issue 10).
+
+Inner loop (mithridate.hypergrad): T heavy-ball steps of the model's
+training objective on the rows X = [Xc; Xp] (poisoning rows last) from
+theta_0, v_0 = 0 (models/heavy_ball.step); outer A = model.data_loss(theta_T,
+Xv, yv). Modes:
+
+- ``trajectory`` / ``checkpoint``: exact RMD walking a schedule.Schedule
+  (trajectory: plan(T, T), every theta stored; checkpoint: the given plan,
+  default "sqrt"). The step back at theta_t with u = vb + alpha tb
+  (kernels/cpu/heavy_ball.direction, adjoint):
+      tb -= (1 - gamma) H u,   vb = gamma u,
+      dXp -= (1 - gamma) d/dXp (g . u),   dlam -= (1 - gamma) d/dlam (g . u).
+- ``forward``: one tangent (dtheta/dlam_j, dv/dlam_j) per hyperparameter,
+  carried by the same heavy-ball recursion with dg_j = H dtheta_j + d g/dlam_j;
+  dA/dlam_j = grad A(theta_T) . dtheta_j at the end (lam only).
+- ``reversible``: theta, v in int64 fixed point (kernels/cpu/heavy_ball.exact_*,
+  the invariant of kernels/cpu/hypergrad_reversible.py): the increment is
+  rint(-(1 - gamma) 2^f g) of the model's full gradient at the decoded theta_t,
+  which the reverse recomputes bit for bit at the recovered theta_t (a model's
+  gradient is a deterministic function of theta). The reverse then takes the
+  step back above there; theta_0 and v_0 = 0 must come back bit for bit.
+
+Model calls take theta (and u) in X's dtype, as the fused loops' row passes;
+the state, adjoints and sums are float64. Divergence: the growth watch of
+kernels/cpu/hypergrad.py on each first-pass step, returned as
+info["diverged_at"] for mithridate.hypergrad.divergence to report.
+"""
+import math
+
+import numpy as np
+
+from .. import fixed_point
+from ..models.heavy_ball import step
+from ..models.layout import Layout
+from ..models.regularizers import L2
+from . import divergence, reversible, schedule as schedules
+from .schedule import ADVANCE, RESTORE, SAVE, VALUE
+from .result import HyperGrad
+
+MODES = ("trajectory", "checkpoint", "forward", "reversible")
+
+
+def run(model, problems, mode, *, schedule=None, frac_bits=None, max_buffer_bytes=None):
+    """list[HyperGrad], one per Problem (fields Xc, yc, Xp, yp, Xv, yv, lam,
+    theta0, T, alpha, gamma; rows() = the packed [Xc; Xp], [yc; yp]). Every
+    problem is checked before any runs."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of the generic engine's modes {list(MODES)}.")
+    if schedule is not None and mode != "checkpoint":
+        raise ValueError(f"schedule applies to mode='checkpoint' only; leave it None for "
+                         f"mode={mode!r}.")
+    for name, value in (("frac_bits", frac_bits), ("max_buffer_bytes", max_buffer_bytes)):
+        if value is not None and mode != "reversible":
+            raise ValueError(f"{name}={value!r} applies to mode='reversible' only; leave it None "
+                             f"for mode={mode!r}.")
+    inners = [_Inner(model, pb) for pb in problems]
+    if mode == "reversible":
+        frac_bits = reversible.check_frac_bits(frac_bits)
+        reversible.check_max_buffer_bytes(max_buffer_bytes)
+        plans = [_fixed_point_plan(inner, frac_bits, max_buffer_bytes) for inner in inners]
+        return [_reversible(inner, frac_bits, *plan, _where(i, problems))
+                for i, (inner, plan) in enumerate(zip(inners, plans))]
+    if mode == "forward":
+        return [_forward(inner) for inner in inners]
+    scheds = [_schedule(mode, schedule, inner.T) for inner in inners]
+    return [_rmd(inner, sched, mode) for inner, sched in zip(inners, scheds)]
+
+
+def state_bytes(model, pb, mode, schedule=None, frac_bits=None, max_buffer_bytes=None):
+    """Bytes of the states `mode` stores for Problem pb (the memory check)."""
+    inner = _Inner(model, pb)
+    p = inner.p
+    if mode == "forward":
+        return 8 * p * 2 * (1 + inner.n_lam)
+    if mode == "reversible":
+        return _fixed_point_plan(inner, reversible.check_frac_bits(frac_bits), max_buffer_bytes)[3]
+    return _schedule(mode, schedule, inner.T).state_bytes(p)
+
+
+class _Inner:
+    """One problem's rows and settings, and the model calls in its terms."""
+
+    def __init__(self, model, pb):
+        self.model, self.pb = model, pb
+        self.X, self.y = pb.rows()
+        self.k = pb.Xp.shape[0]
+        self.rows = np.arange(self.X.shape[0] - self.k, self.X.shape[0])
+        self.dtype = self.X.dtype
+        self.d = self.X.shape[1]
+        self.layout = model.layout(self.d)
+        self.p, self.n_lam = self.layout.size, self.layout.n_lam
+        self.lam = model.regularizer(self.d).check_lam(np.atleast_1d(np.asarray(pb.lam, np.float64)))
+        self.theta0 = np.asarray(pb.theta0, np.float64)
+        if self.theta0.shape != (self.p,):
+            raise ValueError(f"theta0 has shape {self.theta0.shape} but the model's layout "
+                             f"{self.layout.groups} has p={self.p} parameters.")
+        self.T, self.alpha, self.gamma = pb.T, pb.alpha, pb.gamma
+
+    def _x(self, a):
+        return a.astype(self.dtype, copy=False)
+
+    def grad(self, theta):
+        """The training objective's gradient at theta (float64)."""
+        return np.asarray(self.model.grad(self._x(theta), self.X, self.y, self.lam), np.float64)
+
+    def outer(self, theta):
+        """(value, gradient) of the outer objective at theta_T."""
+        value, g = self.model.data_loss_grad(self._x(theta), self.pb.Xv, self.pb.yv)
+        return float(value), np.asarray(g, np.float64)
+
+    def back(self, theta, tb, vb, dXp, dlam):
+        """The step back at theta_t, in place (module docstring)."""
+        from ..kernels.cpu.heavy_ball import adjoint, direction
+        s = 1.0 - self.gamma
+        u = np.empty(self.p)
+        direction(tb, vb, self.alpha, u)
+        th, ux = self._x(theta), self._x(u)
+        hu = np.asarray(self.model.hvp(th, ux, self.X, self.y, self.lam), np.float64)
+        if self.k:
+            dXp -= s * self.model.mixed_rows(th, ux, self.X, self.y, self.rows)
+        dlam -= s * np.asarray(self.model.mixed_lam(theta, u, self.lam), np.float64)
+        adjoint(tb, vb, u, hu, self.gamma)
+
+    def lam_tangent(self, theta):
+        """(n_lam, p): d grad / d lam_j = the gradient of group j's exp(lam_j)-scaled term."""
+        groups = self.layout.groups
+        return np.stack([L2(Layout(groups, (g,))).grad(theta, self.lam[j:j + 1])
+                         for j, g in enumerate(self.layout.penalised)]) \
+            if self.n_lam else np.zeros((0, self.p))
+
+    def result(self, value, dXp, dlam, theta_T, info, where=""):
+        glam = float(dlam[0]) if self.n_lam == 1 else dlam
+        gX = None if dXp is None else divergence.to_dtype(dXp, self.dtype, f"generic{where}")
+        return HyperGrad(value, gX, glam, theta_T.astype(self.dtype), info)
+
+
+def _where(i, problems):
+    return f" (problem {i})" if len(problems) > 1 else ""
+
+
+def _schedule(mode, schedule, T):
+    if mode == "trajectory":
+        return schedules.plan(T, T)
+    if schedule is None:
+        return schedules.plan(T, "sqrt")
+    if not isinstance(schedule, schedules.Schedule) or schedule.T != T:
+        raise ValueError(f"schedule must be a mithridate.hypergrad.schedule.Schedule for T={T} "
+                         f"(schedule.plan(T, ...)), got {schedule!r:.80}.")
+    return schedule
+
+
+def _watcher(gamma):
+    """watch(g, t): the growth check of kernels/cpu/hypergrad.py; .step: the flagged step (-1)."""
+    from ..kernels.cpu.hypergrad import _watch, new_watch
+    record = new_watch()
+
+    def watch(g, t):
+        _watch(float(g @ g), gamma, t, record)
+    watch.step = lambda: int(record[1])
+    return watch
+
+
+def _rmd(inner, sched, mode):
+    """Trajectory or checkpoint RMD: walk the schedule (schedule.py's cursor)."""
+    theta, v, t = inner.theta0.copy(), np.zeros(inner.p), 0
+    slots = [None] * sched.n_slots
+    watch = _watcher(inner.gamma)
+    first = True  # before VALUE: the one forward pass, watched
+    dXp, dlam = np.zeros((inner.k, inner.d)), np.zeros(inner.n_lam)
+    for op, arg in sched.actions:
+        if op == ADVANCE:
+            for _ in range(arg):
+                g = inner.grad(theta)
+                if first:
+                    watch(g, t)
+                theta, v = step(theta, v, g, inner.alpha, inner.gamma)
+                t += 1
+        elif op == SAVE:  # step returns new arrays: references are copies
+            slots[arg] = (theta, None if sched.theta_only[arg] else v, t)
+        elif op == RESTORE:
+            theta, v, t = slots[arg]
+        elif op == VALUE:
+            value, tb = inner.outer(theta)
+            vb, theta_T, first = np.zeros(inner.p), theta, False
+        else:
+            inner.back(theta, tb, vb, dXp, dlam)
+    info = dict(mode=mode, backend="generic", T=inner.T, diverged_at=watch.step(),
+                state_bytes=sched.state_bytes(inner.p), recomputed=sched.recomputed)
+    return inner.result(value, dXp, dlam, theta_T, info)
+
+
+def _forward(inner):
+    """Forward mode: the tangents ride the heavy-ball step with theta's."""
+    theta, v = inner.theta0.copy(), np.zeros(inner.p)
+    dth, dv = np.zeros((inner.n_lam, inner.p)), np.zeros((inner.n_lam, inner.p))
+    watch = _watcher(inner.gamma)
+    for t in range(inner.T):
+        g = inner.grad(theta)
+        watch(g, t)
+        th = inner._x(theta)
+        dg = inner.lam_tangent(theta)
+        for j in range(inner.n_lam):
+            dg[j] += inner.model.hvp(th, inner._x(dth[j]), inner.X, inner.y, inner.lam)
+        theta, v = step(theta, v, g, inner.alpha, inner.gamma)
+        dth, dv = step(dth, dv, dg, inner.alpha, inner.gamma)
+    value, gv = inner.outer(theta)
+    info = dict(mode="forward", backend="generic", T=inner.T, diverged_at=watch.step(),
+                state_bytes=8 * inner.p * 2 * (1 + inner.n_lam))
+    return inner.result(value, None, dth @ gv, theta, info)
+
+
+def _fixed_point_plan(inner, frac_bits, max_buffer_bytes):
+    """Every check of reversible mode before any work: (num, den, words, state_bytes)."""
+    num, den = reversible.gamma_fraction(inner.gamma)
+    words = fixed_point.required_words(inner.T, num, den)
+    buffer_bytes = inner.p * words * 4
+    cap = (inner.T + 1) * inner.p * 8 if max_buffer_bytes is None else max_buffer_bytes
+    if buffer_bytes > cap:
+        raise ValueError(
+            f"mode='reversible' with T={inner.T} and gamma={inner.gamma!r} (= {num}/{den}) needs "
+            f"a {buffer_bytes}-byte bit buffer ({words} words per parameter), over "
+            f"max_buffer_bytes={cap}{' (the trajectory it replaces)' if max_buffer_bytes is None else ''}"
+            "; use mode='checkpoint', a larger gamma, or raise max_buffer_bytes.")
+    reversible.check_w0_fits(inner.theta0, frac_bits)
+    return num, den, words, inner.p * 16 + buffer_bytes
+
+
+def _reversible(inner, frac_bits, num, den, words, state, where):
+    """Exact fixed-point forward and reverse (module docstring); raises
+    FixedPointOverflow when the state leaves int64, RuntimeError if theta_0,
+    v_0 do not come back bit for bit."""
+    from ..kernels.cpu import fixed_point as fp, heavy_ball as hb
+    from ..kernels.cpu.hypergrad_reversible import step_words
+    p, T = inner.p, inner.T
+    w = step_words(T, num, den)
+    scale = -(1.0 - inner.gamma) * math.ldexp(1.0, frac_bits)  # one rounded product per element
+    inv = math.ldexp(1.0, -frac_bits)
+    q0 = np.empty(p, np.int64)
+    fp.encode(inner.theta0, q0, frac_bits)  # fits: checked by the plan
+    thq, vq = q0.copy(), np.zeros(p, np.int64)
+    buf = np.zeros((words, p), np.uint32)
+    incr, codes, rem, hi = (np.empty(p, np.int64) for _ in range(4))
+    watch = _watcher(inner.gamma)
+    for t in range(T):
+        theta = thq * inv
+        g = inner.grad(theta)
+        watch(g, t)
+        hb.exact_increment(g, scale, incr, codes)
+        status, which, j = hb.exact_forward(thq, vq, buf, incr, codes, w[t + 1], num, den,
+                                            inner.alpha, rem, hi)
+        if status != fp.OK:
+            name = "theta" if which == hb.THETA_STATE else "v"
+            e = 63 - frac_bits
+            what = "is not finite" if status == fp.NOT_FINITE else \
+                f"left the fixed-point range [-2**{e}, 2**{e})"
+            raise fixed_point.FixedPointOverflow(
+                f"mode='reversible'{where}: {name}[{j}] at step {t + 1} of {T} {what} with "
+                f"frac_bits={frac_bits}; lower frac_bits, or alpha if training diverges, or "
+                "rescale the data. No result was returned.")
+    theta_T = thq * inv
+    value, tb = inner.outer(theta_T)
+    vb = np.zeros(p)
+    dXp, dlam = np.zeros((inner.k, inner.d)), np.zeros(inner.n_lam)
+    for t in range(T - 1, -1, -1):
+        hb.exact_reverse_theta(thq, vq, inner.alpha)
+        theta = thq * inv
+        hb.exact_increment(inner.grad(theta), scale, incr, codes)  # the forward's integers
+        hb.exact_reverse(vq, buf, incr, w[t + 1], num, den, rem, hi)
+        inner.back(theta, tb, vb, dXp, dlam)
+    if not ((thq == q0).all() and not vq.any() and not buf.any()):
+        raise RuntimeError(f"mode='reversible'{where}: the reverse sweep did not recover w0 bit "
+                           "for bit (the model's gradient is not a deterministic function of "
+                           "theta?), so the hypergradient is not trustworthy; use "
+                           "mode='checkpoint'.")
+    info = dict(mode="reversible", backend="generic", T=T, w0_recovered=True,
+                frac_bits=frac_bits, gamma_fraction=(num, den), buffer_words=words,
+                state_bytes=state, diverged_at=watch.step())
+    return inner.result(value, dXp, dlam, theta_T, info, where)
