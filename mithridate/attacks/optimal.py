@@ -21,6 +21,7 @@ The victim (``model``) is the logistic loss by default; the squared loss, a
 scikit-learn ``LogisticRegression`` / ``Ridge`` or a Wasserstein estimator of
 mithridate.defenses are mapped onto this scale by mithridate.attacks.victims.
 """
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ import numpy as np
 from .._validation import as_bool, check_choice
 from ..errors import DivergenceError, DivergenceWarning
 from ..hypergrad.divergence import ON_DIVERGENCE, message
-from ..hypergrad.problem import BACKENDS, MODES, supported_modes
+from ..backends import BACKENDS
+from ..hypergrad.problem import MODES
 from .victims import as_victim
 
 
@@ -183,10 +185,7 @@ class OptimalPoisoning:
     def _check(self, train, val):
         victim = as_victim(self.model)
         check_choice("mode", self.mode, MODES)
-        check_choice("backend", self.backend, BACKENDS)
-        if self.mode not in supported_modes(self.backend):
-            raise ValueError(f"mode={self.mode!r} does not run on backend={self.backend!r}; "
-                             "backend='numba' runs every mode.")
+        check_choice("backend", self.backend, BACKENDS)  # the engine checks the pair
         victim.check_engine(self.mode, self.backend)
         check_choice("on_divergence", self.on_divergence, ON_DIVERGENCE)
         as_bool("progress", self.progress)
@@ -258,141 +257,239 @@ class OptimalPoisoning:
         Labels {0, 1}; X float32 or float64 (the computation runs in X's dtype).
         Returns a :class:`PoisoningResult`.
         """
-        victim, lam, lam_init, learned, box, lam_range, flip, X, y, Xv, yv = \
-            self._check(train, val)
-        rng = np.random.default_rng(self.random_state)
-        n, d = X.shape
-        bs = self.batch_size
-        n_batches = self.n_points // bs
-        replaced = rng.permutation(n)[:self.n_points]
-        pool = np.arange(Xv.shape[0]) if self.clone_class is None else \
-            np.flatnonzero(yv == self.clone_class)
-        clones = rng.permutation(pool)[:self.n_points]
-        self._ctx = dict(Xv=Xv, yv=yv, box=box, lam_range=lam_range, learned=learned,
-                         victim=victim)
-        self._hist = {k: [] for k in ("batch", "attempt", "iteration", "value", "grad_norm",
-                                      "grad_lam", "lam")}
-        total = self.T_lam * learned + n_batches * self.T_outer * (self.restarts + 1)
-        from tqdm import tqdm
-        self._bar = tqdm(total=total, desc="optimal poisoning", unit="it", leave=False,
-                         disable=not self.progress)  # an inner bar: gone when the run ends
-        try:
-            lam = float(lam_init if learned else lam)
-            if learned and self.T_lam:
-                lam = self._learn_clean_lam(X, y, lam)
-            lams, values = [lam], [self._value(X, y, lam)]
-            Xcur, ycur = X.copy(), y.copy()
-            Xp_init = Xv[clones].copy()
-            for b in range(n_batches):
-                rows, src = replaced[b * bs:(b + 1) * bs], clones[b * bs:(b + 1) * bs]
-                if self.replace:
-                    keep = np.ones(n, bool)
-                    keep[rows] = False
-                    Xc, yc = np.ascontiguousarray(Xcur[keep]), np.ascontiguousarray(ycur[keep])
-                else:
-                    Xc, yc = Xcur, ycur
-                best = None
-                for attempt in range(self.restarts + 1):
-                    if attempt:  # footnote 8: other clones, lam jittered around its start
-                        src = rng.choice(pool, bs, replace=False)
-                        lam0 = float(np.clip(lam + rng.uniform(-0.5, 0.5), *lam_range)) \
-                            if learned else lam
-                    else:
-                        lam0 = lam
-                    out = self._batch(Xc, yc, Xv[src].copy(), flip - yv[src], lam0, b + 1, attempt)
-                    if best is None or out[2] > best[2]:
-                        best = out + (src,)
-                Xp, lam, value, src = best
-                Xp_init[b * bs:(b + 1) * bs] = Xv[src]
-                if self.replace:
-                    Xcur[rows], ycur[rows] = Xp, flip - yv[src]
-                else:
-                    Xcur, ycur = np.concatenate([Xcur, Xp]), np.concatenate([ycur, flip - yv[src]])
-                    replaced[b * bs:(b + 1) * bs] = np.arange(Xcur.shape[0] - bs, Xcur.shape[0])
-                lams.append(lam)
-                values.append(value)
-        finally:  # the per-run state never outlives the run
-            self._bar.close()
-            hist = self._hist
-            del self._ctx, self._hist, self._bar
-        history = {k: np.asarray(v) for k, v in hist.items()}
-        return PoisoningResult(Xcur[replaced].copy(), ycur[replaced].copy(), Xp_init, replaced,
-                               np.asarray(lams), np.asarray(values), history, bs,
-                               bool(self.replace), X, y)
+        return _lockstep([self], train, val)[0]
 
-    def _hg(self, Xc, yc, Xp, yp, lam, where):
-        """Hypergradients at the attack's lam; a diverged inner training raises
-        (or warns and gives None) in the attack's terms: eta, its lam, `where`."""
-        c = self._ctx
-        try:
-            return c["victim"].hypergrad(Xc, yc, Xp, yp, c["Xv"], c["yv"], lam, T=self.T,
-                                         eta=self.eta, gamma=self.gamma, mode=self.mode,
-                                         backend=self.backend)
-        except DivergenceError as err:
-            det, n = err.details, Xc.shape[0] + Xp.shape[0]
-            if c["victim"].regularizer != "l2":  # the victim's slow path words it (eta, rho)
-                text = f"optimal poisoning, {where}: {err}"
+
+# What attacks run together by run_lockstep may differ in (the rest must be equal).
+LOCKSTEP_FREE = ("lam", "lam_init", "lam_range", "beta", "T_lam", "on_divergence", "progress")
+_LOCKSTEP_EQUAL = ("n_points", "batch_size", "T", "T_outer", "alpha", "eta", "gamma", "mode",
+                   "backend", "restarts", "replace", "clone_class")
+
+
+def run_lockstep(attacks, train, val):
+    """Run several :class:`OptimalPoisoning` attacks on the same data side by side,
+    one engine call over all of them per hyperiteration: e.g. the lam settings of
+    paper 002's Figure 2 on one repetition. They may differ only in
+    LOCKSTEP_FREE and must replace the same rows (the same ``random_state``).
+    At batch b every attack trains on the rows no batch up to b replaces (shared:
+    the engine reads them once for all) plus its own earlier points and current
+    batch, in that order. Returns one :class:`PoisoningResult` per attack, each
+    equal to the attack's own ``run`` up to float rounding (the engine may sum a
+    batch of problems in another order)."""
+    if not isinstance(attacks, (list, tuple)) or not attacks or not all(
+            isinstance(a, OptimalPoisoning) for a in attacks):
+        raise TypeError("attacks must be a non-empty list of OptimalPoisoning instances.")
+    return _lockstep(list(attacks), train, val)
+
+
+@dataclass
+class _Run:
+    """One attack's state in a lockstep."""
+    atk: OptimalPoisoning
+    lam: float
+    learned: bool
+    lam_range: tuple
+    rng: np.random.Generator
+    replaced: np.ndarray
+    clones: np.ndarray
+    Xcur: np.ndarray
+    ycur: np.ndarray
+    Xp_init: np.ndarray
+    hist: dict = field(default_factory=lambda: {k: [] for k in (
+        "batch", "attempt", "iteration", "value", "grad_norm", "grad_lam", "lam")})
+    lams: list = field(default_factory=list)
+    values: list = field(default_factory=list)
+
+    def lam_step(self, lam, grad_lam):
+        return float(np.clip(lam - self.atk.beta * grad_lam, *self.lam_range))
+
+    def record(self, bar, *row):
+        for k, v in zip(self.hist, row):
+            self.hist[k].append(v)
+        bar.update()
+
+
+def _lockstep(attacks, train, val):
+    checked = [a._check(train, val) for a in attacks]
+    a0, (victim, _, _, _, box, _, flip, X, y, Xv, yv) = attacks[0], checked[0]
+    strip = lambda v: dataclasses.replace(v, lam=None)
+    for i, (a, ck) in enumerate(zip(attacks, checked)):
+        for name in _LOCKSTEP_EQUAL:
+            if getattr(a, name) != getattr(a0, name):
+                raise ValueError(f"run_lockstep: attack {i} has {name}={getattr(a, name)!r} but "
+                                 f"attack 0 has {getattr(a0, name)!r}; attacks run in lockstep "
+                                 f"differ only in {', '.join(LOCKSTEP_FREE)}.")
+        if strip(ck[0]) != strip(victim) or ck[4] != box:
+            raise ValueError(f"run_lockstep: attack {i} has another model or box than attack 0; "
+                             f"attacks run in lockstep differ only in {', '.join(LOCKSTEP_FREE)}.")
+    n, d = X.shape
+    bs = a0.batch_size
+    n_batches = a0.n_points // bs
+    pool = np.arange(Xv.shape[0]) if a0.clone_class is None else \
+        np.flatnonzero(yv == a0.clone_class)
+    runs = []
+    for a, (_, lam, lam_init, learned, _, lam_range, *_) in zip(attacks, checked):
+        rng = np.random.default_rng(a.random_state)
+        replaced = rng.permutation(n)[:a.n_points]
+        clones = rng.permutation(pool)[:a.n_points]
+        runs.append(_Run(a, float(lam_init if learned else lam), learned, lam_range, rng,
+                         replaced, clones, X.copy(), y.copy(), Xv[clones].copy()))
+    if any(not np.array_equal(r.replaced, runs[0].replaced) for r in runs):
+        raise ValueError("run_lockstep: the attacks replace different training rows; give them "
+                         "the same random_state (not None).")
+    kw = dict(T=a0.T, eta=a0.eta, gamma=a0.gamma, mode=a0.mode, backend=a0.backend)
+    total = sum(a.T_lam * r.learned + n_batches * a.T_outer * (a.restarts + 1)
+                for a, r in zip(attacks, runs))
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc="optimal poisoning", unit="it", leave=False,
+               disable=not any(a.progress for a in attacks))  # an inner bar: gone when done
+    with bar:
+        _clean(victim.engine(X[:-1], y[:-1], Xv, yv, **kw), runs, X[-1:], y[-1:], bar)
+        replaced = runs[0].replaced
+        for b in range(n_batches):
+            rows = replaced[b * bs:(b + 1) * bs]
+            if a0.replace:  # the rows no batch up to b replaces: the same in every attack
+                keep = np.ones(n, bool)
+                keep[replaced[:(b + 1) * bs]] = False
+                Xs, ys = np.ascontiguousarray(X[keep]), np.ascontiguousarray(y[keep])
+                prior = [(r.Xcur[replaced[:b * bs]], r.ycur[replaced[:b * bs]]) for r in runs]
             else:
-                text = message(det, f"optimal poisoning, {where}: ", alpha_name="eta",
-                               lam_term=f"exp(lam) / n = {det['e']:.3g} from lam={lam:g} and "
-                                        f"the n={n} training rows")
-            if self.on_divergence == "raise":
-                raise DivergenceError(text, step=err.step, details=dict(det, lam=lam)) from None
-            warnings.warn(text.replace("would be garbage", "is skipped"), DivergenceWarning,
-                          stacklevel=4)
-            return None
+                Xs, ys = X, y
+                prior = [(r.Xcur[n:], r.ycur[n:]) for r in runs]
+            engine = victim.engine(Xs, ys, Xv, yv, **kw)
+            best = [None] * len(runs)
+            for attempt in range(a0.restarts + 1):
+                srcs, lam0 = [], []
+                for r in runs:
+                    src, lam = r.clones[b * bs:(b + 1) * bs], r.lam
+                    if attempt:  # footnote 8: other clones, lam jittered around its start
+                        src = r.rng.choice(pool, bs, replace=False)
+                        if r.learned:
+                            lam = float(np.clip(r.lam + r.rng.uniform(-0.5, 0.5), *r.lam_range))
+                    srcs.append(src)
+                    lam0.append(lam)
+                Xp = np.stack([np.concatenate([pX, Xv[src]]) for (pX, _), src in zip(prior, srcs)])
+                yp = np.stack([np.concatenate([py, flip - yv[src]])
+                               for (_, py), src in zip(prior, srcs)])
+                outs = _batch(engine, runs, Xp, yp, np.array(lam0), b * bs, box, b + 1, attempt,
+                              bar)
+                for i, out in enumerate(outs):
+                    if best[i] is None or out[2] > best[i][2]:
+                        best[i] = out + (srcs[i],)
+            for r, (Xp, lam, value, src) in zip(runs, best):
+                r.Xp_init[b * bs:(b + 1) * bs] = Xv[src]
+                if a0.replace:
+                    r.Xcur[rows], r.ycur[rows] = Xp, flip - yv[src]
+                else:
+                    r.Xcur = np.concatenate([r.Xcur, Xp])
+                    r.ycur = np.concatenate([r.ycur, flip - yv[src]])
+                    r.replaced[b * bs:(b + 1) * bs] = np.arange(n + b * bs, n + (b + 1) * bs)
+                r.lam = lam
+                r.lams.append(lam)
+                r.values.append(value)
+    return [PoisoningResult(r.Xcur[r.replaced].copy(), r.ycur[r.replaced].copy(), r.Xp_init,
+                            r.replaced, np.asarray(r.lams), np.asarray(r.values),
+                            {k: np.asarray(v) for k, v in r.hist.items()}, bs,
+                            bool(a0.replace), X, y) for r in runs]
 
-    def _lam_step(self, lam, grad_lam):
-        return float(np.clip(lam - self.beta * grad_lam, *self._ctx["lam_range"]))
 
-    def _record(self, batch, attempt, it, value, grad_norm, grad_lam, lam):
-        for k, v in zip(self._hist, (batch, attempt, it, value, grad_norm, grad_lam, lam)):
-            self._hist[k].append(v)
-        self._bar.update()
+class _One:
+    """One problem's part of a batched HyperGrad."""
+    __slots__ = ("value", "grad_Xp", "grad_lam")
 
-    def _split_last(self, X, y):
-        # The engine wants at least one 'poisoning' row; on the clean set the last
-        # training row plays it (the training set is unchanged).
-        return X[:-1], y[:-1], X[-1:], y[-1:]
+    def __init__(self, hg, i):
+        self.value, self.grad_lam = float(hg.value[i]), hg.grad_lam[i]
+        self.grad_Xp = None if hg.grad_Xp is None else hg.grad_Xp[i]
 
-    def _learn_clean_lam(self, X, y, lam):
-        """T_lam steps of projected hypergradient descent on lam, clean training set."""
-        parts = self._split_last(X, y)
-        for it in range(self.T_lam):
-            hg = self._hg(*parts, lam, f"learning lam on the clean set, iteration {it}")
-            if hg is None:
-                self._record(0, 0, it, np.nan, np.nan, np.nan, lam)
-                continue
-            lam = self._lam_step(lam, hg.grad_lam)
-            self._record(0, 0, it, hg.value, np.nan, hg.grad_lam, lam)
-        return lam
 
-    def _value(self, X, y, lam):
-        hg = self._hg(*self._split_last(X, y), lam, "the value on the clean training set")
-        return np.nan if hg is None else float(hg.value)
+def _solve(engine, runs, Xp, yp, lam, need, where):
+    """One engine call over the problems of ``runs``: a list of _One, None where
+    that problem's inner training diverged and its attack warns (it raises
+    otherwise, in the attack's terms: eta, its lam, ``where``)."""
+    try:
+        hg = engine.run(Xp, yp, lam, need)
+        return [_One(hg, i) for i in range(len(runs))]
+    except DivergenceError as err:
+        if len(runs) == 1:
+            return [_diverged(engine, runs[0], err, where, lam[0], Xp.shape[1])]
+    out = []
+    for i, r in enumerate(runs):  # which of them diverged: each alone (the error path only)
+        try:
+            out.append(_One(engine.run(Xp[i:i + 1], yp[i:i + 1], lam[i:i + 1], need), 0))
+        except DivergenceError as err:
+            out.append(_diverged(engine, r, err, where, lam[i], Xp.shape[1]))
+    return out
 
-    def _batch(self, Xc, yc, Xp, yp, lam, batch, attempt):
-        """T_outer coordinate-wise steps on one batch: ascent on Xp, then descent on lam."""
-        lo, hi = self._ctx["box"]
-        for it in range(self.T_outer):
-            where = f"batch {batch}, attempt {attempt}, hyperiteration {it}"
-            hg = self._hg(Xc, yc, Xp, yp, lam, where)
-            if hg is None:
-                self._record(batch, attempt, it, np.nan, np.nan, np.nan, lam)
-                continue
-            g = hg.grad_Xp
-            norms = np.linalg.norm(g, axis=1, keepdims=True)
-            Xp = np.clip(Xp + self.alpha * g / np.maximum(norms, np.finfo(g.dtype).tiny), lo, hi)
-            Xp = Xp.astype(Xc.dtype, copy=False)
-            grad_lam = np.nan
-            if self._ctx["learned"]:  # Algorithm 1, line 9: at the updated points
-                hl = self._hg(Xc, yc, Xp, yp, lam, where + " (lam step)")
-                if hl is not None:
-                    grad_lam = hl.grad_lam
-                    lam = self._lam_step(lam, grad_lam)
-            self._record(batch, attempt, it, hg.value, float(norms.mean()), grad_lam, lam)
-        hg = self._hg(Xc, yc, Xp, yp, lam, f"batch {batch}, attempt {attempt}, final value")
-        return Xp, lam, np.nan if hg is None else float(hg.value)
+
+def _diverged(engine, r, err, where, lam, k):
+    det, n = err.details, engine.Xc.shape[0] + k
+    if engine.victim.regularizer != "l2":  # the victim's slow path words it (eta, rho)
+        text = f"optimal poisoning, {where}: {err}"
+    else:
+        text = message(det, f"optimal poisoning, {where}: ", alpha_name="eta",
+                       lam_term=f"exp(lam) / n = {det['e']:.3g} from lam={lam:g} and "
+                                f"the n={n} training rows")
+    if r.atk.on_divergence == "raise":
+        raise DivergenceError(text, step=err.step, details=dict(det, lam=lam)) from None
+    warnings.warn(text.replace("would be garbage", "is skipped"), DivergenceWarning,
+                  stacklevel=6)  # the caller of run / run_lockstep
+    return None
+
+
+def _clean(engine, runs, x, y, bar):
+    """lam learned on the clean set (T_lam steps of projected hypergradient descent,
+    forward mode) by the attacks that learn it, then every attack's value there.
+    The engine wants at least one 'poisoning' row: the last training row, x."""
+    rep = lambda m: (np.repeat(x[None], m, 0), np.repeat(y[None], m, 0))
+    for it in range(max(r.atk.T_lam * r.learned for r in runs)):
+        act = [r for r in runs if r.learned and it < r.atk.T_lam]
+        hs = _solve(engine, act, *rep(len(act)), np.array([r.lam for r in act]), "lam",
+                    f"learning lam on the clean set, iteration {it}")
+        for r, h in zip(act, hs):
+            if h is not None:
+                r.lam = r.lam_step(r.lam, h.grad_lam)
+            r.record(bar, 0, 0, it, np.nan if h is None else h.value, np.nan,
+                     np.nan if h is None else h.grad_lam, r.lam)
+    hs = _solve(engine, runs, *rep(len(runs)), np.array([r.lam for r in runs]), "value",
+                "the value on the clean training set")
+    for r, h in zip(runs, hs):
+        r.lams.append(r.lam)
+        r.values.append(np.nan if h is None else h.value)
+
+
+def _batch(engine, runs, Xp, yp, lam, k0, box, batch, attempt, bar):
+    """T_outer coordinate-wise steps on one batch of every attack at once: ascent
+    on the points Xp[:, k0:] (the rows before k0 are earlier batches', fixed),
+    then descent on lam (Algorithm 1, line 9: at the updated points) where it is
+    learned. Returns per attack (points, lam, final value)."""
+    lo, hi = box
+    alpha = runs[0].atk.alpha
+    for it in range(runs[0].atk.T_outer):
+        where = f"batch {batch}, attempt {attempt}, hyperiteration {it}"
+        hs = _solve(engine, runs, Xp, yp, lam, "all", where)
+        norm = [np.nan] * len(runs)
+        for i, h in enumerate(hs):
+            if h is not None:
+                g = h.grad_Xp[k0:]
+                norms = np.linalg.norm(g, axis=1, keepdims=True)
+                Xp[i, k0:] = np.clip(Xp[i, k0:] + alpha * g / np.maximum(
+                    norms, np.finfo(g.dtype).tiny), lo, hi)
+                norm[i] = float(norms.mean())
+        grad_lam = [np.nan] * len(runs)
+        step = [i for i, (r, h) in enumerate(zip(runs, hs)) if r.learned and h is not None]
+        if step:
+            for i, h in zip(step, _solve(engine, [runs[i] for i in step], Xp[step], yp[step],
+                                         lam[step], "lam", where + " (lam step)")):
+                if h is not None:
+                    grad_lam[i] = h.grad_lam
+                    lam[i] = runs[i].lam_step(lam[i], h.grad_lam)
+        for i, (r, h) in enumerate(zip(runs, hs)):
+            r.record(bar, batch, attempt, it, np.nan if h is None else h.value, norm[i],
+                     grad_lam[i], float(lam[i]))
+    hs = _solve(engine, runs, Xp, yp, lam, "value",
+                f"batch {batch}, attempt {attempt}, final value")
+    return [(Xp[i, k0:].copy(), float(lam[i]), np.nan if h is None else h.value)
+            for i, h in enumerate(hs)]
 
 
 def _sigmoid(z):

@@ -74,15 +74,19 @@ class Victim:
                              f"attack's data has {d}; pass the data it was fitted on (or an "
                              "unfitted estimator).")
 
+    def engine(self, Xc, yc, Xv, yv, *, T, eta, gamma, mode, backend):
+        """The victim's hypergradients prepared on fixed clean rows (Xc, yc) and
+        validation rows: ``.run(Xp, yp, lam, need)`` for one problem (Xp (k, d))
+        or a batch (Xp (B, k, d), lam (B,)) whose rows are [Xc; Xp[b]]."""
+        if self.regularizer == "wasserstein":
+            return WassersteinEngine(self, Xc, yc, Xv, yv, T=T, eta=eta, gamma=gamma)
+        return L2Engine(self, Xc, yc, Xv, yv, T=T, eta=eta, gamma=gamma, mode=mode,
+                        backend=backend)
+
     def hypergrad(self, Xc, yc, Xp, yp, Xv, yv, lam, *, T, eta, gamma, mode, backend):
         """HyperGrad of the mean validation loss after T inner steps wrt Xp and lam."""
-        if self.regularizer == "wasserstein":
-            return _wasserstein_hypergrad(self, Xc, yc, Xp, yp, Xv, yv, lam, T, eta, gamma)
-        from ..hypergrad import hypergrad
-        n = Xc.shape[0] + Xp.shape[0]  # the attack's scale divides the regulariser by n
-        return hypergrad(Xc, yc, Xp, yp, Xv, yv, lam=lam - math.log(n), T=T, alpha=eta,
-                         gamma=gamma, loss=self.loss, fit_intercept=self.fit_intercept,
-                         mode=mode, backend=backend)
+        return self.engine(Xc, yc, Xv, yv, T=T, eta=eta, gamma=gamma, mode=mode,
+                           backend=backend).run(Xp, yp, lam)
 
     def check_engine(self, mode, backend):
         """The Wasserstein slow path is torch's unrolled trajectory RMD only."""
@@ -91,6 +95,51 @@ class Victim:
             raise ValueError(f"model {self.name} runs its hypergradient by torch autograd through "
                              f"the unrolled loop; use mode='trajectory' and backend 'numba' (the "
                              f"default) or 'torch', not mode={mode!r}, backend={backend!r}.")
+
+
+NEEDS = ("all", "lam", "value")
+
+
+class L2Engine:
+    """An L2 victim's hypergradients (mithridate.hypergrad) on the attack's scale:
+    the engine's lam is lam - log(n), n the rows trained on (clean + poisoning).
+    ``need``: "all" (value, grad_Xp, grad_lam by ``mode``), "lam" (value and
+    grad_lam by forward mode, the same exact derivative of the unrolled loop as
+    the reverse modes; ``mode="implicit"`` keeps its own lam step) or "value"."""
+
+    def __init__(self, victim, Xc, yc, Xv, yv, *, T, eta, gamma, mode, backend):
+        self.victim, self.Xc, self.yc, self.Xv, self.yv = victim, Xc, yc, Xv, yv
+        self.T, self.eta, self.gamma, self.mode, self.backend = T, eta, gamma, mode, backend
+
+    def run(self, Xp, yp, lam, need="all"):
+        from ..hypergrad import hypergrad
+        n = self.Xc.shape[0] + Xp.shape[-2]
+        mode = self.mode if need == "all" or self.mode == "implicit" else "forward"
+        return hypergrad(self.Xc, self.yc, Xp, yp, self.Xv, self.yv,
+                         lam=np.subtract(lam, math.log(n)), T=self.T, alpha=self.eta,
+                         gamma=self.gamma, loss=self.victim.loss,
+                         fit_intercept=self.victim.fit_intercept, mode=mode, backend=self.backend)
+
+
+class WassersteinEngine:
+    """The Wasserstein victims' slow path (module docstring), one problem at a
+    time; every ``need`` gets the full result (autograd gives all of it)."""
+
+    def __init__(self, victim, Xc, yc, Xv, yv, *, T, eta, gamma):
+        self.victim, self.Xc, self.yc, self.Xv, self.yv = victim, Xc, yc, Xv, yv
+        self.T, self.eta, self.gamma = T, eta, gamma
+
+    def run(self, Xp, yp, lam, need="all"):
+        from ..hypergrad import HyperGrad
+        one = lambda Xp, yp, lam: _wasserstein_hypergrad(
+            self.victim, self.Xc, self.yc, Xp, yp, self.Xv, self.yv, lam, self.T, self.eta,
+            self.gamma)
+        if Xp.ndim == 2:
+            return one(Xp, yp, lam)
+        rs = [one(Xp[b], yp[b], lam[b]) for b in range(Xp.shape[0])]
+        return HyperGrad(np.array([r.value for r in rs]), np.stack([r.grad_Xp for r in rs]),
+                         np.array([r.grad_lam for r in rs]), np.stack([r.theta_T for r in rs]),
+                         dict(rs[0].info, B=len(rs)))
 
 
 def as_victim(model):
