@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 NC, K, NV, D = 13, 3, 11, 7
 T, ALPHA, GAMMA = 9, 0.4, 0.7
 TOL = {np.float64: 1e-10, np.float32: 2e-4}  # relative to the largest entry
-MODES = generic.MODES
+MODES = ("trajectory", "checkpoint", "forward", "reversible")  # the gradient modes
 
 
 def data(dtype, seed=0, loss="logistic"):
@@ -155,6 +155,15 @@ def test_checkpoint_is_trajectory_bit_for_bit(sched):
     assert b.info["state_bytes"] == sched.state_bytes(D + 1)
 
 
+def test_value_mode_is_the_training_of_trajectory():
+    model = LinearModel(penalize_intercept=True)
+    pb = problem(data(np.float32, seed=8), np.array([-0.5, 0.2]), np.zeros(D + 1, np.float32))
+    a = generic.run(model, [pb], "trajectory")[0]
+    b = generic.run(model, [pb], "value")[0]
+    assert b.value == a.value and (b.theta_T == a.theta_T).all()
+    assert b.grad_Xp is None and b.grad_lam is None and b.info["mode"] == "value"
+
+
 def test_several_problems_and_no_poisoning_rows():
     model = LinearModel(penalize_intercept=True)
     arrays = data(np.float64, seed=7)
@@ -227,3 +236,4 @@ def test_state_bytes():
     assert generic.state_bytes(m, pb, "checkpoint") == schedule.plan(T).state_bytes(D + 1)
     assert generic.state_bytes(m, pb, "forward") == 8 * (D + 1) * 4
     assert generic.state_bytes(m, pb, "reversible") == (D + 1) * (16 + 4)
+    assert generic.state_bytes(m, pb, "value") == 8 * (D + 1) * 2

@@ -22,6 +22,7 @@ Xv, yv). Modes:
   which the reverse recomputes bit for bit at the recovered theta_t (a model's
   gradient is a deterministic function of theta). The reverse then takes the
   step back above there; theta_0 and v_0 = 0 must come back bit for bit.
+- ``value``: the training and the outer value only (grad_Xp, grad_lam None).
 
 Model calls take theta (and u) in X's dtype, as the fused loops' row passes;
 the state, adjoints and sums are float64. Divergence: the growth watch of
@@ -40,7 +41,7 @@ from . import divergence, reversible, schedule as schedules
 from .schedule import ADVANCE, RESTORE, SAVE, VALUE
 from .result import HyperGrad
 
-MODES = ("trajectory", "checkpoint", "forward", "reversible")
+MODES = ("trajectory", "checkpoint", "forward", "reversible", "value")
 
 
 def run(model, problems, mode, *, schedule=None, frac_bits=None, max_buffer_bytes=None):
@@ -63,8 +64,8 @@ def run(model, problems, mode, *, schedule=None, frac_bits=None, max_buffer_byte
         plans = [_fixed_point_plan(inner, frac_bits, max_buffer_bytes) for inner in inners]
         return [_reversible(inner, frac_bits, *plan, _where(i, problems))
                 for i, (inner, plan) in enumerate(zip(inners, plans))]
-    if mode == "forward":
-        return [_forward(inner) for inner in inners]
+    if mode in ("forward", "value"):
+        return [_forward(inner, mode == "forward") for inner in inners]
     scheds = [_schedule(mode, schedule, inner.T) for inner in inners]
     return [_rmd(inner, sched, mode) for inner, sched in zip(inners, scheds)]
 
@@ -73,8 +74,8 @@ def state_bytes(model, pb, mode, schedule=None, frac_bits=None, max_buffer_bytes
     """Bytes of the states `mode` stores for Problem pb (the memory check)."""
     inner = _Inner(model, pb)
     p = inner.p
-    if mode == "forward":
-        return 8 * p * 2 * (1 + inner.n_lam)
+    if mode in ("forward", "value"):
+        return 8 * p * 2 * (1 + (mode == "forward") * inner.n_lam)
     if mode == "reversible":
         return _fixed_point_plan(inner, reversible.check_frac_bits(frac_bits), max_buffer_bytes)[3]
     return _schedule(mode, schedule, inner.T).state_bytes(p)
@@ -132,7 +133,7 @@ class _Inner:
             if self.n_lam else np.zeros((0, self.p))
 
     def result(self, value, dXp, dlam, theta_T, info, where=""):
-        glam = float(dlam[0]) if self.n_lam == 1 else dlam
+        glam = float(dlam[0]) if dlam is not None and self.n_lam == 1 else dlam
         gX = None if dXp is None else divergence.to_dtype(dXp, self.dtype, f"generic{where}")
         return HyperGrad(value, gX, glam, theta_T.astype(self.dtype), info)
 
@@ -192,24 +193,28 @@ def _rmd(inner, sched, mode):
     return inner.result(value, dXp, dlam, theta_T, info)
 
 
-def _forward(inner):
-    """Forward mode: the tangents ride the heavy-ball step with theta's."""
+def _forward(inner, tangents):
+    """Forward mode (tangents) or the value alone: the tangents ride the
+    heavy-ball step with theta's."""
+    n = inner.n_lam if tangents else 0
     theta, v = inner.theta0.copy(), np.zeros(inner.p)
-    dth, dv = np.zeros((inner.n_lam, inner.p)), np.zeros((inner.n_lam, inner.p))
+    dth, dv = np.zeros((n, inner.p)), np.zeros((n, inner.p))
     watch = _watcher(inner.gamma)
     for t in range(inner.T):
         g = inner.grad(theta)
         watch(g, t)
-        th = inner._x(theta)
-        dg = inner.lam_tangent(theta)
-        for j in range(inner.n_lam):
-            dg[j] += inner.model.hvp(th, inner._x(dth[j]), inner.X, inner.y, inner.lam)
+        if tangents:
+            th = inner._x(theta)
+            dg = inner.lam_tangent(theta)
+            for j in range(n):
+                dg[j] += inner.model.hvp(th, inner._x(dth[j]), inner.X, inner.y, inner.lam)
+            dth, dv = step(dth, dv, dg, inner.alpha, inner.gamma)
         theta, v = step(theta, v, g, inner.alpha, inner.gamma)
-        dth, dv = step(dth, dv, dg, inner.alpha, inner.gamma)
     value, gv = inner.outer(theta)
-    info = dict(mode="forward", backend="generic", T=inner.T, diverged_at=watch.step(),
-                state_bytes=8 * inner.p * 2 * (1 + inner.n_lam))
-    return inner.result(value, None, dth @ gv, theta, info)
+    mode = "forward" if tangents else "value"
+    info = dict(mode=mode, backend="generic", T=inner.T, diverged_at=watch.step(),
+                state_bytes=8 * inner.p * 2 * (1 + n))
+    return inner.result(value, None, dth @ gv if tangents else None, theta, info)
 
 
 def _fixed_point_plan(inner, frac_bits, max_buffer_bytes):
