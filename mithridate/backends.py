@@ -1,10 +1,16 @@
-"""Backend registry and selection.
+"""Backend registry: which module implements each hot path on each backend, and selection.
 
-``auto`` picks by where the data lives: numpy arrays and CPU tensors go to
-``numba``, CUDA tensors to ``triton``. ``MITHRIDATE_BACKEND`` overrides
-``auto``. An explicitly requested backend that cannot run raises; an automatic
-choice that cannot run falls back to ``numba`` (CPU data) or ``torch`` with a
-debug log line.
+``REGISTRY`` maps (hot path, backend) to the module holding that
+implementation, imported only when :func:`implementation` asks for it.
+
+``select(path, "auto", *arrays)`` picks by where the data lives: the first
+available backend of ``AUTO[path]`` for host data (numpy arrays, CPU
+tensors) or for CUDA tensors, with a debug log line when it passes over an
+unavailable one. ``MITHRIDATE_BACKEND`` overrides ``auto`` for the paths its
+backend implements (and is ignored, with a debug line, for the others: one
+setting serves every path). An explicit backend that cannot run here raises
+RuntimeError (why, and what to use instead); a backend without that path
+raises ValueError listing the ones that have it.
 """
 import functools
 import importlib
@@ -16,18 +22,49 @@ from ._validation import is_torch
 
 log = logging.getLogger(__name__)
 
-# backend -> (module holding the linear-model kernels, what it runs on)
-LINEAR = {
-    "numba": "mithridate.kernels.cpu.linear",
-    "triton": "mithridate.kernels.gpu.linear",
-    "torch": "mithridate.reference.linear",
+REGISTRY = {
+    ("linear", "numba"): "mithridate.kernels.cpu.linear",
+    ("linear", "triton"): "mithridate.kernels.gpu.linear",
+    ("linear", "torch"): "mithridate.reference.linear",
+    ("lipschitz", "numba"): "mithridate.kernels.cpu.lipschitz",
+    ("lipschitz", "triton"): "mithridate.kernels.gpu.lipschitz",
+    ("lipschitz", "torch"): "mithridate.reference.lipschitz",
+    ("hypergrad", "numba"): "mithridate.hypergrad.fused",
+    ("hypergrad", "cpp"): "mithridate.hypergrad.native",
+    ("hypergrad", "cuda"): "mithridate.hypergrad.native",
+    ("hypergrad", "torch"): "mithridate.hypergrad.reference",
+    ("fixed_point", "numba"): "mithridate.kernels.cpu.fixed_point",
+    ("fixed_point", "cpp"): "mithridate._C",
+    ("fixed_point", "cuda"): "mithridate._C_cuda",
 }
-BACKENDS = tuple(LINEAR) + ("auto",)
+NAMES = ("numba", "cpp", "cuda", "triton", "torch")
+BACKENDS = NAMES + ("auto",)
+PATHS = tuple(dict.fromkeys(path for path, _ in REGISTRY))
+# path -> (preference for host data, preference for CUDA tensors). Host
+# fixed point prefers the compiled extension, which it has always used.
+AUTO = {
+    "linear": (("numba", "torch"), ("triton", "torch")),
+    "lipschitz": (("numba", "torch"), ("triton", "torch")),
+    "hypergrad": (("numba", "cpp", "torch"), ("cuda", "torch")),
+    "fixed_point": (("cpp", "numba"), ("cuda",)),
+}
+# Compiled extensions: the backend needs this module to import.
+_EXTENSION = {"cpp": "mithridate._C", "cuda": "mithridate._C_cuda"}
 
 
 @functools.lru_cache(maxsize=None)
 def _installed(mod):
     return importlib.util.find_spec(mod) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _import_error(mod):
+    """None if extension `mod` imports, else the error (fixed for the life of the process)."""
+    try:
+        importlib.import_module(mod)
+    except ImportError as err:
+        return str(err)
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,9 +77,17 @@ def cuda_available():
 
 
 def unavailable_reason(name):
-    """None if backend `name` can run here, else why not."""
+    """None if backend `name` can run here, else why not (and what to install)."""
+    if name not in NAMES:
+        raise ValueError(f"backend={name!r} is unknown; choose one of {list(NAMES)}.")
     if name == "numba":
         return None if _installed("numba") else "numba is not installed (pip install numba)"
+    if name in _EXTENSION:
+        err = _import_error(_EXTENSION[name])
+        if err:
+            return (f"the compiled extension {_EXTENSION[name]} does not import ({err}); reinstall "
+                    "with a C++ compiler" + (" and nvcc (MITHRIDATE_CUDA=1)" if name == "cuda" else ""))
+        return None if name == "cpp" or cuda_available() else "no CUDA GPU is visible to torch"
     if not _installed("torch"):
         return f"backend {name!r} needs torch (pip install 'mithridate[gpu]')"
     if name == "triton":
@@ -53,42 +98,79 @@ def unavailable_reason(name):
     return None
 
 
-def select(backend, *arrays):
-    """Resolve `backend` ('auto' or a name) for data `arrays`; returns a name."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is unknown; choose one of {list(BACKENDS)}.")
+def implemented(path):
+    """Backends with an implementation of `path`, in ``NAMES`` order."""
+    if path not in AUTO:
+        raise ValueError(f"hot path {path!r} is unknown; choose one of {list(PATHS)}.")
+    return tuple(b for b in NAMES if (path, b) in REGISTRY)
+
+
+def available(path):
+    """Backends that implement `path` and can run here."""
+    return tuple(b for b in implemented(path) if unavailable_reason(b) is None)
+
+
+def _check_implements(path, backend):
+    if (path, backend) not in REGISTRY:
+        raise ValueError(f"backend={backend!r}: {path} has no {backend} implementation; implemented: "
+                         f"{', '.join(implemented(path))}.")
+
+
+def select(path, backend="auto", *arrays):
+    """The backend name that runs `path` for data `arrays` ("auto" or a name in ``BACKENDS``)."""
+    origin = "backend"
     if backend == "auto":
-        backend = os.environ.get("MITHRIDATE_BACKEND", "auto")
+        env = os.environ.get("MITHRIDATE_BACKEND", "auto")
+        if env not in BACKENDS:
+            raise ValueError(f"MITHRIDATE_BACKEND={env!r} is unknown; choose one of {list(BACKENDS)} "
+                             "or unset it.")
+        if (path, env) not in REGISTRY:
+            if env != "auto":
+                implemented(path)
+                log.debug("MITHRIDATE_BACKEND=%r has no %s implementation; choosing automatically",
+                          env, path)
+            return _auto(path, arrays)
+        backend, origin = env, "MITHRIDATE_BACKEND"
+    elif (path, backend) not in REGISTRY:
         if backend not in BACKENDS:
-            raise ValueError(f"MITHRIDATE_BACKEND={backend!r} is unknown; choose one of {list(BACKENDS)}.")
-    if backend != "auto":
-        reason = unavailable_reason(backend)
-        if reason:
-            raise RuntimeError(f"backend {backend!r} is unavailable: {reason}.")
-        return backend
-    on_gpu = any(is_torch(a) and a.is_cuda for a in arrays if a is not None)
-    choice = "triton" if on_gpu else "numba"
-    reason = unavailable_reason(choice)
+            raise ValueError(f"backend={backend!r} is unknown; choose one of {list(BACKENDS)}.")
+        _check_implements(path, backend)
+    reason = unavailable_reason(backend)
     if reason:
-        fallback = "torch" if on_gpu else "numba"
-        log.debug("backend auto: %s unavailable (%s); using %s", choice, reason, fallback)
-        return fallback
-    return choice
+        others = [b for b in available(path) if b != backend]
+        raise RuntimeError(f"{path} on {origin}={backend!r} is unavailable: {reason}. Available "
+                           f"here for {path}: {', '.join(others) or 'none'} (or 'auto').")
+    return backend
 
 
-def linear_module(name):
-    return importlib.import_module(LINEAR[name])
+def _auto(path, arrays):
+    if path not in AUTO:
+        implemented(path)
+    on_gpu = any(is_torch(a) and a.is_cuda for a in arrays if a is not None)
+    choices = AUTO[path][1 if on_gpu else 0]
+    reasons = []
+    for name in choices:
+        reason = unavailable_reason(name)
+        if reason is None:
+            if reasons:
+                log.debug("backend auto for %s: %s; using %s", path, "; ".join(reasons), name)
+            return name
+        reasons.append(f"{name} unavailable ({reason})")
+    where = "CUDA tensors" if on_gpu else "host data"
+    raise RuntimeError(f"no backend can run {path} on {where} here: {'; '.join(reasons)}.")
 
 
-# backend -> module holding the batched Lipschitz regularisers
-LIPSCHITZ = {
-    "numba": "mithridate.kernels.cpu.lipschitz",
-    "triton": "mithridate.kernels.gpu.lipschitz",
-    "torch": "mithridate.reference.lipschitz",
-}
+_modules = {}
 
 
-def lipschitz_module(name):
-    if name not in LIPSCHITZ:
-        raise RuntimeError(f"backend {name!r} has no Lipschitz kernel; use one of {list(LIPSCHITZ)}.")
-    return importlib.import_module(LIPSCHITZ[name])
+def implementation(path, backend):
+    """The module implementing `path` on `backend` (a name, not "auto"), imported on first use."""
+    mod = _modules.get((path, backend))
+    if mod is None:
+        if (path, backend) not in REGISTRY:
+            implemented(path)
+            if backend not in NAMES:
+                raise ValueError(f"backend={backend!r} is unknown; choose one of {list(NAMES)}.")
+            _check_implements(path, backend)
+        mod = _modules[(path, backend)] = importlib.import_module(REGISTRY[(path, backend)])
+    return mod

@@ -32,15 +32,15 @@ from ._validation import (LOSSES, as_bool, check_array, check_choice, check_fini
 __all__ = ["loss_grad", "hvp", "mixed", "lipschitz"]
 
 
-def _check_model_args(theta, X, y, loss, fit_intercept, backend, x_ndims, **others):
-    """Checks every op shares: the loss and backend names; fit_intercept a
+def _check_model_args(path, theta, X, y, loss, fit_intercept, backend, x_ndims, **others):
+    """Checks every op shares: the loss name; the backend that runs hot path
+    `path` for this data (registry selection); fit_intercept a
     bool; no tensor that requires grad (ops return values without a graph:
     mithridate.torch gives one, handing the ops detached tensors); X, theta and y of one float
     dtype; theta's width d + fit_intercept; y's shape; finite theta; labels.
-    Returns X's dtype name."""
+    Returns (X's dtype name, the backend name)."""
     check_choice("loss", loss, LOSSES)
-    if backend not in backends.BACKENDS:
-        raise ValueError(f"backend={backend!r} is unknown; choose one of {list(backends.BACKENDS)}.")
+    chosen = backends.select(path, backend, theta, X)
     as_bool("fit_intercept", fit_intercept)
     for name, a in dict(theta=theta, X=X, y=y, **others).items():
         check_no_grad(name, a, "mithridate.ops")
@@ -56,7 +56,7 @@ def _check_model_args(theta, X, y, loss, fit_intercept, backend, x_ndims, **othe
     check_shape("y", y, X.shape[:-1])
     check_finite("theta", theta)
     check_labels(y, loss)
-    return dt
+    return dt, chosen
 
 
 class _Problem:
@@ -64,8 +64,8 @@ class _Problem:
 
     def __init__(self, theta, X, y, v, sample_weight, lam, loss, fit_intercept,
                  penalize_intercept, backend):
-        dt = _check_model_args(theta, X, y, loss, fit_intercept, backend, (2, 3), v=v,
-                               sample_weight=sample_weight, lam=lam)
+        dt, self.backend = _check_model_args("linear", theta, X, y, loss, fit_intercept, backend,
+                                             (2, 3), v=v, sample_weight=sample_weight, lam=lam)
         as_bool("penalize_intercept", penalize_intercept)
         self.single = theta.ndim == 1
         B = 1 if self.single else theta.shape[0]
@@ -92,7 +92,6 @@ class _Problem:
                 raise ValueError("lam contains nan or inf; it is log(L2 strength), pass a finite value "
                                  "or lam=None for no regulariser.")
             lam = np.broadcast_to(lam, (B,)).copy()
-        self.backend = backends.select(backend, theta, X)
         self.out_torch = is_torch(theta)
         self.out_device = theta.device if self.out_torch else None
         self.args = dict(theta=theta, X=X, y=y, v=v, sample_weight=sample_weight)
@@ -160,7 +159,7 @@ def loss_grad(theta, X, y, *, loss="logistic", lam=None, sample_weight=None,
     pb = _Problem(theta, X, y, None, sample_weight, lam, loss, fit_intercept,
                   penalize_intercept, backend)
     a = pb.arrays()
-    value, grad = backends.linear_module(pb.backend).loss_grad(
+    value, grad = backends.implementation("linear", pb.backend).loss_grad(
         a["theta"], a["X"], a["y"], a["sample_weight"], a["lam"], **pb.options)
     _nonfinite(pb, (value, grad))
     return pb.output(value), pb.output(grad)
@@ -178,7 +177,7 @@ def hvp(theta, v, X, y, *, loss="logistic", lam=None, sample_weight=None,
     if loss == "absolute":  # X is not read, so check it here
         check_finite_X(_host(X))
     a = pb.arrays()
-    out = backends.linear_module(pb.backend).hvp(
+    out = backends.implementation("linear", pb.backend).hvp(
         a["theta"], a["v"], a["X"], a["y"], a["sample_weight"], a["lam"], **pb.options)
     _nonfinite(pb, (out,))
     return pb.output(out)
@@ -206,7 +205,7 @@ def mixed(theta, v, X, y, rows, *, loss="logistic", lam=None, sample_weight=None
     check_finite_X(_host(X[..., rows_np, :]), rows_np)
     a = pb.arrays()
     r = _to_torch(rows_np).to(a["X"].device) if pb.backend in ("torch", "triton") else rows_np
-    dX, dlam = backends.linear_module(pb.backend).mixed(
+    dX, dlam = backends.implementation("linear", pb.backend).mixed(
         a["theta"], a["v"], a["X"], a["y"], a["sample_weight"], a["lam"], r, **pb.options)
     _nonfinite(pb, (dX, dlam))
     return pb.output(dX), pb.output(dlam)
@@ -276,7 +275,7 @@ def lipschitz(theta, X, y, *, loss, norm=2, bound="tight", fit_intercept=True,
     """
     check_choice("bound", bound, BOUNDS)
     q = _dual_exponent(norm)
-    _check_model_args(theta, X, y, loss, fit_intercept, backend, (2,))
+    _, name = _check_model_args("lipschitz", theta, X, y, loss, fit_intercept, backend, (2,))
     if data_bounds is not None:
         if bound != "paper":
             raise ValueError("data_bounds applies to bound='paper' only; drop it for the tight bound.")
@@ -287,13 +286,7 @@ def lipschitz(theta, X, y, *, loss, norm=2, bound="tight", fit_intercept=True,
         if len(data_bounds) != 2 or not all(math.isfinite(v) and v >= 0 for v in data_bounds):
             raise ValueError("data_bounds must be a pair (X, Y) of finite numbers >= 0: "
                              "max ||x||_p and max |y|.")
-    name = backends.select(backend, theta, X)
-    if name not in backends.LIPSCHITZ:
-        if backend == name:
-            raise RuntimeError(f"backend {name!r} has no Lipschitz kernel; use backend='numba' "
-                               "or 'torch'.")
-        name = "torch"  # auto on CUDA data: the reference runs there
-    mod = backends.lipschitz_module(name)
+    mod = backends.implementation("lipschitz", name)
     conv = _to_numpy if name == "numba" else _to_torch
     th, Xc, yc = conv(theta), conv(X), conv(y)
     if name == "triton":

@@ -1,4 +1,5 @@
-"""Backend selection rules of mithridate.backends."""
+"""The backend registry (mithridate.backends): the table, selection rules and their errors."""
+import importlib
 import logging
 import subprocess
 import sys
@@ -7,6 +8,9 @@ import numpy as np
 import pytest
 
 from mithridate import backends, ops
+
+PATHS = ("linear", "lipschitz", "hypergrad", "fixed_point")
+HOST_AUTO = {"linear": "numba", "lipschitz": "numba", "hypergrad": "numba", "fixed_point": "cpp"}
 
 
 class FakeCudaTensor:
@@ -20,33 +24,157 @@ def no_override(monkeypatch):
     monkeypatch.delenv("MITHRIDATE_BACKEND", raising=False)
 
 
-def test_auto_picks_numba_for_numpy():
-    assert backends.select("auto", np.zeros(3)) == "numba"
+def only(monkeypatch, *names):
+    """Pretend only backends `names` can run here."""
+    monkeypatch.setattr(backends, "unavailable_reason",
+                        lambda b: None if b in names else f"{b} is switched off for this test")
+
+
+def test_the_table():
+    assert backends.PATHS == PATHS
+    assert backends.BACKENDS == ("numba", "cpp", "cuda", "triton", "torch", "auto")
+    assert backends.implemented("linear") == ("numba", "triton", "torch")
+    assert backends.implemented("lipschitz") == ("numba", "triton", "torch")
+    assert backends.implemented("hypergrad") == ("numba", "cpp", "cuda", "torch")
+    assert backends.implemented("fixed_point") == ("numba", "cpp", "cuda")
+    assert backends.REGISTRY["hypergrad", "cpp"] == backends.REGISTRY["hypergrad", "cuda"] \
+        == "mithridate.hypergrad.native"
+    for path, (host, gpu) in backends.AUTO.items():  # auto only ever picks what exists
+        assert set(host) | set(gpu) <= set(backends.implemented(path))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_auto_on_host_data(path):
+    assert backends.select(path, "auto", np.zeros(3)) == HOST_AUTO[path]
+    assert backends.select(path) == HOST_AUTO[path]  # no data: host
 
 
 def test_auto_picks_numba_for_cpu_tensors():
     torch = pytest.importorskip("torch")
-    assert backends.select("auto", torch.zeros(3), None) == "numba"
+    assert backends.select("linear", "auto", torch.zeros(3), None) == "numba"
 
 
-def test_environment_overrides_auto(monkeypatch):
-    monkeypatch.setenv("MITHRIDATE_BACKEND", "torch")
-    assert backends.select("auto", np.zeros(3)) == "torch"
-    assert backends.select("numba", np.zeros(3)) == "numba"  # an explicit choice wins
+@pytest.mark.parametrize("path", PATHS)
+def test_explicit_choices(path):
+    for name in backends.available(path):
+        assert backends.select(path, name, np.zeros(3)) == name
+
+
+@pytest.mark.parametrize("path,env", [("linear", "torch"), ("lipschitz", "torch"),
+                                      ("hypergrad", "torch"), ("hypergrad", "cpp"),
+                                      ("fixed_point", "numba")])
+def test_environment_overrides_auto(monkeypatch, path, env):
+    monkeypatch.setenv("MITHRIDATE_BACKEND", env)
+    assert backends.select(path, "auto", np.zeros(3)) == env
+    assert backends.select(path, HOST_AUTO[path], np.zeros(3)) == HOST_AUTO[path]  # explicit wins
+
+
+def test_environment_auto_is_auto(monkeypatch):
+    monkeypatch.setenv("MITHRIDATE_BACKEND", "auto")
+    assert backends.select("linear") == "numba"
+
+
+@pytest.mark.parametrize("path,env", [("linear", "cpp"), ("hypergrad", "triton"),
+                                      ("fixed_point", "torch")])
+def test_environment_backend_without_the_path_is_ignored(monkeypatch, caplog, path, env):
+    monkeypatch.setenv("MITHRIDATE_BACKEND", env)
+    with caplog.at_level(logging.DEBUG, logger=backends.__name__):
+        assert backends.select(path, "auto", np.zeros(3)) == HOST_AUTO[path]
+    assert f"MITHRIDATE_BACKEND='{env}' has no {path} implementation" in caplog.text
+
+
+def test_environment_backend_unavailable(monkeypatch):
+    only(monkeypatch, "numba")
+    monkeypatch.setenv("MITHRIDATE_BACKEND", "cpp")
+    with pytest.raises(RuntimeError, match=r"hypergrad on MITHRIDATE_BACKEND='cpp' is unavailable: "
+                                           r"cpp is switched off.*Available here for hypergrad: "
+                                           r"numba \(or 'auto'\)"):
+        backends.select("hypergrad", "auto", np.zeros(3))
 
 
 def test_unknown_environment_backend(monkeypatch):
     monkeypatch.setenv("MITHRIDATE_BACKEND", "fortran")
-    with pytest.raises(ValueError, match="MITHRIDATE_BACKEND"):
-        backends.select("auto", np.zeros(3))
+    for path in PATHS:
+        with pytest.raises(ValueError, match="MITHRIDATE_BACKEND='fortran' is unknown"):
+            backends.select(path, "auto", np.zeros(3))
 
 
-def test_unknown_backend():
-    with pytest.raises(ValueError, match="unknown"):
-        backends.select("fortran", np.zeros(3))
+def test_unknown_backend_and_path():
+    for path in PATHS:
+        with pytest.raises(ValueError, match=r"backend='fortran' is unknown; choose one of \["):
+            backends.select(path, "fortran", np.zeros(3))
+    with pytest.raises(ValueError, match="backend='fortran' is unknown"):
+        backends.implementation("linear", "fortran")
+    with pytest.raises(ValueError, match="backend='fortran' is unknown"):
+        backends.unavailable_reason("fortran")
     X = np.zeros((3, 2))
     with pytest.raises(ValueError, match="unknown"):
         ops.loss_grad(np.zeros(3), X, np.zeros(3), backend="fortran")
+    for call in (lambda: backends.select("gemm", "numba"), lambda: backends.select("gemm"),
+                 lambda: backends.implementation("gemm", "numba"), lambda: backends.available("gemm")):
+        with pytest.raises(ValueError, match=r"hot path 'gemm' is unknown; choose one of \['linear'"):
+            call()
+
+
+@pytest.mark.parametrize("path,name", [("hypergrad", "triton"), ("fixed_point", "torch"),
+                                       ("fixed_point", "triton"), ("linear", "cpp"),
+                                       ("linear", "cuda"), ("lipschitz", "cpp")])
+def test_backend_without_the_path(path, name):
+    listed = ", ".join(backends.implemented(path))
+    message = f"backend='{name}': {path} has no {name} implementation; implemented: {listed}."
+    with pytest.raises(ValueError, match=message):
+        backends.select(path, name, np.zeros(3))
+    with pytest.raises(ValueError, match=message):
+        backends.implementation(path, name)
+
+
+def test_explicit_unavailable_says_why_and_what_to_use(monkeypatch):
+    only(monkeypatch, "numba", "torch")
+    with pytest.raises(RuntimeError, match=r"hypergrad on backend='cpp' is unavailable: cpp is "
+                                           r"switched off for this test\. Available here for "
+                                           r"hypergrad: numba, torch \(or 'auto'\)\."):
+        backends.select("hypergrad", "cpp", np.zeros(3))
+    only(monkeypatch)
+    with pytest.raises(RuntimeError, match="Available here for fixed_point: none"):
+        backends.select("fixed_point", "numba")
+
+
+def test_available_follows_availability(monkeypatch):
+    only(monkeypatch, "numba", "cpp")
+    assert {p: backends.available(p) for p in PATHS} == {
+        "linear": ("numba",), "lipschitz": ("numba",), "hypergrad": ("numba", "cpp"),
+        "fixed_point": ("numba", "cpp")}
+
+
+@pytest.mark.parametrize("path,first,then", [("linear", "numba", "torch"),
+                                             ("hypergrad", "numba", "cpp"),
+                                             ("fixed_point", "cpp", "numba")])
+def test_auto_falls_back_and_logs_why(monkeypatch, caplog, path, first, then):
+    names = set(backends.NAMES) - {first}
+    only(monkeypatch, *names)
+    with caplog.at_level(logging.DEBUG, logger=backends.__name__):
+        assert backends.select(path, "auto", np.zeros(3)) == then
+    assert f"backend auto for {path}: {first} unavailable ({first} is switched off" in caplog.text
+    assert f"using {then}" in caplog.text
+
+
+def test_auto_with_nothing_available(monkeypatch):
+    only(monkeypatch, "triton")
+    with pytest.raises(RuntimeError, match=r"no backend can run fixed_point on host data here: "
+                                           r"cpp unavailable .*; numba unavailable"):
+        backends.select("fixed_point", "auto", np.zeros(3))
+    with pytest.raises(RuntimeError, match="no backend can run hypergrad on CUDA tensors"):
+        backends.select("hypergrad", "auto", FakeCudaTensor())
+
+
+def test_auto_on_gpu_data(monkeypatch, caplog):
+    only(monkeypatch, *backends.NAMES)
+    assert {p: backends.select(p, "auto", FakeCudaTensor()) for p in PATHS} == {
+        "linear": "triton", "lipschitz": "triton", "hypergrad": "cuda", "fixed_point": "cuda"}
+    only(monkeypatch, "numba", "torch")
+    with caplog.at_level(logging.DEBUG, logger=backends.__name__):
+        assert backends.select("lipschitz", "auto", np.zeros(3), FakeCudaTensor()) == "torch"
+    assert "triton unavailable" in caplog.text
 
 
 def _no_gpu(monkeypatch):
@@ -58,39 +186,54 @@ def _no_gpu(monkeypatch):
 
 def test_explicit_triton_without_gpu_raises(monkeypatch):
     _no_gpu(monkeypatch)
-    with pytest.raises(RuntimeError, match="triton"):
-        backends.select("triton", np.zeros(3))
+    with pytest.raises(RuntimeError, match="linear on backend='triton' is unavailable: triton needs "
+                                           "a CUDA GPU"):
+        backends.select("linear", "triton", np.zeros(3))
 
 
 def test_explicit_triton_runs_under_interpreter(monkeypatch):
     _no_gpu(monkeypatch)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert backends.select("triton", np.zeros(3)) == "triton"
+    assert backends.select("linear", "triton", np.zeros(3)) == "triton"
+    assert backends.select("linear", "auto", FakeCudaTensor()) == "triton"
 
 
-def test_auto_gpu_data(monkeypatch, caplog):
-    _no_gpu(monkeypatch)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert backends.select("auto", FakeCudaTensor()) == "triton"
-    monkeypatch.delenv("TRITON_INTERPRET")
-    with caplog.at_level(logging.DEBUG, logger=backends.__name__):
-        assert backends.select("auto", FakeCudaTensor()) == "torch"  # falls back, logs why
-    assert "unavailable" in caplog.text
+def test_cuda_needs_the_extension_and_a_gpu(monkeypatch):
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    monkeypatch.setattr(backends, "_import_error", lambda mod: None)
+    assert backends.unavailable_reason("cuda") == "no CUDA GPU is visible to torch"
+    assert backends.unavailable_reason("cpp") is None
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    assert backends.unavailable_reason("cuda") is None
+    monkeypatch.setattr(backends, "_import_error", lambda mod: "undefined symbol: cudaFree")
+    assert "mithridate._C_cuda does not import (undefined symbol: cudaFree)" \
+        in backends.unavailable_reason("cuda")
+    assert "mithridate._C does not import" in backends.unavailable_reason("cpp")
 
 
 def test_explicit_missing_package_raises(monkeypatch):
     monkeypatch.setattr(backends, "_installed", lambda mod: mod != "numba")
     with pytest.raises(RuntimeError, match="numba is not installed"):
-        backends.select("numba", np.zeros(3))
+        backends.select("linear", "numba", np.zeros(3))
 
 
 def test_import_stays_light(tmp_path):
-    code = "import sys, mithridate; assert not {'torch', 'triton'} & set(sys.modules)"
+    code = ("import sys, mithridate; from mithridate import backends\n"
+            "assert [backends.select(p) for p in backends.PATHS] == "
+            "['numba', 'numba', 'numba', 'cpp']\n"
+            "assert not {'torch', 'triton'} & set(sys.modules), 'imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)  # the installed package
 
 
-def test_every_backend_has_a_module():
-    for name in backends.LINEAR:
-        if backends.unavailable_reason(name) is None:
-            mod = backends.linear_module(name)
-            assert all(callable(getattr(mod, f)) for f in ("loss_grad", "hvp", "mixed"))
+ENTRY_POINTS = {"linear": ("loss_grad", "hvp", "mixed"), "lipschitz": ("lipschitz", "data_bounds"),
+                "fixed_point": ("encode", "decode", "mul", "required_words")}
+
+
+def test_every_available_entry_has_its_module():
+    for (path, name), module in backends.REGISTRY.items():
+        if backends.unavailable_reason(name) is not None:
+            continue
+        mod = backends.implementation(path, name)
+        assert mod is importlib.import_module(module) and backends.implementation(path, name) is mod
+        kernels = mod.fixed_point if path == "fixed_point" and name != "numba" else mod
+        assert all(callable(getattr(kernels, f)) for f in ENTRY_POINTS.get(path, ()))
