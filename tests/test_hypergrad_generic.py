@@ -9,7 +9,7 @@ import pytest
 from mithridate import fixed_point
 from mithridate.errors import DivergenceWarning
 from mithridate.hypergrad import generic, hypergrad, schedule
-from mithridate.models import LinearModel
+from mithridate.models import Layout, LinearModel, Model
 
 torch = pytest.importorskip("torch")
 
@@ -33,9 +33,14 @@ def problem(arrays, lam, theta0, T=T, alpha=ALPHA, gamma=GAMMA):
     return SimpleNamespace(**a, lam=lam, theta0=theta0, T=T, alpha=alpha, gamma=gamma, rows=rows)
 
 
-def oracle(model, arrays, lam, theta0, T=T, alpha=ALPHA, gamma=GAMMA):
-    """(value, grad_Xp, grad_lam, theta_T) by autograd in float64 through T steps."""
+def linear_outer(model, theta, Xv, yv):
     from mithridate.reference.linear import objective
+    return objective(theta[None], Xv, yv, None, None, model.loss, model.fit_intercept, False)[0]
+
+
+def oracle(model, arrays, lam, theta0, T=T, alpha=ALPHA, gamma=GAMMA, outer=linear_outer):
+    """(value, grad_Xp, grad_lam, theta_T) by autograd in float64 through T steps;
+    outer(model, theta, Xv, yv): the outer objective on tensors."""
     t = {k: torch.from_numpy(v.astype(np.float64)) for k, v in arrays.items()}
     Xp = t["Xp"].clone().requires_grad_(True)
     lam_t = torch.tensor(np.atleast_1d(lam), dtype=torch.float64, requires_grad=True)
@@ -47,8 +52,7 @@ def oracle(model, arrays, lam, theta0, T=T, alpha=ALPHA, gamma=GAMMA):
                                    create_graph=True)
         v = gamma * v - (1 - gamma) * g
         theta = theta + alpha * v
-    value = objective(theta[None], t["Xv"], t["yv"], None, None, model.loss, model.fit_intercept,
-                      False)[0]
+    value = outer(model, theta, t["Xv"], t["yv"])
     gX, glam = torch.autograd.grad(value, (Xp, lam_t))
     return float(value.detach()), gX.numpy(), glam.numpy(), theta.detach().numpy()
 
@@ -237,3 +241,72 @@ def test_state_bytes():
     assert generic.state_bytes(m, pb, "forward") == 8 * (D + 1) * 4
     assert generic.state_bytes(m, pb, "reversible") == (D + 1) * (16 + 4)
     assert generic.state_bytes(m, pb, "value") == 8 * (D + 1) * 2
+
+
+class TinyNet(Model):
+    """A one-hidden-layer tanh network (logistic loss) on torch autograd: a
+    model with p != d + 1 and two penalised groups, as issue 10's network."""
+    fused = None
+
+    def __init__(self, hidden=3):
+        self.h, self.loss, self.fit_intercept = hidden, "logistic", True
+
+    def layout(self, d):
+        h = self.h
+        return Layout((("W1", h * d), ("b1", h), ("w2", h), ("b2", 1)), ("W1", "w2"))
+
+    def features(self, p):
+        return (p - 2 * self.h - 1) // self.h
+
+    def _loss(self, theta, X, y):
+        h, d = self.h, X.shape[1]
+        W1, b1 = theta[:h * d].reshape(h, d), theta[h * d:h * d + h]
+        z = torch.tanh(X @ W1.T + b1) @ theta[h * d + h:h * d + 2 * h] + theta[-1]
+        return (torch.nn.functional.softplus(z) - y * z).mean()
+
+    def _grad(self, theta, X, y, create_graph=False):
+        theta = torch.from_numpy(np.asarray(theta, np.float64)).requires_grad_(True)
+        value = self._loss(theta, torch.as_tensor(X, dtype=torch.float64),
+                           torch.as_tensor(y, dtype=torch.float64))
+        return theta, value, torch.autograd.grad(value, theta, create_graph=create_graph)[0]
+
+    def loss_grad(self, theta, X, y):
+        _, value, g = self._grad(theta, X, y)
+        return float(value.detach()), g.numpy()
+
+    data_loss_grad = loss_grad
+
+    def loss_hvp(self, theta, u, X, y):
+        th, _, g = self._grad(theta, X, y, create_graph=True)
+        return torch.autograd.grad(g @ torch.from_numpy(np.asarray(u, np.float64)), th)[0].numpy()
+
+    def mixed_rows(self, theta, u, X, y, rows):
+        Xt = torch.as_tensor(X, dtype=torch.float64).clone().requires_grad_(True)
+        th = torch.from_numpy(np.asarray(theta, np.float64)).requires_grad_(True)
+        g = torch.autograd.grad(self._loss(th, Xt, torch.as_tensor(y, dtype=torch.float64)), th,
+                                create_graph=True)[0]
+        gu = g @ torch.from_numpy(np.asarray(u, np.float64))
+        return torch.autograd.grad(gu, Xt)[0][rows].numpy()
+
+    def torch_objective(self, theta, X, y, lam):
+        from mithridate.reference.linear import l2
+        layout = self.layout(X.shape[-1])
+        return self._loss(theta, X, y) + l2(theta, lam, [layout.slice(g) for g in layout.penalised])
+
+
+def test_any_model_a_network():
+    """Every mode for a non-linear model through its primitives alone."""
+    model = TinyNet()
+    arrays = data(np.float64, seed=9)
+    p = model.layout(D).size
+    theta0 = np.random.default_rng(2).normal(0, 0.5, p)
+    lam = np.array([-2.0, -1.0])
+    value, gX, glam, theta_T = oracle(model, arrays, lam, theta0,
+                                      outer=lambda m, th, Xv, yv: m._loss(th, Xv, yv))
+    for mode in MODES:
+        r = generic.run(model, [problem(arrays, lam, theta0)], mode)[0]
+        close(r.value, value, np.float64, (mode, "value"))
+        close(r.theta_T, theta_T, np.float64, (mode, "theta_T"))
+        close(r.grad_lam, glam, np.float64, (mode, "lam"))
+        if mode != "forward":
+            close(r.grad_Xp, gX, np.float64, (mode, "Xp"))

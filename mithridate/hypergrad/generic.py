@@ -110,7 +110,7 @@ class _Inner:
     def outer(self, theta):
         """(value, gradient) of the outer objective at theta_T."""
         value, g = self.model.data_loss_grad(self._x(theta), self.pb.Xv, self.pb.yv)
-        return float(value), np.asarray(g, np.float64)
+        return float(value), np.array(g, np.float64)  # a copy: the reverse updates it in place
 
     def back(self, theta, tb, vb, dXp, dlam):
         """The step back at theta_t, in place (module docstring)."""
