@@ -8,7 +8,7 @@ weight the training data term 1/n sum_i s_i l(z_i, y_i); the outer objective
 """
 import numpy as np
 
-from .. import ops
+from .. import backends, ops
 from .._validation import (LOSSES, as_bool, check_array, check_choice, check_labels, check_shape,
                            check_weights, dtype_name)
 from .base import Model
@@ -71,10 +71,17 @@ class LinearModel(Model):
         return float(value), g
 
     def loss_grad_batch(self, theta, X, y):
-        """One kernel call: for X shared, one matrix-matrix product over the B thetas."""
+        """One kernel call (for X shared: one matrix-matrix product over the B thetas).
+        The trainers' inner loop: its data were checked once (check_data), so on numba
+        the kernel runs without ops' per-call checks; the trainer checks its result."""
         if X.ndim == 3 and y.ndim == 1:
             y = np.ascontiguousarray(np.broadcast_to(y, X.shape[:2]))
-        return ops.loss_grad(theta, X, y, **self._options(X, True))
+        opts = self._options(X, True)
+        if backends.select("linear", opts.pop("backend"), X) != "numba":
+            return ops.loss_grad(theta, X, y, **self._options(X, True))
+        kernel = backends.implementation("linear", "numba")
+        return kernel.loss_grad(theta, X, y, opts.pop("sample_weight"), opts.pop("lam"),
+                                penalize_intercept=False, **opts)
 
     def loss_hvp(self, theta, u, X, y):
         return ops.hvp(theta, u, X, y, **self._options(X, True))

@@ -40,6 +40,13 @@ def _problems(model, X, y, lam, theta0):
     return reg, lam, theta, single
 
 
+def _check_finite(theta, who, step):
+    bad = ~np.isfinite(theta).all(axis=-1)
+    if bad.any():
+        raise ValueError(f"{who}: theta became nan or inf (problem {int(np.argmax(bad))}): the "
+                         f"steps diverged or the loss overflowed; lower {step} or rescale X.")
+
+
 def gradient_descent(model, X, y, lam, *, T, alpha, gamma=0.0, theta0=None, prox=False):
     """T full-batch steps theta <- heavy_ball.step(theta, v, grad, alpha, gamma) from theta0
     (zeros by default), for one or many problems at once.
@@ -68,6 +75,7 @@ def gradient_descent(model, X, y, lam, *, T, alpha, gamma=0.0, theta0=None, prox
             theta = reg.prox(theta - alpha * g, lam, alpha)
         else:
             theta, v = heavy_ball.step(theta, v, g + reg.grad(theta, lam), alpha, gamma)
+    _check_finite(theta, "gradient_descent", "alpha")
     return theta[0] if single else theta
 
 
@@ -89,13 +97,13 @@ def sgd(model, X, y, lam, *, lr, batch_size, epochs, random_state=None):
     if lr * math.exp(lam.max(initial=-math.inf)) >= 2:
         raise ValueError(f"lr * exp(lam) = {lr * math.exp(lam.max()):.3g} >= 2: the regulariser's "
                          "SGD steps diverge; lower lr or lam.")
-    lam, theta = lam[0], theta[0]
     n = X.shape[0]
     rng = np.random.default_rng(random_state)
     for _ in range(epochs):
         order = rng.permutation(n)
         Xe, ye = X[order], y[order]  # one copy per epoch: the batches are contiguous slices
         for i in range(0, n, batch_size):
-            g = model.loss_grad(theta, Xe[i:i + batch_size], ye[i:i + batch_size])[1]
+            g = model.loss_grad_batch(theta, Xe[i:i + batch_size], ye[i:i + batch_size])[1]
             theta = theta - lr * (g + reg.grad(theta, lam))
-    return theta
+    _check_finite(theta, "sgd", "lr")
+    return theta[0]
