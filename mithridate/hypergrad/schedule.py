@@ -49,7 +49,6 @@ import math
 import numpy as np
 
 ADVANCE, SAVE, RESTORE, REVERSE, VALUE = 0, 1, 2, 3, 4
-OPS = ("ADVANCE", "SAVE", "RESTORE", "REVERSE", "VALUE")
 
 
 @dataclass(frozen=True)
