@@ -492,36 +492,25 @@ def _batch(engine, runs, Xp, yp, lam, k0, box, batch, attempt, bar):
             for i, h in enumerate(hs)]
 
 
-def _sigmoid(z):
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
 def train_sgd(X, y, lam, *, lr=0.01, batch_size=64, epochs=200, random_state=None):
     """The victim of Table 3: mini-batch SGD from zeros on the logistic loss with
     the regulariser (1/n) exp(lam)/2 ||w||^2 (n = len(X); see the module
-    docstring). Each epoch visits the rows in a fresh random order. Returns
-    theta = [w; b] in float64."""
+    docstring), by mithridate.models.training.sgd. Each epoch visits the rows in a
+    fresh random order. Returns theta = [w; b] in float64."""
+    from ..models import LinearModel
+    from ..models.training import sgd
     X, y = _data("train", (X, y), np.float64)
     if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)) \
             or not math.isfinite(lam):
         raise ValueError(f"lam={lam!r} must be a finite number.")
     lr = _pos("lr", lr)
     batch_size, epochs = _int("batch_size", batch_size, 1), _int("epochs", epochs, 1)
-    n, d = X.shape
-    reg = math.exp(lam) / n
-    if lr * reg >= 2:
-        raise ValueError(f"lr * exp(lam) / n = {lr * reg:.3g} >= 2: the regulariser's SGD steps "
-                         "diverge; lower lr or lam.")
-    rng = np.random.default_rng(random_state)
-    w, b = np.zeros(d), 0.0
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            r = _sigmoid(X[idx] @ w + b) - y[idx]
-            w -= lr * (X[idx].T @ r / len(idx) + reg * w)
-            b -= lr * r.mean()
-    return np.append(w, b)
+    n = X.shape[0]
+    if lr * math.exp(lam) / n >= 2:
+        raise ValueError(f"lr * exp(lam) / n = {lr * math.exp(lam) / n:.3g} >= 2: the "
+                         "regulariser's SGD steps diverge; lower lr or lam.")
+    return sgd(LinearModel(), X, y, lam - math.log(n), lr=lr, batch_size=batch_size,
+               epochs=epochs, random_state=random_state)
 
 
 def evaluate(theta, X, y):
@@ -541,20 +530,15 @@ def evaluate(theta, X, y):
 
 def train_gd(X, y, lams, *, T, eta, gamma=0.0):
     """T steps of full-batch (heavy-ball) gradient descent from zeros, the attack's
-    inner trainer, for every lam in ``lams`` at once (one matrix product per
-    step). Returns thetas (len(lams), d + 1) float64."""
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n, d = X.shape
-    reg = np.exp(np.asarray(lams, dtype=np.float64)) / n
-    W, b = np.zeros((len(reg), d)), np.zeros(len(reg))
-    vW, vb = np.zeros_like(W), np.zeros_like(b)
-    for _ in range(T):
-        r = _sigmoid(W @ X.T + b[:, None]) - y
-        gW, gb = r @ X / n + reg[:, None] * W, r.mean(1)
-        vW, vb = gamma * vW - (1 - gamma) * gW, gamma * vb - (1 - gamma) * gb
-        W, b = W + eta * vW, b + eta * vb
-    return np.hstack([W, b[:, None]])
+    inner trainer, for every lam in ``lams`` at once (mithridate.models.training:
+    one matrix product per step). Returns thetas (len(lams), d + 1) float64."""
+    from ..models import LinearModel
+    from ..models.training import gradient_descent
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    lams = np.asarray(lams, dtype=np.float64).reshape(-1)
+    return gradient_descent(LinearModel(), X, y, lams - math.log(X.shape[0]), T=T, alpha=eta,
+                            gamma=gamma)
 
 
 def lam_clean(X, y, *, grid=None, n_splits=5, T=150, eta=0.1, gamma=0.0, random_state=None):

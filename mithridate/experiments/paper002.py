@@ -153,20 +153,15 @@ PANELS = ("plain", "l2", "lam")
 
 
 def _gd_batch(X, y, lam, *, eta, epochs, prox=False):
-    """Full-batch GD from zeros for P problems at once: X (P, n, d), y (n,) shared,
-    lam (P,). Regulariser exp(lam)/(2n) ||w||^2; ``prox`` takes its step implicitly."""
-    P, n, d = X.shape
-    reg = np.exp(lam) / n
-    w, b = np.zeros((P, d)), np.zeros(P)
-    for _ in range(epochs):
-        r = 0.5 * (1 + np.tanh(0.5 * (np.einsum("pnd,pd->pn", X, w) + b[:, None]))) - y
-        gw = np.einsum("pn,pnd->pd", r, X) / n
-        if prox:
-            w = (w - eta * gw) / (1 + eta * reg)[:, None]
-        else:
-            w = w - eta * (gw + reg[:, None] * w)
-        b = b - eta * r.mean(1)
-    return w, b
+    """Full-batch GD from zeros for P problems at once (mithridate.models.training):
+    X (P, n, d), y (n,) shared, lam (P,). Regulariser exp(lam)/(2n) ||w||^2;
+    ``prox`` takes its step implicitly. Returns (w (P, d), b (P,))."""
+    from ..models import LinearModel
+    from ..models.training import gradient_descent
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)
+    theta = gradient_descent(LinearModel(), f64(X), f64(y), f64(lam) - math.log(X.shape[1]),
+                             T=epochs, alpha=eta, prox=prox)
+    return theta[:, :-1], theta[:, -1]
 
 
 def _val_scores(w, b, Xv, yv):
