@@ -1,0 +1,190 @@
+"""Compile every numba kernel signature the package uses, ahead of the first call.
+
+numba caches each compiled kernel (``cache=True``) in ``__pycache__`` beside
+its source file (or under ``NUMBA_CACHE_DIR``; a user-wide cache dir when the
+package folder is read-only), keyed by the file's path, size and mtime and by
+the CPU. With an empty cache the first hypergradient call of a mode spends
+15-40 s compiling; with a warm one it loads in about a second. ``warmup``
+fills the cache by running every public entry point on tiny problems, once per
+float dtype, one task per process (a compile is single-threaded). Then one
+more process runs every task again and counts what still compiles: numba
+rewrites a kernel's whole cache index when it adds a signature, so two
+processes adding signatures to one kernel at once can drop one of them; the
+check compiles, and so caches, whatever was dropped.
+
+The tasks call the public API only (``hypergrad``, ``ops``), so a new
+signature a kernel change brings is covered by the call that needs it.
+"""
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+
+import numpy as np
+
+DTYPES = ("float64", "float32")
+T = 3  # inner steps: any T >= 1 compiles the same signatures
+
+
+def _data(dt, n, d, B=None, seed=0):
+    """X (n, d) or (B, n, d) and labels {0, 1} in dtype dt."""
+    rng = np.random.default_rng(seed)
+    shape = (n, d) if B is None else (B, n, d)
+    X = rng.standard_normal(shape).astype(dt)
+    return X, (rng.random(shape[:-1]) < 0.5).astype(dt)
+
+
+def _problem(dt, d=4, B=None, shared_clean=False):
+    """(Xc, yc, Xp, yp, Xv, yv): 16 clean, 2 poisoning, 8 validation rows;
+    B problems with their own clean rows, or one set shared by reference."""
+    Xc, yc = _data(dt, 16, d, None if shared_clean else B, seed=1)
+    Xp, yp = _data(dt, 2, d, B, seed=2)
+    Xv, yv = _data(dt, 8, d, seed=3)
+    return Xc, yc, Xp, yp, Xv, yv
+
+
+def _hypergrad(dt, mode, **shape):
+    from .hypergrad import hypergrad
+    B = shape.get("B")
+    lam = -2.0 if B is None else np.full(B, -2.0)
+    hypergrad(*_problem(dt, **shape), lam=lam, T=T, alpha=0.1, gamma=0.5, mode=mode,
+              backend="numba")
+
+
+def _batched(dt):
+    """The batch route (one compiled call over B >= numba's threads problems)."""
+    import numba
+    for mode in ("trajectory", "checkpoint", "forward"):
+        _hypergrad(dt, mode, B=max(2, numba.get_num_threads()))
+
+
+def _shared(dt):
+    """The shared-clean-rows route (matrix-matrix products over the group)."""
+    import numba
+    from .kernels.cpu import hypergrad_shared as route
+    B = max(route.SHARED_MIN_GROUP, numba.get_num_threads())
+    for mode in ("trajectory", "forward"):
+        _hypergrad(dt, mode, d=route.SHARED_MIN_FEATURES, B=B, shared_clean=True)
+
+
+def _ops_calls(dt):
+    """(theta, X, y, sample_weight) covering every route of the linear ops:
+    one problem, B thetas streaming one X, B thetas by matrix products (the
+    GEMM_MIN_* sizes), B problems with their own X; with and without weights."""
+    from .kernels.cpu import linear
+    rng = np.random.default_rng(4)
+    wide = max(linear.GEMM_MIN_FEATURES, 4)
+    for B, d, own in ((None, 4, False), (2, 4, False), (linear.GEMM_MIN_BATCH, wide, False),
+                      (2, 4, True)):
+        X, y = _data(dt, 16, d, B if own else None)
+        theta = rng.standard_normal((d + 1,) if B is None else (B, d + 1)).astype(dt)
+        for s in (None, np.ones(y.shape, dt)):
+            yield theta, X, y, s
+
+
+def _loss_grad(dt):
+    from . import ops
+    for theta, X, y, s in _ops_calls(dt):
+        ops.loss_grad(theta, X, y, lam=-2.0, sample_weight=s, backend="numba")
+
+
+def _hvp(dt):
+    from . import ops
+    for theta, X, y, s in _ops_calls(dt):
+        ops.hvp(theta, theta, X, y, lam=-2.0, sample_weight=s, backend="numba")
+
+
+def _mixed(dt):
+    from . import ops
+    for theta, X, y, s in _ops_calls(dt):
+        ops.mixed(theta, theta, X, y, np.arange(2), lam=-2.0, sample_weight=s, backend="numba")
+
+
+def _lipschitz(dt):
+    from . import ops
+    for B in (None, 2):
+        X, y = _data(dt, 16, 4)
+        theta = np.ones((5,) if B is None else (B, 5), dt)
+        for bound in ("tight", "paper"):
+            ops.lipschitz(theta, X, y, loss="logistic", bound=bound, backend="numba")
+
+
+# name -> task(dtype), the slowest first (so that the pool ends together)
+JOBS = {
+    "hypergrad.trajectory": lambda dt: _hypergrad(dt, "trajectory"),
+    "hypergrad.reversible": lambda dt: _hypergrad(dt, "reversible"),
+    "hypergrad.forward": lambda dt: _hypergrad(dt, "forward"),
+    "hypergrad.batched": _batched,
+    "hypergrad.shared": _shared,
+    "hypergrad.checkpoint": lambda dt: _hypergrad(dt, "checkpoint"),
+    "hypergrad.implicit": lambda dt: _hypergrad(dt, "implicit"),
+    "ops.hvp": _hvp,
+    "ops.loss_grad": _loss_grad,
+    "ops.mixed": _mixed,
+    "ops.lipschitz": _lipschitz,
+}
+
+
+def _run_task(name, dt):
+    """Run one task in this process: (seconds, names of the kernels it compiled)."""
+    from numba.core import event
+
+    compiled = []
+
+    class Count(event.Listener):
+        def on_start(self, ev):
+            fn = ev.data["dispatcher"].py_func
+            if fn.__module__.startswith("mithridate"):
+                compiled.append(f"{fn.__module__}.{fn.__qualname__}")
+
+        def on_end(self, ev):
+            pass
+
+    listener = Count()
+    event.register("numba:compile", listener)
+    t0 = time.perf_counter()
+    try:
+        JOBS[name](dt)
+    finally:
+        event.unregister("numba:compile", listener)
+    return time.perf_counter() - t0, compiled
+
+
+def _check(tasks):
+    """Every task again in one process: {task: kernels that compiled}."""
+    return {task: _run_task(*task)[1] for task in tasks}
+
+
+def warmup(jobs=None, dtypes=DTYPES, processes=None, progress=True):
+    """Fill numba's cache for ``jobs`` (names of JOBS; default all) in each of
+    ``dtypes``, in ``processes`` worker processes (default: one per core, at
+    most one per task). Returns {"seconds": {(job, dtype): s}, "recompiled":
+    {(job, dtype): [kernel names]}}: what the final check still had to compile
+    (empty lists once the cache is complete)."""
+    jobs = list(JOBS) if jobs is None else list(jobs)
+    unknown = [j for j in jobs if j not in JOBS]
+    if unknown:
+        raise ValueError(f"unknown warm-up jobs {unknown}; choose from {list(JOBS)}.")
+    bad = [dt for dt in dtypes if dt not in DTYPES]
+    if bad or not dtypes:
+        raise ValueError(f"dtypes={list(dtypes)} must be a non-empty subset of {list(DTYPES)}.")
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)
+                                  or processes < 1):
+        raise ValueError(f"processes={processes!r} must be a positive int (or None: one per core).")
+    tasks = [(j, dt) for j in jobs for dt in dtypes]
+    processes = min(len(tasks), processes or os.cpu_count() or 1)
+    from tqdm import tqdm
+    seconds = {}
+    ctx = get_context("spawn")  # fresh interpreters: no numba threads inherited by a fork
+    with tqdm(total=len(tasks) + 1, desc="numba warm-up", unit="task", disable=not progress) as bar:
+        with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+            futures = {pool.submit(_run_task, *task): task for task in tasks}
+            for done in as_completed(futures):
+                seconds[futures[done]] = done.result()[0]
+                bar.set_postfix_str("/".join(futures[done]))
+                bar.update()
+        bar.set_postfix_str("check")
+        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            recompiled = pool.submit(_check, tasks).result()
+        bar.update()
+    return {"seconds": seconds, "recompiled": recompiled}
