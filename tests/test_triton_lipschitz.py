@@ -169,7 +169,8 @@ def test_single_theta_and_numpy_inputs():
 def test_auto_picks_triton_on_cuda(monkeypatch):
     theta, X, y = (torch.from_numpy(a).cuda() for a in make(20, 3, 5, "float64", "logistic", seed=7))
     calls = []
-    real = backends.lipschitz_module
-    monkeypatch.setattr(backends, "lipschitz_module", lambda name: calls.append(name) or real(name))
+    real = backends.implementation
+    monkeypatch.setattr(backends, "implementation",
+                        lambda path, name: calls.append(name) or real(path, name))
     ops.lipschitz(theta, X, y, loss="logistic")
     assert calls == ["triton"]
