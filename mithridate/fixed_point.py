@@ -9,16 +9,19 @@ bit for bit. ``required_words`` sizes the buffer for a number of steps in
 advance; a step that would overflow the buffer or int64 raises
 :class:`FixedPointOverflow` before anything is written.
 
-Arrays are numpy arrays or torch tensors; CUDA tensors run on ``mithridate._C_cuda``.
+Arrays are numpy arrays or torch tensors. ``backend`` (registry path
+``fixed_point``): ``cpp`` (``mithridate._C``) or ``numba`` (its port in
+kernels/cpu/fixed_point.py, the same bits) for host arrays and CPU tensors,
+``cuda`` (``mithridate._C_cuda``) for CUDA tensors; ``auto`` picks by where the
+data lives (cpp on the host).
 """
 import numpy as np
 
-from . import _C
+from . import backends
 from ._validation import is_torch
 
 __all__ = ["FixedPointOverflow", "encode", "decode", "required_words", "new_buffer", "mul", "unmul"]
 
-_K = _C.fixed_point
 MAX_FRAC_BITS = 62
 MAX_BASE = 2**31 - 1  # num, den < 2^31 keep every limb product inside uint64
 MAX_STEPS = 2**53
@@ -28,26 +31,27 @@ class FixedPointOverflow(OverflowError, ValueError):
     """A value or a buffer would not fit; the arrays were left unchanged."""
 
 
-def encode(x, frac_bits):
+def encode(x, frac_bits, *, backend="auto"):
     """Return int64 ``round(x * 2**frac_bits)`` (ties to even); x must be finite and fit."""
     _check_int("frac_bits", frac_bits, 0, MAX_FRAC_BITS)
-    if is_torch(x) and x.is_cuda:
+    name, K = _kernels(backend, "x", x)
+    if name == "cuda":
         import torch
         xs = x.detach().to(torch.float64).contiguous()
         q = torch.empty_like(xs, dtype=torch.int64)
-        code, i = _cuda().encode(xs.data_ptr(), q.data_ptr(), xs.numel(), frac_bits, *_where(xs))
+        code, i = K.encode(xs.data_ptr(), q.data_ptr(), xs.numel(), frac_bits, *_where(xs))
     else:
-        xs = np.asarray(x.detach().cpu() if is_torch(x) else x)
+        xs = np.asarray(x.detach() if is_torch(x) else x)
         if xs.dtype.kind not in "fiu":
             raise TypeError(f"x has dtype {xs.dtype}; pass real numbers (e.g. x.astype(numpy.float64)).")
         xs = np.ascontiguousarray(xs, dtype=np.float64)
         q = np.empty(xs.shape, np.int64)
-        code, i = _K.encode(xs, q, frac_bits)
+        code, i = K.encode(xs.reshape(-1), q.reshape(-1), frac_bits)
         if is_torch(x):
             q = _to_torch(q)
-    if code == _K.NOT_FINITE:
+    if code == K.NOT_FINITE:
         raise ValueError(f"x{_at(xs, i)} is nan or inf; only finite values can be encoded.")
-    if code == _K.RANGE:
+    if code == K.RANGE:
         e = 63 - frac_bits
         raise FixedPointOverflow(
             f"x{_at(xs, i)} = {float(xs.reshape(-1)[i])!r} does not fit int64 fixed point with "
@@ -55,17 +59,18 @@ def encode(x, frac_bits):
     return q
 
 
-def decode(q, frac_bits):
+def decode(q, frac_bits, *, backend="auto"):
     """Return float64 ``q / 2**frac_bits`` (rounded to nearest when ``|q| > 2**53``)."""
     _check_int("frac_bits", frac_bits, 0, MAX_FRAC_BITS)
     _check_array("q", q, "int64", writeable=False)
-    if is_torch(q) and q.is_cuda:
+    name, K = _kernels(backend, "q", q)
+    if name == "cuda":
         import torch
         x = torch.empty(q.shape, dtype=torch.float64, device=q.device)
-        _cuda().decode(q.data_ptr(), x.data_ptr(), q.numel(), frac_bits, *_where(q))
+        K.decode(q.data_ptr(), x.data_ptr(), q.numel(), frac_bits, *_where(q))
         return x
     x = np.empty(q.shape, np.float64)
-    _K.decode(_numpy(q), x, frac_bits)
+    K.decode(_numpy(q).reshape(-1), x.reshape(-1), frac_bits)
     return _to_torch(x) if is_torch(q) else x
 
 
@@ -78,7 +83,10 @@ def required_words(n_steps, num, den):
     _check_int("n_steps", n_steps, 0, MAX_STEPS)
     _check_int("num", num, 1, MAX_BASE)
     _check_int("den", den, 1, MAX_BASE)
-    return _K.required_words(int(n_steps), int(num), int(den))
+    # Data-free arithmetic, the same in every port (cuda has none): the host's,
+    # whatever MITHRIDATE_BACKEND says, so that planning a cuda run works.
+    host = "cpp" if backends.unavailable_reason("cpp") is None else "numba"
+    return _kernels(host, "n_steps", None)[1].required_words(int(n_steps), int(num), int(den))
 
 
 def new_buffer(shape, n_words, device=None):
@@ -93,33 +101,36 @@ def new_buffer(shape, n_words, device=None):
     return torch.zeros(shape + (int(n_words),), dtype=torch.int32, device=device).view(torch.uint32)
 
 
-def mul(q, num, den, buffer):
+def mul(q, num, den, buffer, *, backend="auto"):
     """In place: ``q = floor((q*num + s)/den)`` (s popped from ``buffer``), the remainder pushed into it."""
-    _step(q, num, den, buffer, "mul")
+    _step(q, num, den, buffer, "mul", backend)
 
 
-def unmul(q, num, den, buffer):
+def unmul(q, num, den, buffer, *, backend="auto"):
     """In place: undo ``mul(q, num, den, buffer)`` bit for bit (q and buffer)."""
-    _step(q, num, den, buffer, "unmul")
+    _step(q, num, den, buffer, "unmul", backend)
 
 
-def _step(q, num, den, buffer, op):
+def _step(q, num, den, buffer, op, backend):
     _check_int("num", num, 1, MAX_BASE)
     _check_int("den", den, 1, MAX_BASE)
     _check_array("q", q, "int64", writeable=True)
     _check_buffer(q, buffer)
+    name, K = _kernels(backend, "q", q)
     num, den, w = int(num), int(den), int(buffer.shape[-1])
     # unmul by num/den is the step by den/num (see csrc/include/fixed_point.h).
     a, b = (num, den) if op == "mul" else (den, num)
-    if is_torch(q) and q.is_cuda:
-        code, i = _cuda().mul(q.data_ptr(), buffer.data_ptr(), q.numel(), w, a, b, *_where(q))
-    else:
-        code, i = _K.mul(_numpy(q), _numpy(buffer), w, a, b)
-    if code == _K.CAPACITY:
+    if name == "cuda":
+        code, i = K.mul(q.data_ptr(), buffer.data_ptr(), q.numel(), w, a, b, *_where(q))
+    elif name == "cpp":
+        code, i = K.mul(_numpy(q), _numpy(buffer), w, a, b)
+    else:  # the numba port takes flat rows: q (n,), buffer (n, w)
+        code, i = K.mul(_numpy(q).reshape(-1), _numpy(buffer).reshape(-1, w), a, b)
+    if code == K.CAPACITY:
         raise FixedPointOverflow(
             f"{op} by {num}/{den} would overflow buffer (n_words={w}) at q{_at(q, i)}; nothing was "
             f"changed. Allocate n_words=required_words(n_steps, {num}, {den}) for all your steps.")
-    if code == _K.INT64:
+    if code == K.INT64:
         raise FixedPointOverflow(
             f"{op} by {num}/{den} would overflow int64 at q{_at(q, i)}; nothing was changed. "
             "Encode with fewer frac_bits or keep |q| * num/den below 2**63.")
@@ -196,10 +207,15 @@ def _where(t):
     return t.device.index, torch.cuda.current_stream(t.device).cuda_stream
 
 
-def _cuda():
-    try:
-        from . import _C_cuda
-    except ImportError as e:
-        raise RuntimeError("CUDA tensors need mithridate._C_cuda, which is not built; reinstall with "
-                           "nvcc available (MITHRIDATE_CUDA=1 makes its absence an error).") from e
-    return _C_cuda.fixed_point
+def _kernels(backend, name, a):
+    """(backend name, its kernels) for array `a` (argument `name`), after
+    checking that the backend runs where `a` lives (the ops work in place)."""
+    chosen = backends.select("fixed_point", backend, a)
+    on_gpu = is_torch(a) and a.is_cuda
+    if on_gpu != (chosen == "cuda"):
+        where = "a CUDA tensor" if on_gpu else "on the host"
+        fix = "backend='cuda' or 'auto'" if on_gpu else "backend='cpp', 'numba' or 'auto'"
+        raise ValueError(f"{name} is {where} but backend={chosen!r} runs "
+                         f"{'on CUDA tensors' if chosen == 'cuda' else 'on the host'}; use {fix}.")
+    mod = backends.implementation("fixed_point", chosen)
+    return chosen, mod if chosen == "numba" else mod.fixed_point

@@ -237,3 +237,79 @@ def test_every_available_entry_has_its_module():
         assert mod is importlib.import_module(module) and backends.implementation(path, name) is mod
         kernels = mod.fixed_point if path == "fixed_point" and name != "numba" else mod
         assert all(callable(getattr(kernels, f)) for f in ENTRY_POINTS.get(path, ()))
+
+
+# ---- fixed point: every host backend, the same bits ---------------------------
+
+HOST_FIXED = [b for b in ("cpp", "numba") if backends.unavailable_reason(b) is None]
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 1, 3), (0,)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("num,den", [(9, 10), (1, 3), (7, 5)])
+def test_fixed_point_backends_agree_bit_for_bit(shape, dtype, num, den):
+    from mithridate import fixed_point as fp
+    rng = np.random.default_rng(sum(shape) + num)
+    x = (rng.standard_normal(shape) * 100).astype(dtype)
+    f, steps = 30, 6
+    w = fp.required_words(steps, num, den)
+    runs = {}
+    for name in HOST_FIXED:
+        q = fp.encode(x, f, backend=name)
+        buf = fp.new_buffer(shape, w)
+        trace = [q.copy()]
+        for _ in range(steps):
+            fp.mul(q, num, den, buf, backend=name)
+            trace.append(q.copy())
+        after = buf.copy()
+        for _ in range(steps):
+            fp.unmul(q, num, den, buf, backend=name)
+        assert np.array_equal(q, trace[0]) and not buf.any()  # exact inverse
+        runs[name] = trace, after, fp.decode(trace[-1], f, backend=name)
+    ref_trace, ref_buf, ref_x = runs[HOST_FIXED[0]]
+    assert ref_trace[0].dtype == np.int64 and ref_trace[0].shape == shape
+    assert np.array_equal(ref_x, np.ldexp(ref_trace[-1].astype(np.float64), -f))
+    for trace, buf, xs in runs.values():
+        assert all(np.array_equal(a, b) for a, b in zip(trace, ref_trace))
+        assert np.array_equal(buf, ref_buf) and np.array_equal(xs, ref_x)
+
+
+def test_fixed_point_errors_are_the_same_on_every_backend():
+    from mithridate import fixed_point as fp
+    for name in HOST_FIXED:
+        with pytest.raises(ValueError, match=r"x\[1\] is nan or inf"):
+            fp.encode(np.array([0.0, np.nan]), 10, backend=name)
+        q = fp.encode(np.full(3, 5.0), 10, backend=name)
+        buf = fp.new_buffer(3, 1)
+        with pytest.raises(fp.FixedPointOverflow, match=r"would overflow buffer \(n_words=1\) at q\[0\]"):
+            for _ in range(100):
+                fp.mul(q, 1, 1000, buf, backend=name)
+
+
+def test_fixed_point_follows_the_registry(monkeypatch):
+    from mithridate import fixed_point as fp
+    calls = []
+    real = backends.implementation
+    monkeypatch.setattr(backends, "implementation",
+                        lambda path, name: calls.append((path, name)) or real(path, name))
+    fp.encode(np.ones(2), 4)
+    monkeypatch.setenv("MITHRIDATE_BACKEND", "numba")
+    fp.encode(np.ones(2), 4)
+    assert calls == [("fixed_point", "cpp"), ("fixed_point", "numba")]
+    monkeypatch.setenv("MITHRIDATE_BACKEND", "cuda")  # a capacity is host arithmetic, whatever the data
+    assert fp.required_words(10, 9, 10) == real("fixed_point", "numba").required_words(10, 9, 10)
+    with pytest.raises(ValueError, match=r"backend='fortran' is unknown"):
+        fp.decode(np.zeros(2, np.int64), 4, backend="fortran")
+    with pytest.raises(ValueError, match=r"backend='torch': fixed_point has no torch implementation"):
+        fp.encode(np.ones(2), 4, backend="torch")
+
+
+def test_fixed_point_backend_must_run_where_the_data_lives(monkeypatch):
+    from mithridate import fixed_point as fp
+    only(monkeypatch, *backends.NAMES)
+    with pytest.raises(ValueError, match=r"q is on the host but backend='cuda' runs on CUDA tensors; "
+                                         r"use backend='cpp', 'numba' or 'auto'"):
+        fp.mul(np.zeros(2, np.int64), 9, 10, fp.new_buffer(2, 1), backend="cuda")
+    with pytest.raises(ValueError, match=r"x is a CUDA tensor but backend='numba' runs on the host; "
+                                         r"use backend='cuda' or 'auto'"):
+        fp.encode(FakeCudaTensor(), 4, backend="numba")
