@@ -1,64 +1,153 @@
-"""Implicit mode: eq. (4) of paper 002 at theta_T (exact only at a stationary point)."""
+"""Implicit mode: eq. (4) of paper 002 at theta_T (exact only at a stationary point).
+
+With H the training objective's Hessian at theta_T and A the outer objective,
+s = H^-1 grad A, grad_X[rows] = -d/dX[rows] (grad . s), grad_lam = -d/dlam (grad . s).
+
+The solve, for any Model (:func:`implicit_model`):
+- conjugate gradients on the model's fused HVP, stopped at ||H s - b|| <=
+  rtol ||b||, within a budget of iterations that costs less than forming and
+  factoring H (tried where that budget is at least MIN_CG iterations); at
+  paper 002's size (529 x 785) it converges in about ten HVPs, each two
+  passes over X, against n p^2 + p^3/3 flops for the direct solve;
+- accepted only where the regulariser's smallest curvature exp(min lam) is at
+  least sqrt(eps) times the largest curvature CG saw (its Lanczos estimate):
+  then H is far from singular. Otherwise, or past the budget, one Cholesky of
+  the p x p float64 Hessian (model.hessian: one symmetric BLAS product for the
+  linear model), which certifies positive definiteness and raises
+  SingularHessianError when it fails;
+- past CHOLESKY_MAX parameters, CG alone (no budget), SingularHessianError when
+  it does not converge.
+"""
 import math
 import warnings
 
 import numpy as np
 
-from .. import ops
 from ..errors import SingularHessianError
-from .fused import numba_args, theta_out
 from .result import HyperGrad
 
-CHOLESKY_MAX = 2000  # p above this: CG on HVPs instead of forming the p x p Hessian
+CHOLESKY_MAX = 2000  # p above this: CG on HVPs only, the p x p Hessian is never formed
+RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-6}
+HVP_PER_DIRECT = 5   # a BLAS-3 flop is about this much cheaper than a fused HVP's (measured)
+MIN_CG = 10          # CG is tried only where the direct solve costs at least this many HVPs
 
 
 def implicit(pb, backend, tol, info):
-    """Eq. (4): s = H^-1 grad A, grad_Xp = -d/dXp (g . s), grad_lam = -d/dlam (g . s)."""
-    X = np.concatenate([pb.Xc, pb.Xp])
-    y = np.concatenate([pb.yc, pb.yp])
+    """The linear model of hypergrad Problem ``pb`` (scalar lam): trains theta_T on
+    ``backend`` (torch: the reference loop; else the numba kernel), then
+    :func:`implicit_model`."""
+    from ..models import LinearModel
     if backend == "torch":
         from .reference import train
+        X, y = np.concatenate([pb.Xc, pb.Xp]), np.concatenate([pb.yc, pb.yp])
         theta, step = train(pb)
     else:
         from ..kernels.cpu import hypergrad as kernel
+        from .fused import numba_args, theta_out
         args = numba_args(pb)
+        X, y = args[:2]
         theta, _, step = kernel.train(*args[:2], *args[4:13], args[-1])
         theta = theta_out(pb, theta)
     info["diverged_at"] = int(step)
-    if step >= 0:  # no stationary point to differentiate at: nan, reported by hypergrad()
+    if step >= 0:  # no stationary point to differentiate at: nan, reported by the engine
         k, dt = pb.Xp.shape[0], pb.Xc.dtype
         return HyperGrad(math.nan, np.full((k, pb.d), np.nan, dt), math.nan, theta, info)
-    common = dict(loss=pb.loss, fit_intercept=pb.fit_intercept, backend=backend)
-    _, g = ops.loss_grad(theta, X, y, lam=pb.lam, **common)
-    info["grad_norm"] = float(np.linalg.norm(g))
+    model = LinearModel(pb.loss, pb.fit_intercept, backend="torch" if backend == "torch" else "numba")
+    rows = np.arange(pb.Xc.shape[0], X.shape[0])
+    return implicit_model(model, theta, X, y, rows, pb.Xv, pb.yv, np.array([pb.lam]), tol, info)
+
+
+def implicit_model(model, theta, X, y, rows, Xv, yv, lam, tol, info):
+    """Eq. (4) for ``model`` at ``theta`` (theta_T, trained by the caller) on the training
+    rows (X, y), the poisoning rows being ``rows`` of X, outer objective
+    model.data_loss on (Xv, yv), hyperparameters lam (n_lam,).
+
+    Returns HyperGrad(value, grad_X (len(rows), d) in X's dtype, grad_lam (a float
+    for one hyperparameter, else (n_lam,)), theta, info); info gets grad_norm
+    (||grad L(theta)||, warned about when > tol), solver ("cg" or "cholesky")
+    and cg_iterations. Raises SingularHessianError when H is not positive definite.
+    """
+    lam = np.asarray(lam, dtype=np.float64)
+    info["grad_norm"] = float(np.linalg.norm(model.grad(theta, X, y, lam)))
     if info["grad_norm"] > tol:
         warnings.warn(f"implicit hypergradient at a non-stationary point: ||grad L(theta_T)|| = "
                       f"{info['grad_norm']:.3g} > tol={tol:g}; raise T or alpha (or use "
                       "mode='trajectory').", RuntimeWarning, stacklevel=3)
-    value, gA = ops.loss_grad(theta, pb.Xv, pb.yv, **common)
+    value, gA = model.data_loss_grad(theta, Xv, yv)
+    s = solve(model, theta, X, y, lam, gA, info).astype(X.dtype)
+    dX = -np.asarray(model.mixed_rows(theta, s, X, y, rows))
+    dlam = -model.mixed_lam(theta, s, lam)
+    return HyperGrad(float(value), dX, float(dlam[0]) if dlam.shape == (1,) else dlam, theta, info)
+
+
+def solve(model, theta, X, y, lam, b, info):
+    """s = H^-1 b (float64) for the training Hessian H at theta (see the module docstring)."""
     p = theta.shape[0]
-    if p <= CHOLESKY_MAX:
-        from scipy.linalg import cho_solve
-        info["solver"] = "cholesky"
-        s = cho_solve(_cholesky(pb, _hessian(pb, theta, X)), gA.astype(np.float64))
-    else:
-        from scipy.sparse.linalg import LinearOperator, cg
-        info["solver"] = "cg"
-        H = LinearOperator((p, p), dtype=np.float64, matvec=lambda v: ops.hvp(
-            theta, np.ascontiguousarray(v.ravel(), dtype=X.dtype), X, y, lam=pb.lam, **common))
-        s, fail = cg(H, gA.astype(np.float64), rtol=1e-10 if X.dtype == np.float64 else 1e-6)
-        if fail:
+    b = np.asarray(b, dtype=np.float64)
+    hvp = lambda v: model.hvp(theta, v.astype(X.dtype), X, y, lam).astype(np.float64)  # noqa: E731
+    rtol = RTOL[np.dtype(X.dtype)]
+    if p > CHOLESKY_MAX:
+        s, iters, _, ok = cg(hvp, b, rtol, 10 * p)
+        info.update(solver="cg", cg_iterations=iters)
+        if not ok:
             raise SingularHessianError(
                 f"mode='implicit': CG did not converge on the {p} x {p} training Hessian at "
-                f"theta_T ({fail} iterations): it is singular or ill-conditioned; raise lam "
-                f"(now {pb.lam:g}) or use mode='trajectory'.")
-    rows = np.arange(pb.Xc.shape[0], X.shape[0])
-    dX, dlam = ops.mixed(theta, np.ascontiguousarray(s, dtype=X.dtype), X, y, rows,
-                         lam=pb.lam, **common)
-    return HyperGrad(float(value), -np.asarray(dX), -float(dlam), theta, info)
+                f"theta_T ({iters} iterations): it is singular or ill-conditioned; raise lam "
+                f"(now {_lams(lam)}) or use mode='trajectory'.")
+        return s
+    n = X.shape[0]
+    budget = int((n * p * p + p ** 3 / 3) / (4 * n * p) / HVP_PER_DIRECT)
+    if budget >= MIN_CG:
+        s, iters, curvature, ok = cg(hvp, b, rtol, budget)
+        info["cg_iterations"] = iters
+        floor = math.exp(lam.min()) if lam.size else 0.0
+        if ok and floor >= math.sqrt(np.finfo(np.float64).eps) * curvature:
+            info["solver"] = "cg"
+            return s
+    from scipy.linalg import cho_solve
+    info["solver"] = "cholesky"
+    return cho_solve(_cholesky(model.hessian(theta, X, y, lam), lam), b)
 
 
-def _cholesky(pb, H):
+def cg(hvp, b, rtol, maxiter):
+    """Conjugate gradients from 0 on H s = b. Returns (s, iterations, largest Ritz value
+    of H on the Krylov space, converged: ||H s - b|| <= rtol ||b||)."""
+    s, r = np.zeros_like(b), b.copy()
+    d, rr = r.copy(), r @ r
+    stop = (rtol * math.sqrt(rr)) ** 2
+    diag, off, prev = [], [], None  # the Lanczos tridiagonal, from CG's coefficients
+    for it in range(maxiter):
+        if rr <= stop:
+            return s, it, _ritz_max(diag, off), True
+        Hd = hvp(d)
+        dHd = d @ Hd
+        if not dHd > 0:  # not positive definite along d
+            return s, it, math.inf, False
+        a = rr / dHd
+        s += a * d
+        r -= a * Hd
+        rr_new = r @ r
+        beta = rr_new / rr
+        diag.append(1 / a + (0.0 if prev is None else prev[1] / prev[0]))
+        off.append(math.sqrt(beta) / a)
+        prev = (a, beta)
+        d = r + beta * d
+        rr = rr_new
+    return s, maxiter, _ritz_max(diag, off), rr <= stop
+
+
+def _ritz_max(diag, off):
+    if not diag:
+        return 0.0
+    from scipy.linalg import eigvalsh_tridiagonal
+    return float(eigvalsh_tridiagonal(np.array(diag), np.array(off[:-1]))[-1])
+
+
+def _lams(lam):
+    return f"{lam[0]:g}" if lam.size == 1 else np.array2string(lam, precision=3)
+
+
+def _cholesky(H, lam):
     """cho_factor of the training Hessian H, or SingularHessianError when H is
     not numerically positive definite (condition >= 1/eps by the factor's diagonal)."""
     from scipy.linalg import cho_factor
@@ -73,22 +162,7 @@ def _cholesky(pb, H):
             f"too ill-conditioned to solve (condition >= {cond:.3g})"
         raise SingularHessianError(
             f"mode='implicit': the {H.shape[0]} x {H.shape[0]} training Hessian at theta_T is "
-            f"{why}: exp(lam) = {math.exp(pb.lam):.3g} (lam={pb.lam:g}) adds too little "
+            f"{why}: exp(lam) = {_lams(np.exp(lam))} (lam={_lams(lam)}) adds too little "
             "curvature for these data; raise lam, or use mode='trajectory', which needs no "
             "Hessian solve.")
     return factor
-
-
-def _hessian(pb, theta, X):
-    """Training-objective Hessian in float64: [X 1]^T diag(l'') [X 1] / n + exp(lam) [I 0; 0 0]."""
-    d = pb.d
-    A = np.hstack([X, np.ones((X.shape[0], 1))]) if pb.fit_intercept else X.astype(np.float64)
-    z = A @ theta.astype(np.float64)
-    if pb.loss == "logistic":
-        sig = 0.5 * (1.0 + np.tanh(0.5 * z))  # stable sigmoid
-        c = sig * (1.0 - sig)
-    else:
-        c = np.ones_like(z)
-    H = (A.T * c) @ A / X.shape[0]
-    H[np.arange(d), np.arange(d)] += np.exp(pb.lam)
-    return H
