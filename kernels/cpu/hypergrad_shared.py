@@ -1,119 +1,306 @@
-"""Hypergradient loops for problems that share their clean rows Xc
-(trajectory and forward modes): per step the clean rows enter as BLAS
-matrix-matrix products over the group, the k poisoning rows per problem; the
-same values as kernels/cpu/hypergrad.py up to rounding (the summation order differs)."""
+"""Hypergradient loops for G problems that share their clean rows Xc
+(trajectory and forward modes): the same values as kernels/cpu/hypergrad.py
+up to rounding (the summation order differs).
+
+Per pass each block of clean rows is read from memory once for all G
+problems: register-blocked multi-column dot products (four weight vectors per
+read of a row) and axpys (four rows into four accumulators per load of X),
+no BLAS (on a few columns it is no faster than streaming X per problem). The
+k poisoning rows of each problem are taken per problem. Row groups are
+kernels/cpu/hypergrad.layout's, fixed by the shape and reduced in order, so
+the bits do not depend on the thread count; a pass is one parallel region
+whose worker w takes the same run of groups every step (its share of Xc
+stays in its own L2 across the T steps).
+"""
 import numpy as np
 from numba import njit, prange
 
 from ._math import JIT
-from .hypergrad import _adjoint_step, _cast, _validation, _watch, new_watch
+from .hypergrad import _adjoint_step, _cast, _validation, _watch, layout, new_watch
 from .linear import _axpy_rows, _dot2_rows, _dot_rows, _terms
 
-# Trajectory- and forward-mode batches: at least SHARED_MIN_GROUP consecutive problems sharing Xc, yc
-# with d >= SHARED_MIN_FEATURES take the matrix-matrix route (shared_parts).
-# Measured at paper size (n = 529, d = 784, T = 150, 2 cores) against the per-problem
-# batch: groups of 24-40 gain 1.3-1.5x (f32) and 1.4-2.5x (f64); groups of 4-20 lose
-# (0.3-0.9x: BLAS on a few rows is no faster than streaming X per problem).
-# Below d = 32 the per-problem route is as fast for shared X (kernels/cpu/linear.py).
-SHARED_MIN_GROUP = 24
+# Batches with at least SHARED_MIN_GROUP consecutive problems sharing Xc, yc
+# and d >= SHARED_MIN_FEATURES take this route (shared_parts).
+SHARED_MIN_GROUP = 2
 SHARED_MIN_FEATURES = 32
 
 
 @njit(**JIT)
-def _shared_pass(Xc, yc, Xp, yp, code, fit_b, Th, U, want_g, want_h, g, h, rows):
-    """_pass for G problems sharing the clean rows Xc: X_b = [Xc; Xp[b]], state
-    Th, U (G, d + 1). The clean rows go through BLAS as matrix-matrix products
-    over the G problems (Z = [W; U_w] Xc^T, then C Xc), so Xc is read once per
-    product for all G instead of twice per problem; the k poisoning rows are
-    taken per problem (their (l', l'', x.u) into rows[b] when want_h).
-    g, h (G, d + 1) row sums, as _pass."""
-    nc, d = Xc.shape
+def _dots(X, r0, m, W, q0, R, Z):
+    """Z[q, :m] = X[r0:r0+m] @ W[q0 + q, :d] + W[q0 + q, d] for q < R (W in
+    X's dtype, accumulated in it; Z float64). Four rows by four weight rows
+    per pass over d: 8 loads per 16 FMAs (measured 3.3x (f32) and 2.6x (f64)
+    faster than four one-row dot products at d = 784)."""
+    d = X.shape[1]
+    zero = X.dtype.type(0)
+    q = 0
+    while q + 4 <= R:
+        w0, w1, w2, w3 = W[q0 + q], W[q0 + q + 1], W[q0 + q + 2], W[q0 + q + 3]
+        i = 0
+        while i + 4 <= m:
+            x0, x1, x2, x3 = X[r0 + i], X[r0 + i + 1], X[r0 + i + 2], X[r0 + i + 3]
+            a00 = a01 = a02 = a03 = zero
+            a10 = a11 = a12 = a13 = zero
+            a20 = a21 = a22 = a23 = zero
+            a30 = a31 = a32 = a33 = zero
+            for j in range(d):
+                p0, p1, p2, p3 = w0[j], w1[j], w2[j], w3[j]
+                e0, e1, e2, e3 = x0[j], x1[j], x2[j], x3[j]
+                a00 += e0 * p0
+                a01 += e0 * p1
+                a02 += e0 * p2
+                a03 += e0 * p3
+                a10 += e1 * p0
+                a11 += e1 * p1
+                a12 += e1 * p2
+                a13 += e1 * p3
+                a20 += e2 * p0
+                a21 += e2 * p1
+                a22 += e2 * p2
+                a23 += e2 * p3
+                a30 += e3 * p0
+                a31 += e3 * p1
+                a32 += e3 * p2
+                a33 += e3 * p3
+            Z[q, i], Z[q, i + 1], Z[q, i + 2], Z[q, i + 3] = (a00 + w0[d], a10 + w0[d],
+                                                              a20 + w0[d], a30 + w0[d])
+            Z[q + 1, i], Z[q + 1, i + 1], Z[q + 1, i + 2], Z[q + 1, i + 3] = (
+                a01 + w1[d], a11 + w1[d], a21 + w1[d], a31 + w1[d])
+            Z[q + 2, i], Z[q + 2, i + 1], Z[q + 2, i + 2], Z[q + 2, i + 3] = (
+                a02 + w2[d], a12 + w2[d], a22 + w2[d], a32 + w2[d])
+            Z[q + 3, i], Z[q + 3, i + 1], Z[q + 3, i + 2], Z[q + 3, i + 3] = (
+                a03 + w3[d], a13 + w3[d], a23 + w3[d], a33 + w3[d])
+            i += 4
+        for r in range(i, m):
+            x = X[r0 + r]
+            a0 = a1 = a2 = a3 = zero
+            for j in range(d):
+                a0 += x[j] * w0[j]
+                a1 += x[j] * w1[j]
+                a2 += x[j] * w2[j]
+                a3 += x[j] * w3[j]
+            Z[q, r], Z[q + 1, r], Z[q + 2, r], Z[q + 3, r] = (a0 + w0[d], a1 + w1[d],
+                                                              a2 + w2[d], a3 + w3[d])
+        q += 4
+    for r in range(q, R):
+        _dot_rows(X, r0, m, W[q0 + r], W[q0 + r, d], Z[r])
+
+
+@njit(**JIT)
+def _axpys(X, r0, m, C, R, acc, fit_b):
+    """acc[q, :d] += X[r0:r0+m]^T C[q, :m] (acc[q, d] += sum C[q] when
+    fitting an intercept) for q < R; acc in X's dtype: four rows into four
+    accumulators per load of X."""
+    d = X.shape[1]
+    cast = X.dtype.type
+    q = 0
+    while q + 4 <= R:
+        g0, g1, g2, g3 = acc[q], acc[q + 1], acc[q + 2], acc[q + 3]
+        i = 0
+        while i + 4 <= m:
+            x0, x1, x2, x3 = X[r0 + i], X[r0 + i + 1], X[r0 + i + 2], X[r0 + i + 3]
+            c00, c01, c02, c03 = cast(C[q, i]), cast(C[q, i + 1]), cast(C[q, i + 2]), cast(C[q, i + 3])
+            c10, c11, c12, c13 = (cast(C[q + 1, i]), cast(C[q + 1, i + 1]), cast(C[q + 1, i + 2]),
+                                  cast(C[q + 1, i + 3]))
+            c20, c21, c22, c23 = (cast(C[q + 2, i]), cast(C[q + 2, i + 1]), cast(C[q + 2, i + 2]),
+                                  cast(C[q + 2, i + 3]))
+            c30, c31, c32, c33 = (cast(C[q + 3, i]), cast(C[q + 3, i + 1]), cast(C[q + 3, i + 2]),
+                                  cast(C[q + 3, i + 3]))
+            for j in range(d):
+                a, b, c, e = x0[j], x1[j], x2[j], x3[j]
+                g0[j] += (c00 * a + c01 * b) + (c02 * c + c03 * e)
+                g1[j] += (c10 * a + c11 * b) + (c12 * c + c13 * e)
+                g2[j] += (c20 * a + c21 * b) + (c22 * c + c23 * e)
+                g3[j] += (c30 * a + c31 * b) + (c32 * c + c33 * e)
+            i += 4
+        for r in range(i, m):
+            x = X[r0 + r]
+            c0, c1, c2, c3 = cast(C[q, r]), cast(C[q + 1, r]), cast(C[q + 2, r]), cast(C[q + 3, r])
+            for j in range(d):
+                g0[j] += c0 * x[j]
+                g1[j] += c1 * x[j]
+                g2[j] += c2 * x[j]
+                g3[j] += c3 * x[j]
+        if fit_b:
+            for p in range(q, q + 4):
+                for r in range(m):
+                    acc[p, d] += cast(C[p, r])
+        q += 4
+    for r in range(q, R):
+        _axpy_rows(X, r0, m, C[r], acc[r], fit_b)
+
+
+@njit(**JIT)
+def workspace(Xc, G, k, groups, block, n_threads):
+    """Buffers of _pass: group partials and the poisoning rows' sums
+    (float64), weights W = [theta rows; u rows] (2G, d + 1) in X's dtype, and
+    per-worker Z, C (2G rows), scratch and accumulators (zero between groups).
+    At most one worker per group."""
+    d = Xc.shape[1]
+    n_groups = groups.shape[0] - 1
+    n_threads = max(1, min(n_threads, n_groups))
+    nb = max(block, k)
+    return (np.zeros((n_groups, 2 * G, d + 1)), np.zeros((G, 2, d + 1)),
+            np.empty((2 * G, d + 1), dtype=Xc.dtype), np.empty((n_threads, 2 * G, nb)),
+            np.empty((n_threads, 2 * G, nb)), np.empty((n_threads, 5, nb)),
+            np.empty((n_threads, nb), dtype=np.int64),
+            np.zeros((n_threads, 2 * G + 2, d + 1), dtype=Xc.dtype))
+
+
+@njit(**JIT)
+def _work(Xc, yc, Xp, yp, code, fit_b, want_g, want_h, curv, keep, groups, g0, g1, block, ws,
+          w, p0, p1, rows):
+    """Worker w's part of _pass: clean row groups g0..g1-1 for all G problems
+    (partials into ws), then the poisoning rows of problems p0..p1-1. keep = 1:
+    store the clean rows' l'' into curv (G, nc); 2: take l'' from there (the
+    HVP then needs X u only)."""
+    d = Xc.shape[1]
     G, k = Xp.shape[0], Xp.shape[1]
-    dt = Xc.dtype
-    m = G * (want_g + want_h)
-    A = np.empty((G * (1 + want_h), d), dtype=dt)
-    for b in range(G):
-        for j in range(d):
-            A[b, j] = Th[b, j]
-            if want_h:
-                A[G + b, j] = U[b, j]
-    Z = np.dot(A, Xc.T)  # (G or 2G, nc): X w, then X u
-    C = np.empty((m, nc), dtype=dt)
-    nb = max(nc, k)
-    z = np.empty(nb)
-    c1 = np.empty(nb)
-    c2 = np.empty(nb)
-    t = np.empty(nb)
-    xu = np.empty(k)
-    bits = np.empty(nb, dtype=np.int64)
-    thx = np.empty(d + 1, dtype=dt)
-    ux = np.empty(d + 1, dtype=dt)
-    acc = np.zeros(d + 1, dtype=dt)
-    for b in range(G):
-        for i in range(nc):
-            z[i] = np.float64(Z[b, i]) + Th[b, d]
-        _terms(code, z, yc, None, nc, c1, c2, t, bits)
-        sg = 0.0
-        sh = 0.0
-        for i in range(nc):
-            if want_g:
-                C[b, i] = c1[i]
-                sg += c1[i]
-            if want_h:
-                c = c2[i] * (np.float64(Z[G + b, i]) + U[b, d])
-                C[m - G + b, i] = c
-                sh += c
-        # the problem's own k rows, as in _groups
-        _cast(Th[b], thx)
-        _cast(U[b], ux)
+    kg = rows.shape[2]
+    part, ppart, W, Z, C, scratch, all_bits, accs = ws
+    Z, C, acc, bits = Z[w], C[w], accs[w], all_bits[w]
+    c1, c2, t, z, xu = scratch[w, 0], scratch[w, 1], scratch[w, 2], scratch[w, 3], scratch[w, 4]
+    need_z = want_g or (code != 1 and keep != 2)  # the squared loss's HVP needs X u only
+    nz = G if need_z else 0
+    ng = G if want_g else 0
+    R = ng + (G if want_h else 0)
+    for grp in range(g0, g1):
+        i1 = groups[grp + 1]
+        for r0 in range(groups[grp], i1, block):
+            m = min(block, i1 - r0)
+            ys = yc[r0:r0 + m]
+            _dots(Xc, r0, m, W, 0 if need_z else G, nz + (G if want_h else 0), Z)
+            for b in range(G):
+                if want_g and (want_h or keep == 1):
+                    _terms(code, Z[b], ys, None, m, C[b], c2, t, bits)
+                elif want_g:
+                    _terms(code, Z[b], ys, None, m, C[b], None, t, bits)
+                elif need_z:
+                    _terms(code, Z[b], ys, None, m, None, c2, t, bits)
+                if keep == 1:
+                    curv[b, r0:r0 + m] = c2[:m]
+                if want_h:
+                    zu, ch = Z[nz + b], C[ng + b]
+                    if keep == 2:
+                        for i in range(m):
+                            ch[i] = curv[b, r0 + i] * zu[i]
+                    elif need_z:
+                        for i in range(m):
+                            ch[i] = c2[i] * zu[i]
+                    else:
+                        for i in range(m):
+                            ch[i] = zu[i]
+            _axpys(Xc, r0, m, C, R, acc, fit_b)
+        for q in range(R):
+            for j in range(d + 1):
+                part[grp, q, j] = acc[q, j]
+                acc[q, j] = 0
+    gb, hb = acc[2 * G], acc[2 * G + 1]
+    for b in range(p0, p1):
+        X, th, u = Xp[b], W[b], W[G + b]
         if want_h:
-            _dot2_rows(Xp[b], 0, k, thx, thx[d], ux, ux[d], z, xu)
+            _dot2_rows(X, 0, k, th, th[d], u, u[d], z, xu)
         else:
-            _dot_rows(Xp[b], 0, k, thx, thx[d], z)
+            _dot_rows(X, 0, k, th, th[d], z)
         _terms(code, z, yp[b], None, k, c1, c2, t, bits)
         if want_g:
-            _axpy_rows(Xp[b], 0, k, c1, acc, fit_b)
-            _cast(acc, g[b])
-            acc[:] = 0
-            g[b, d] = g[b, d] + sg if fit_b else 0.0
+            _axpy_rows(X, 0, k, c1, gb, fit_b)
+            for j in range(d + 1):
+                ppart[b, 0, j] = gb[j]
+                gb[j] = 0
         if want_h:
+            for i in range(k - kg, k):  # only the trailing kg rows need mixed products
+                rows[b, 0, i - k + kg] = c1[i]
+                rows[b, 1, i - k + kg] = c2[i]
+                rows[b, 2, i - k + kg] = xu[i]
             for i in range(k):
-                rows[b, 0, i] = c1[i]
-                rows[b, 1, i] = c2[i]
-                rows[b, 2, i] = xu[i]
                 c2[i] *= xu[i]
-            _axpy_rows(Xp[b], 0, k, c2, acc, fit_b)
-            _cast(acc, h[b])
-            acc[:] = 0
-            h[b, d] = h[b, d] + sh if fit_b else 0.0
-    P = np.dot(C, Xc)  # (m, d): X^T l', then X^T (l'' X u)
+            _axpy_rows(X, 0, k, c2, hb, fit_b)
+            for j in range(d + 1):
+                ppart[b, 1, j] = hb[j]
+                hb[j] = 0
+
+
+@njit(parallel=True, **JIT)
+def _pass(Xc, yc, Xp, yp, code, fit_b, Th, U, want_g, want_h, curv, keep, groups, block, ws, g,
+          h, rows):
+    """One read of Xc for G problems X_b = [Xc; Xp[b]], state Th, U (G, d + 1):
+    g = X_b^T l'(z) if want_g, h = X_b^T (l''(z) (X_b u)) if want_h (row sums),
+    z = X_b th; rows[b] = (l', l'', x.u) of the trailing rows.shape[2]
+    poisoning rows; curv, keep as in _work. ws's worker count sets the parallel width (1: serial)."""
+    G = Th.shape[0]
+    _weights(Th, U, want_h, ws[2])
+    n_threads = ws[3].shape[0]
+    n_groups = groups.shape[0] - 1
+    if n_threads == 1:
+        _work(Xc, yc, Xp, yp, code, fit_b, want_g, want_h, curv, keep, groups, 0, n_groups,
+              block, ws, 0, 0, G, rows)
+    else:
+        for w in prange(n_threads):
+            _work(Xc, yc, Xp, yp, code, fit_b, want_g, want_h, curv, keep, groups,
+                  w * n_groups // n_threads, (w + 1) * n_groups // n_threads, block, ws, w,
+                  w * G // n_threads, (w + 1) * G // n_threads, rows)
+    _reduce(ws, want_g, want_h, g, h)
+
+
+@njit(**JIT)
+def _weights(Th, U, want_h, W):
+    """W = [Th; U] in X's dtype (the U rows only when want_h)."""
+    G = Th.shape[0]
     for b in range(G):
-        for j in range(d):
-            if want_g:
-                g[b, j] += P[b, j]
-            if want_h:
-                h[b, j] += P[m - G + b, j]
+        _cast(Th[b], W[b])
+        if want_h:
+            _cast(U[b], W[G + b])
+
+
+@njit(**JIT)
+def _reduce(ws, want_g, want_h, g, h):
+    """g, h = the poisoning rows' sums plus the group partials in order."""
+    part, ppart = ws[0], ws[1]
+    G = ppart.shape[0]
+    if want_g:
+        for b in range(G):
+            _cast(ppart[b, 0], g[b])
+            for grp in range(part.shape[0]):
+                _add(part[grp, b], g[b])
+    if want_h:
+        q = G if want_g else 0
+        for b in range(G):
+            _cast(ppart[b, 1], h[b])
+            for grp in range(part.shape[0]):
+                _add(part[grp, q + b], h[b])
+
+
+@njit(**JIT)
+def _add(src, dst):
+    for j in range(src.shape[0]):
+        dst[j] += src[j]
 
 
 @njit(**JIT)
 def reverse_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
-                   v_groups, v_block, dXp, out, theta_T):
-    """`reverse_batch` (trajectory) for G problems sharing Xc, yc, with
-    _shared_pass for every step (serial: see shared_parts)."""
+                   groups, block, v_groups, v_block, n_threads, dXp, out, theta_T):
+    """`reverse_batch` (trajectory) for G problems sharing Xc, yc: Xp (G, k, d);
+    dXp (G, kg, d), kg <= k: the gradients of the trailing kg poisoning rows
+    (the others enter the training but need none)."""
     G, k, d = Xp.shape
     n = Xc.shape[0] + k
+    ws = workspace(Xc, G, k, groups, block, n_threads)
     traj = np.empty((T, G, d + 1))
+    keep = 1 if code == 0 else 0  # logistic: keep l'' of the clean rows for the reverse sweep
+    curv = np.empty((T, G, Xc.shape[0] if keep else 0))
     theta = theta0.copy()
     v = np.zeros((G, d + 1))
     g = np.empty((G, d + 1))
     h = np.empty((G, d + 1))
-    rows = np.empty((G, 3, k))
+    rows = np.empty((G, 3, dXp.shape[1]))
     watch = np.empty((G, 2))
     for b in range(G):
         watch[b] = new_watch()
     for t in range(T):
         traj[t] = theta
-        _shared_pass(Xc, yc, Xp, yp, code, fit_b, theta, theta, True, False, g, h, rows)
+        _pass(Xc, yc, Xp, yp, code, fit_b, theta, theta, True, False, curv[t],
+              keep, groups, block, ws, g, h, rows)
         for b in range(G):
             gg = 0.0
             for j in range(d + 1):
@@ -136,7 +323,8 @@ def reverse_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e,
         for b in range(G):
             for j in range(d + 1):
                 u[b, j] = vb[b, j] + alpha * tb[b, j]
-        _shared_pass(Xc, yc, Xp, yp, code, fit_b, traj[t], u, False, True, g, h, rows)
+        _pass(Xc, yc, Xp, yp, code, fit_b, traj[t], u, False, True, curv[t],
+              2 * keep, groups, block, ws, g, h, rows)
         for b in range(G):
             out[b, 1] += _adjoint_step(traj[t, b], u[b], h[b], rows[b], tb[b], vb[b], dXp[b], n,
                                        gamma, e[b])
@@ -144,23 +332,26 @@ def reverse_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e,
 
 @njit(**JIT)
 def forward_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
-                   v_groups, v_block, out, theta_T):
-    """`forward_batch` for G problems sharing Xc, yc, with _shared_pass."""
+                   groups, block, v_groups, v_block, n_threads, out, theta_T):
+    """`forward_batch` for G problems sharing Xc, yc."""
     G, k, d = Xp.shape
     n = Xc.shape[0] + k
+    ws = workspace(Xc, G, k, groups, block, n_threads)
     theta = theta0.copy()
     v = np.zeros((G, d + 1))
     dth = np.zeros((G, d + 1))
     dv = np.zeros((G, d + 1))
     g = np.empty((G, d + 1))
     h = np.empty((G, d + 1))
-    rows = np.empty((G, 3, k))
+    rows = np.empty((G, 3, 0))
+    curv = np.empty((G, 0))
     watch = np.empty((G, 2))
     for b in range(G):
         watch[b] = new_watch()
     s = 1.0 - gamma
     for t in range(T):
-        _shared_pass(Xc, yc, Xp, yp, code, fit_b, theta, dth, True, True, g, h, rows)
+        _pass(Xc, yc, Xp, yp, code, fit_b, theta, dth, True, True, curv, 0, groups, block, ws, g,
+              h, rows)
         for b in range(G):
             gg = 0.0
             for j in range(d + 1):
@@ -184,21 +375,16 @@ def forward_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e,
     theta_T[:] = theta
 
 
-@njit(parallel=True, **JIT)
 def shared_parts(reverse, Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
                  v_groups, v_block, n_parts, dXp, out, theta_T):
-    """reverse_shared (or forward_shared) on n_parts contiguous slices of the
-    G problems, one per numba thread, with BLAS at one thread (caller): a BLAS
-    pool beside numba's threads spins against them (measured 6x slower on 2
-    cores)."""
-    G = Xp.shape[0]
-    for q in prange(n_parts):
-        s, t = q * G // n_parts, (q + 1) * G // n_parts
-        p = slice(s, t) if Xv.shape[0] > 1 else slice(0, 1)
-        if reverse:
-            reverse_shared(Xc, yc, Xp[s:t], yp[s:t], Xv[p], yv[p], code, fit_b, theta0[s:t],
-                           alpha, gamma, e[s:t], T, v_groups, v_block, dXp[s:t], out[s:t],
-                           theta_T[s:t])
-        else:
-            forward_shared(Xc, yc, Xp[s:t], yp[s:t], Xv[p], yv[p], code, fit_b, theta0[s:t],
-                           alpha, gamma, e[s:t], T, v_groups, v_block, out[s:t], theta_T[s:t])
+    """reverse_shared (or forward_shared) for the G problems, n_parts numba
+    threads splitting the clean rows' groups (kernels/cpu/hypergrad.layout of
+    Xc: same bits whatever the thread count). dXp (G, kg, d): the trailing
+    kg <= k poisoning rows' gradients (unused in forward mode)."""
+    groups, block = layout(*Xc.shape, Xc.itemsize)
+    if reverse:
+        reverse_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups,
+                       block, v_groups, v_block, n_parts, dXp, out, theta_T)
+    else:
+        forward_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups,
+                       block, v_groups, v_block, n_parts, out, theta_T)
