@@ -9,12 +9,14 @@ The solve, for any Model (:func:`implicit_model`):
   factoring H (tried where that budget is at least MIN_CG iterations); at
   paper 002's size (529 x 785) it converges in about ten HVPs, each two
   passes over X, against n p^2 + p^3/3 flops for the direct solve;
+- abandoned as soon as its rate of convergence projects past that budget;
 - accepted only where the regulariser's smallest curvature exp(min lam) is at
   least sqrt(eps) times the largest curvature CG saw (its Lanczos estimate):
-  then H is far from singular. Otherwise, or past the budget, one Cholesky of
-  the p x p float64 Hessian (model.hessian: one symmetric BLAS product for the
-  linear model), which certifies positive definiteness and raises
-  SingularHessianError when it fails;
+  then H is far from singular. Otherwise, or past the budget, one Cholesky
+  (:func:`direct`): of the n x n Woodbury capacitance matrix where the model
+  has a loss factor (H = D + R^T R / n) and n < p, else of the p x p float64
+  Hessian (model.hessian: one symmetric BLAS product for the linear model);
+  it certifies positive definiteness, SingularHessianError when it fails;
 - past CHOLESKY_MAX parameters, CG alone (no budget), SingularHessianError when
   it does not converge.
 """
@@ -30,6 +32,7 @@ CHOLESKY_MAX = 2000  # p above this: CG on HVPs only, the p x p Hessian is never
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-6}
 HVP_PER_DIRECT = 5   # a BLAS-3 flop is about this much cheaper than a fused HVP's (measured)
 MIN_CG = 10          # CG is tried only where the direct solve costs at least this many HVPs
+PROJECT_EVERY = 8    # CG iterations between projections of the iterations it needs
 
 
 def implicit(pb, backend, tol, info):
@@ -98,27 +101,79 @@ def solve(model, theta, X, y, lam, b, info):
     n = X.shape[0]
     budget = int((n * p * p + p ** 3 / 3) / (4 * n * p) / HVP_PER_DIRECT)
     if budget >= MIN_CG:
-        s, iters, curvature, ok = cg(hvp, b, rtol, budget)
+        s, iters, curvature, ok = cg(hvp, b, rtol, budget, project=True)
         info["cg_iterations"] = iters
         floor = math.exp(lam.min()) if lam.size else 0.0
         if ok and floor >= math.sqrt(np.finfo(np.float64).eps) * curvature:
             info["solver"] = "cg"
             return s
+    return direct(model, theta, X, y, lam, b, info)
+
+
+def direct(model, theta, X, y, lam, b, info):
+    """One Cholesky: of the n x n capacitance matrix (Woodbury) where the model has a
+    loss factor R and n + (unpenalised parameters) < p, else of the p x p Hessian."""
     from scipy.linalg import cho_solve
+    p, n = theta.shape[0], X.shape[0]
+    D = model.regularizer(X.shape[1]).diagonal(lam)
+    R = model.loss_factor(theta, X, y) if n + np.count_nonzero(D == 0) < p else None
+    if R is not None:
+        info["solver"] = "woodbury"
+        return _woodbury(R, D, b, lam)
     info["solver"] = "cholesky"
     return cho_solve(_cholesky(model.hessian(theta, X, y, lam), lam), b)
 
 
-def cg(hvp, b, rtol, maxiter):
+def _woodbury(R, D, b, lam):
+    """Solve (diag(D) + R^T R / n) s = b. On the penalised coordinates P (D > 0),
+    A^-1 = D^-1 - D^-1 R_P^T K^-1 R_P D^-1 with K = n I + G G^T, G = R_P D^-1/2
+    (one syrk, one n x n Cholesky); the unpenalised Z by their m x m Schur complement.
+    cond(A) is max(D) / min(D) + ||G||_F^2 / (n min D) within the rank (A's smallest
+    eigenvalue is min(D) exactly when n < |P| and D is constant), checked as _cholesky does."""
+    from scipy.linalg import cho_factor, cho_solve
+    n = R.shape[0]
+    P, Z = D > 0, D == 0
+    Dp = D[P]
+    G = R[:, P] / np.sqrt(Dp)
+    K = G @ G.T
+    K[np.diag_indices(n)] += n
+    cond = (Dp.max() + np.einsum("ij,ij->", G, G) * Dp.max() / n) / Dp.min()
+    _check_condition(cond, R.shape[1], lam)
+    K = cho_factor(K)
+    Rp = R[:, P]
+
+    def A_inv(V):  # V (|P|, k)
+        W = V / Dp[:, None]
+        return W - (Rp.T @ cho_solve(K, Rp @ W)) / Dp[:, None]
+
+    s = np.empty_like(b)
+    if not Z.any():
+        s[P] = A_inv(b[P, None])[:, 0]
+        return s
+    Rz = R[:, Z]
+    Bm = Rp.T @ Rz / n
+    Y = A_inv(np.column_stack([b[P], Bm]))
+    S = Rz.T @ Rz / n - Bm.T @ Y[:, 1:]  # Schur complement of the unpenalised coordinates
+    s[Z] = cho_solve(_cholesky(S, lam, R.shape[1]), b[Z] - Bm.T @ Y[:, 0])
+    s[P] = Y[:, 0] - Y[:, 1:] @ s[Z]
+    return s
+
+
+def cg(hvp, b, rtol, maxiter, project=False):
     """Conjugate gradients from 0 on H s = b. Returns (s, iterations, largest Ritz value
-    of H on the Krylov space, converged: ||H s - b|| <= rtol ||b||)."""
+    of H on the Krylov space, converged: ||H s - b|| <= rtol ||b||). ``project``:
+    give up early (every PROJECT_EVERY iterations) when the mean residual decrease so far
+    projects past maxiter (CG speeds up, if anything, so this errs toward giving up)."""
     s, r = np.zeros_like(b), b.copy()
     d, rr = r.copy(), r @ r
-    stop = (rtol * math.sqrt(rr)) ** 2
+    rr0, stop = rr, (rtol * math.sqrt(rr)) ** 2
     diag, off, prev = [], [], None  # the Lanczos tridiagonal, from CG's coefficients
     for it in range(maxiter):
         if rr <= stop:
             return s, it, _ritz_max(diag, off), True
+        if project and it and it % PROJECT_EVERY == 0 and \
+                it * math.log(stop / rr0) / math.log(rr / rr0) > maxiter:
+            return s, it, _ritz_max(diag, off), False
         Hd = hvp(d)
         dHd = d @ Hd
         if not dHd > 0:  # not positive definite along d
@@ -147,9 +202,10 @@ def _lams(lam):
     return f"{lam[0]:g}" if lam.size == 1 else np.array2string(lam, precision=3)
 
 
-def _cholesky(H, lam):
-    """cho_factor of the training Hessian H, or SingularHessianError when H is
-    not numerically positive definite (condition >= 1/eps by the factor's diagonal)."""
+def _cholesky(H, lam, p=None):
+    """cho_factor of H (the training Hessian, or a block of it: p its size), or
+    SingularHessianError when H is not numerically positive definite (condition
+    >= 1/eps by the factor's diagonal)."""
     from scipy.linalg import cho_factor
     try:
         factor = cho_factor(H)
@@ -157,12 +213,16 @@ def _cholesky(H, lam):
         cond = (r.max() / r.min()) ** 2 if r.min() > 0 else math.inf
     except np.linalg.LinAlgError:
         cond = math.inf
+    _check_condition(cond, p or H.shape[0], lam)
+    return factor
+
+
+def _check_condition(cond, p, lam):
     if not cond < 1 / np.finfo(np.float64).eps:
         why = "singular (not positive definite)" if cond == math.inf else \
             f"too ill-conditioned to solve (condition >= {cond:.3g})"
         raise SingularHessianError(
-            f"mode='implicit': the {H.shape[0]} x {H.shape[0]} training Hessian at theta_T is "
+            f"mode='implicit': the {p} x {p} training Hessian at theta_T is "
             f"{why}: exp(lam) = {_lams(np.exp(lam))} (lam={_lams(lam)}) adds too little "
             "curvature for these data; raise lam, or use mode='trajectory', which needs no "
             "Hessian solve.")
-    return factor

@@ -24,6 +24,9 @@ needs, per problem:
 - attribute ``fused``: "linear" when the compiled linear loops run this model
   exactly, else None (the engine then drives these primitives).
 
+Optional: ``loss_factor(theta, X, y)``, R with loss Hessian R^T R / n (None
+by default), for implicit mode's n x n (Woodbury) solve.
+
 Everything else is derived here from those primitives and the L2 component.
 ``loss_grad_batch`` is the trainers' hook for B problems at once; the default
 loops, a model whose kernels take a batch overrides it.
@@ -71,6 +74,11 @@ class Model:
         if d not in cache:
             cache[d] = L2(self.layout(d))
         return cache[d]
+
+    def loss_factor(self, theta, X, y):
+        """R (n, p) with loss Hessian exactly R^T R / n, where the model has one (linear
+        models: sqrt(l'') [X 1]); None otherwise. Lets implicit mode solve in n x n when n < p."""
+        return None
 
     def data_loss(self, theta, X, y):
         """Outer objective: mean loss on (X, y), no regulariser."""

@@ -93,14 +93,12 @@ class LinearModel(Model):
         value, g = ops.loss_grad(theta, X, y, **self._options(X, False))
         return float(value), g
 
-    def loss_hessian(self, theta, X, y):
-        """A^T diag(c) A / n, A = [X 1], c_i = s_i l''(z_i), as ONE symmetric BLAS product
-        R^T R of R = sqrt(c) A (float64; logistic sqrt(l'') = 1 / (2 cosh(z/2)), no overflow)."""
-        n, d = X.shape
-        p = d + self.fit_intercept
+    def loss_factor(self, theta, X, y):
+        """R (n, p) float64 with loss Hessian R^T R / n: R = sqrt(c) [X 1], c_i = s_i l''(z_i)
+        (logistic sqrt(l'') = 1 / (2 cosh(z/2)), no overflow); None for the absolute loss."""
         if self.loss == "absolute":
-            return np.zeros((p, p))  # zero curvature almost everywhere
-        R = np.empty((n, p))
+            return None  # zero curvature almost everywhere
+        n, d = X.shape
         if self.loss == "logistic":
             z = X @ theta[:d].astype(X.dtype) + (theta[d] if self.fit_intercept else 0)
             r = 0.5 / np.cosh(0.5 * z.astype(np.float64))
@@ -108,11 +106,20 @@ class LinearModel(Model):
             r = np.ones(n)
         if self.sample_weight is not None:
             r *= np.sqrt(self.sample_weight)
+        R = np.empty((n, d + self.fit_intercept))
         np.multiply(X, r[:, None], out=R[:, :d])
         if self.fit_intercept:
             R[:, d] = r
+        return R
+
+    def loss_hessian(self, theta, X, y):
+        """A^T diag(c) A / n, A = [X 1], as ONE symmetric BLAS product R^T R / n (float64)."""
+        R = self.loss_factor(theta, X, y)
+        if R is None:
+            p = X.shape[1] + self.fit_intercept
+            return np.zeros((p, p))
         H = R.T @ R  # numpy runs A.T @ A as one syrk
-        H /= n
+        H /= X.shape[0]
         return H
 
     def torch_objective(self, theta, X, y, lam):
