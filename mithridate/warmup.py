@@ -12,7 +12,7 @@ rewrites a kernel's whole cache index when it adds a signature, so two
 processes adding signatures to one kernel at once can drop one of them; the
 check compiles, and so caches, whatever was dropped.
 
-The tasks call the public API only (``hypergrad``, ``ops``), so a new
+The tasks call the public API only (``hypergrad``, ``ops``, the trainers), so a new
 signature a kernel change brings is covered by the call that needs it.
 """
 import os
@@ -109,6 +109,20 @@ def _lipschitz(dt):
             ops.lipschitz(theta, X, y, loss="logistic", bound=bound, backend="numba")
 
 
+def _training(dt):
+    """The trainers' compiled inner loop: one problem, B problems on one X or
+    their own, and mini-batch SGD."""
+    from .models import LinearModel
+    from .models.training import gradient_descent, sgd
+    model = LinearModel()
+    X, y = _data(dt, 16, 4)
+    XB, yB = _data(dt, 16, 4, B=2)
+    gradient_descent(model, X, y, -2.0, T=T, alpha=0.1)
+    gradient_descent(model, X, y, np.full(2, -2.0), T=T, alpha=0.1)
+    gradient_descent(model, XB, yB, np.full(2, -2.0), T=T, alpha=0.1)
+    sgd(model, X, y, -2.0, lr=0.1, batch_size=4, epochs=1, random_state=0)
+
+
 # name -> task(dtype), the slowest first (so that the pool ends together)
 JOBS = {
     "hypergrad.trajectory": lambda dt: _hypergrad(dt, "trajectory"),
@@ -122,6 +136,7 @@ JOBS = {
     "ops.loss_grad": _loss_grad,
     "ops.mixed": _mixed,
     "ops.lipschitz": _lipschitz,
+    "models.training": _training,
 }
 
 

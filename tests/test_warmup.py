@@ -12,7 +12,7 @@ from mithridate import warmup as wu
 
 def test_jobs_and_dtypes_are_named():
     assert wu.DTYPES == ("float64", "float32")
-    assert all(name.split(".")[0] in ("hypergrad", "ops") for name in wu.JOBS)
+    assert all(name.split(".")[0] in ("hypergrad", "ops", "models") for name in wu.JOBS)
     assert {"hypergrad.trajectory", "hypergrad.checkpoint", "hypergrad.forward",
             "hypergrad.reversible", "hypergrad.implicit", "ops.loss_grad", "ops.hvp",
             "ops.mixed"} <= set(wu.JOBS)
