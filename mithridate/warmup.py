@@ -2,8 +2,10 @@
 
 numba caches each compiled kernel (``cache=True``) in ``__pycache__`` beside
 its source file (or under ``NUMBA_CACHE_DIR``; a user-wide cache dir when the
-package folder is read-only), keyed by the file's path, size and mtime and by
-the CPU. With an empty cache the first hypergradient call of a mode spends
+package folder is read-only). An entry stays valid while the source file's
+content (numba 0.68 checks its sha256, so reinstalling the same version keeps
+it; older releases its mtime and size), numba's version and the CPU stay the
+same. With an empty cache the first hypergradient call of a mode spends
 15-40 s compiling; with a warm one it loads in about a second. ``warmup``
 fills the cache by running every public entry point on tiny problems, once per
 float dtype, one task per process (a compile is single-threaded). Then one
@@ -23,7 +25,7 @@ from multiprocessing import get_context
 import numpy as np
 
 DTYPES = ("float64", "float32")
-T = 3  # inner steps: any T >= 1 compiles the same signatures
+T = 3  # inner steps: enough for checkpoint mode to recompute a segment (T = 1 would not)
 
 
 def _data(dt, n, d, B=None, seed=0):
