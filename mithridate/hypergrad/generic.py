@@ -99,6 +99,7 @@ class _Inner:
             raise ValueError(f"theta0 has shape {self.theta0.shape} but the model's layout "
                              f"{self.layout.groups} has p={self.p} parameters.")
         self.T, self.alpha, self.gamma = pb.T, pb.alpha, pb.gamma
+        self._terms = None
 
     def _x(self, a):
         return a.astype(self.dtype, copy=False)
@@ -127,10 +128,12 @@ class _Inner:
 
     def lam_tangent(self, theta):
         """(n_lam, p): d grad / d lam_j = the gradient of group j's exp(lam_j)-scaled term."""
-        groups = self.layout.groups
-        return np.stack([L2(Layout(groups, (g,))).grad(theta, self.lam[j:j + 1])
-                         for j, g in enumerate(self.layout.penalised)]) \
-            if self.n_lam else np.zeros((0, self.p))
+        if self._terms is None:  # one L2 component per penalised group, built once
+            self._terms = [L2(Layout(self.layout.groups, (g,))) for g in self.layout.penalised]
+        out = np.zeros((self.n_lam, self.p))
+        for j, term in enumerate(self._terms):
+            out[j] = term.grad(theta, self.lam[j:j + 1])
+        return out
 
     def result(self, value, dXp, dlam, theta_T, info, where=""):
         glam = float(dlam[0]) if dlam is not None and self.n_lam == 1 else dlam
