@@ -86,6 +86,9 @@ def test_primitives_match_torch_autograd(name, shape, dtype):
     Hm = model.hessian(theta, X, y, lam)
     assert Hm.dtype == np.float64 and Hm.shape == (theta.size,) * 2
     ok(Hm, H, "hessian")
+    R = model.loss_factor(theta, X, y)  # loss Hessian R^T R / n (None: absolute loss)
+    reg = model.regularizer(d).diagonal(lam)
+    ok(np.zeros_like(Hm) if R is None else R.T @ R / n, H - np.diag(reg), "loss_factor")
     for out in (model.grad(theta, X, y, lam), model.hvp(theta, u, X, y, lam)):
         assert out.dtype == X.dtype and out.shape == theta.shape
 
