@@ -108,10 +108,11 @@ def _axpys(X, r0, m, C, R, acc, fit_b):
                                   cast(C[q + 3, i + 3]))
             for j in range(d):
                 a, b, c, e = x0[j], x1[j], x2[j], x3[j]
-                g0[j] += (c00 * a + c01 * b) + (c02 * c + c03 * e)
-                g1[j] += (c10 * a + c11 * b) + (c12 * c + c13 * e)
-                g2[j] += (c20 * a + c21 * b) + (c22 * c + c23 * e)
-                g3[j] += (c30 * a + c31 * b) + (c32 * c + c33 * e)
+                # a chain of FMAs (a tree of products would add a multiply and two adds)
+                g0[j] = (((g0[j] + c00 * a) + c01 * b) + c02 * c) + c03 * e
+                g1[j] = (((g1[j] + c10 * a) + c11 * b) + c12 * c) + c13 * e
+                g2[j] = (((g2[j] + c20 * a) + c21 * b) + c22 * c) + c23 * e
+                g3[j] = (((g3[j] + c30 * a) + c31 * b) + c32 * c) + c33 * e
             i += 4
         for r in range(i, m):
             x = X[r0 + r]
