@@ -40,7 +40,7 @@ REGISTRY = {
 NAMES = ("numba", "cpp", "cuda", "triton", "torch")
 BACKENDS = NAMES + ("auto",)
 PATHS = tuple(dict.fromkeys(path for path, _ in REGISTRY))
-# path -> (preference for host data, preference for CUDA tensors). Host
+# path -> (preference for host data, for CUDA tensors): indexed by "on GPU". Host
 # fixed point prefers the compiled extension, which it has always used.
 AUTO = {
     "linear": (("numba", "torch"), ("triton", "torch")),
@@ -78,10 +78,10 @@ def cuda_available():
 
 def unavailable_reason(name):
     """None if backend `name` can run here, else why not (and what to install)."""
+    if name == "numba":  # first: auto's usual choice, on every ops call
+        return None if _installed("numba") else "numba is not installed (pip install numba)"
     if name not in NAMES:
         raise ValueError(f"backend={name!r} is unknown; choose one of {list(NAMES)}.")
-    if name == "numba":
-        return None if _installed("numba") else "numba is not installed (pip install numba)"
     if name in _EXTENSION:
         err = _import_error(_EXTENSION[name])
         if err:
@@ -144,16 +144,22 @@ def select(path, backend="auto", *arrays):
 
 
 def _auto(path, arrays):
-    if path not in AUTO:
-        implemented(path)
-    on_gpu = any(is_torch(a) and a.is_cuda for a in arrays if a is not None)
-    choices = AUTO[path][1 if on_gpu else 0]
+    prefs = AUTO.get(path)
+    if prefs is None:
+        implemented(path)  # raises: unknown path
+    on_gpu = False
+    for a in arrays:
+        if is_torch(a) and a.is_cuda:
+            on_gpu = True
+            break
+    choices = prefs[on_gpu]
+    if unavailable_reason(choices[0]) is None:  # the usual case: no log, no list
+        return choices[0]
     reasons = []
     for name in choices:
         reason = unavailable_reason(name)
         if reason is None:
-            if reasons:
-                log.debug("backend auto for %s: %s; using %s", path, "; ".join(reasons), name)
+            log.debug("backend auto for %s: %s; using %s", path, "; ".join(reasons), name)
             return name
         reasons.append(f"{name} unavailable ({reason})")
     where = "CUDA tensors" if on_gpu else "host data"

@@ -1,12 +1,15 @@
-"""``mithridate bench``: hot paths against the torch reference and the memory roof.
+"""``mithridate bench``: every (hot path, backend) of the registry against a
+reference and the memory roof.
 
 Each fused linear-model kernel reads X once per call, so its speed limit is
 the read bandwidth of X. For every op, backend, shape and dtype the run times
-our backend, the torch reference and the roof probe (CPU: a numba streaming
-sum over 512 MiB; GPU: a torch sum over 1 GiB) side by side, calls
-interleaved so that a noisy neighbour or a drift in bandwidth moves all three
-alike, and reports medians, speedup = reference / ours and roof fraction =
-X.nbytes / median / (probe bytes / probe median).
+our backend, the reference (torch; numpy float arithmetic for the fixed
+point) and the roof probe (CPU: a numba streaming sum over 512 MiB; GPU: a
+torch sum over 1 GiB) side by side, calls interleaved so that a noisy
+neighbour or a drift in bandwidth moves all three alike, and reports medians,
+speedup = reference / ours and roof fraction = bytes moved / median / (probe
+bytes / probe median). Ops map to the registry's hot paths (``OP_PATH``);
+a (path, backend) that cannot run here is listed as skipped with the reason.
 """
 import os
 import sys
@@ -16,17 +19,28 @@ import numpy as np
 
 from . import backends, ops
 
-REFERENCE = "torch"
-CANDIDATES = tuple(b for b in backends.LINEAR if b != REFERENCE)
-GPU_BACKENDS = ("triton",)  # their data lives on the GPU, and so does their reference's
-OPS = ("loss_grad", "hvp", "loss_grad_batched", "lipschitz_batched", "hypergrad",
-       "hypergrad_batched", "torch_train")
+REFERENCE = "torch"  # the reference of every path it implements
+CANDIDATES = tuple(b for b in backends.NAMES if b != REFERENCE)
+GPU_BACKENDS = ("triton", "cuda")  # their data lives on the GPU, and so does their reference's
+OP_PATH = {"loss_grad": "linear", "hvp": "linear", "loss_grad_batched": "linear",
+           "lipschitz_batched": "lipschitz", "hypergrad": "hypergrad",
+           "hypergrad_batched": "hypergrad", "torch_train": "linear",
+           "fixed_point_encode": "fixed_point", "fixed_point_step": "fixed_point"}
+OPS = tuple(OP_PATH)
 BATCHED = ("loss_grad_batched", "lipschitz_batched")  # B thetas against one X
-# Hypergradients (mithridate.hypergrad), numba against the torch unrolled loop:
-# one problem per mode, and a batch of reps x lams problems (each repetition's
+# Hypergradients (mithridate.hypergrad) against the torch unrolled loop: one
+# problem per mode the backend runs (reversible against torch's trajectory:
+# the same gradient), and a batch of reps x lams problems (each repetition's
 # Xc shared by its lam settings, as in a paper 002 sweep) against single calls.
 HYPERGRAD = ("hypergrad", "hypergrad_batched")
-HYPERGRAD_MODES = ("trajectory", "checkpoint", "forward")
+HYPERGRAD_MODES = ("trajectory", "checkpoint", "forward", "reversible")
+HYPERGRAD_GAMMA = 0.5  # momentum: reversible needs some, the others cost the same with it
+# Exact fixed point (mithridate.fixed_point) on n values: encode against
+# numpy's rint(x * 2^f); one step = mul then unmul by 9/10 (a reversible
+# step and its inverse, so repeated calls keep the buffer's size) against the
+# float multiply and divide it replaces.
+FIXED_POINT = ("fixed_point_encode", "fixed_point_step")
+FIXED_POINT_BITS, FIXED_POINT_GAMMA = 40, (9, 10)
 # A torch training loop (mithridate.torch): `steps` of SGD on L2-regularised
 # logistic regression, the fused objective against autograd on torch ops.
 TORCH_TRAIN = "torch_train"
@@ -40,11 +54,13 @@ LAM = -2.0
 FULL = dict(shapes=((100_000, 1000), (1_000_000, 100), (48_842, 14), (512, 784)),
             batched_shape=(100_000, 1000), budget_s=2.0, max_repeats=20,
             hypergrad=dict(n=512, k=17, nv=171, d=784, T=150, reps=10, lams=4),
-            torch_train=dict(shape=(100_000, 100), steps=200))
+            torch_train=dict(shape=(100_000, 100), steps=200),
+            fixed_point=dict(n=1 << 22, steps=1000))
 QUICK = dict(shapes=((20_000, 100), (512, 784)),
              batched_shape=(20_000, 100), budget_s=0.2, max_repeats=10,
              hypergrad=dict(n=200, k=5, nv=50, d=64, T=20, reps=2, lams=2),
-            torch_train=dict(shape=(4_000, 32), steps=50))
+            torch_train=dict(shape=(4_000, 32), steps=50),
+            fixed_point=dict(n=1 << 16, steps=100))
 DTYPES = ("float32", "float64")
 CACHE_BYTES = 64 << 20  # above this X streams from memory (twice a 32 MiB L3)
 MIN_REPEATS = 3
@@ -93,37 +109,47 @@ def hypergrad_data(n, k, nv, d, dtype, reps=None, lams=1, seed=0):
     return (Xc, yc, Xp, yp, Xv, yv), dict(lam=lam if B is None else np.tile(lam, reps))
 
 
+def hypergrad_modes(backend):
+    """The modes of HYPERGRAD_MODES that `backend` runs (its registry module's MODES)."""
+    modes = backends.implementation("hypergrad", backend).MODES
+    return tuple(m for m in HYPERGRAD_MODES if m in modes)
+
+
 def _hypergrad_records(op, cfg, dt, backend, probe):
     """Records of one hypergrad op: ours, the torch reference (B calls for a
-    batch) and, batched, B single calls of ours. Bytes: X read once per pass
-    (forward T, reverse T, checkpoint's recomputation T more)."""
+    batch; its trajectory mode for a mode it lacks) and, batched, B single
+    calls of ours. Bytes: X read once per pass (forward T, reverse T,
+    checkpoint's recomputation T more, reversible's T in reverse)."""
     from .hypergrad import hypergrad
     hg = dict(cfg["hypergrad"])
     batched = op == "hypergrad_batched"
     shape = dict(n=hg["n"], k=hg["k"], nv=hg["nv"], d=hg["d"])
     args, kw = hypergrad_data(**shape, dtype=dt, reps=hg["reps"] if batched else None,
                               lams=hg["lams"])
-    kw.update(T=hg["T"], alpha=0.05)
+    kw.update(T=hg["T"], alpha=0.05, gamma=HYPERGRAD_GAMMA)
     one = lambda i, **o: hypergrad(*(a[i] for a in args[:4]), *args[4:], lam=kw["lam"][i],
-                                   T=kw["T"], alpha=0.05, **o)  # problem i of the batch
+                                   T=kw["T"], alpha=0.05, gamma=HYPERGRAD_GAMMA, **o)  # problem i
     B = len(kw["lam"]) if batched else 1
+    ref_modes = backends.implementation("hypergrad", REFERENCE).MODES
     records = []
-    for mode in (("trajectory",) if batched else HYPERGRAD_MODES):
+    for mode in (("trajectory",) if batched else hypergrad_modes(backend)):
+        ref_mode = mode if mode in ref_modes else "trajectory"
         calls = [lambda: hypergrad(*args, mode=mode, backend=backend, **kw)]
         if batched:
-            calls += [lambda: [one(i, backend=REFERENCE) for i in range(B)],
+            calls += [lambda: [one(i, mode=ref_mode, backend=REFERENCE) for i in range(B)],
                       lambda: [one(i, mode=mode, backend=backend) for i in range(B)]]
         else:
-            calls.append(lambda: hypergrad(*args, backend=REFERENCE, **kw))
-        times, reps = _medians(calls + [probe[0]], lambda: None, cfg["budget_s"],
+            calls.append(lambda: hypergrad(*args, mode=ref_mode, backend=REFERENCE, **kw))
+        times, reps = _medians(calls + [probe[0]], synchronizer(backend), cfg["budget_s"],
                                cfg["max_repeats"])
         ours, ref = times[:2]
-        passes = {"trajectory": 2, "checkpoint": 3, "forward": 1}[mode] * hg["T"]
+        passes = {"trajectory": 2, "checkpoint": 3, "forward": 1, "reversible": 2}[mode] * hg["T"]
         nbytes = B * passes * (hg["n"] + hg["k"]) * hg["d"] * np.dtype(dt).itemsize
         bw = probe[1] / times[-1]
-        rec = dict(op=op, backend=backend, shape=[hg["n"] + hg["k"], hg["d"]], dtype=dt,
-                   batch=B if batched else None, mode=mode, T=hg["T"], median_s=ours,
-                   reference_median_s=ref, speedup=ref / ours, roof_gbps=bw / 1e9,
+        rec = dict(op=op, path="hypergrad", backend=backend, reference=REFERENCE,
+                   reference_mode=ref_mode, shape=[hg["n"] + hg["k"], hg["d"]], dtype=dt,
+                   batch=B if batched else None, mode=mode, T=hg["T"], gamma=HYPERGRAD_GAMMA,
+                   median_s=ours, reference_median_s=ref, speedup=ref / ours, roof_gbps=bw / 1e9,
                    roof_fraction=nbytes / ours / bw, repeats=reps)
         if batched:
             rec.update(singles_median_s=times[2], batch_gain=times[2] / ours)
@@ -168,10 +194,57 @@ def _torch_train_record(cfg, dt, backend, probe):
                            cfg["max_repeats"])
     ours, ref = times[:2]
     bw = probe[1] / times[-1]
-    return dict(op=TORCH_TRAIN, backend=backend, shape=list(tt["shape"]), dtype=dt, batch=None,
+    return dict(op=TORCH_TRAIN, path="linear", backend=backend, reference=REFERENCE,
+                shape=list(tt["shape"]), dtype=dt, batch=None,
                 steps=tt["steps"], median_s=ours, reference_median_s=ref, speedup=ref / ours,
                 roof_gbps=bw / 1e9, roof_fraction=tt["steps"] * X.numel() * X.element_size()
                 / ours / bw, repeats=reps)
+
+
+def fixed_point_calls(op, backend, n, steps):
+    """(ours, reference, bytes moved, n_words) for a fixed-point op on n values:
+    `backend`'s call and numpy's (torch's on the GPU) float arithmetic on the
+    same values. Bytes: encode reads x and writes q; a step pair reads and
+    writes q and a buffer of required_words(steps, 9, 10) words twice."""
+    from . import fixed_point as fp
+    f = FIXED_POINT_BITS
+    num, den = FIXED_POINT_GAMMA
+    w = fp.required_words(steps, num, den)
+    x = np.random.default_rng(0).standard_normal(n)
+    (xd,) = to_device((x,), backend)
+    gpu = backend in GPU_BACKENDS
+    if op == "fixed_point_encode":
+        scale = 2.0 ** f
+        rint = (lambda: (xd * scale).round().long()) if gpu else \
+            (lambda: np.rint(x * scale).astype(np.int64))
+        return lambda: fp.encode(xd, f, backend=backend), rint, 16 * n, w
+    q = fp.encode(xd, f, backend=backend)
+    buf = fp.new_buffer(n, w, device="cuda" if gpu else None)
+    v = xd.clone() if gpu else x.copy()
+    g = num / den
+
+    def pair():
+        fp.mul(q, num, den, buf, backend=backend)
+        fp.unmul(q, num, den, buf, backend=backend)
+    floats = (lambda: v.mul_(g).div_(g)) if gpu else \
+        (lambda: np.divide(np.multiply(v, g, out=v), g, out=v))
+    return pair, floats, 4 * (8 + 4 * w) * n, w
+
+
+def _fixed_point_record(op, cfg, backend, probe):
+    fc = cfg["fixed_point"]
+    ours_call, ref_call, nbytes, w = fixed_point_calls(op, backend, fc["n"], fc["steps"])
+    times, reps = _timed([ours_call, ref_call], probe[0], nbytes, synchronizer(backend), cfg)
+    ours, ref = times[:2]
+    bw = probe[1] / times[-1]
+    rec = dict(op=op, path="fixed_point", backend=backend,
+               reference="torch" if backend in GPU_BACKENDS else "numpy", shape=[fc["n"]],
+               dtype="float64", batch=None, frac_bits=FIXED_POINT_BITS, median_s=ours,
+               reference_median_s=ref, speedup=ref / ours, roof_gbps=bw / 1e9,
+               roof_fraction=nbytes / ours / bw, repeats=reps)
+    if op == "fixed_point_step":
+        rec.update(n_words=w, num=FIXED_POINT_GAMMA[0], den=FIXED_POINT_GAMMA[1])
+    return rec
 
 
 def to_device(arrays, backend):
@@ -233,48 +306,69 @@ def roof_probe(device):
     return a.sum, a.numel() * 4
 
 
+def runnable(op_names, backend_names):
+    """(pairs, notes): for each hot path of `op_names` the backends of
+    `backend_names` that implement it and can run here (with its reference),
+    and a note for each (path, backend) left out, with the reason."""
+    pairs, notes = {}, []
+    for path in dict.fromkeys(OP_PATH[op] for op in op_names):
+        if path != "fixed_point" and skip_reason(REFERENCE):  # nothing to compare with
+            notes.append(f"skipped {path}: its reference {REFERENCE} is unavailable: "
+                         f"{skip_reason(REFERENCE)}")
+            continue
+        pairs[path] = []
+        for b in backend_names:
+            reason = skip_reason(b) if (path, b) in backends.REGISTRY else \
+                f"no {b} implementation (implemented: {', '.join(backends.implemented(path))})"
+            if reason:
+                notes.append(f"skipped {path} on {b}: {reason}")
+            else:
+                pairs[path].append(b)
+    return pairs, notes
+
+
+def _device(backend):
+    return "cuda" if backend in GPU_BACKENDS else "cpu"
+
+
 def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
     """Benchmark; returns (records, notes), notes being human-readable lines."""
     cfg = QUICK if quick else FULL
-    notes, chosen = [], []
-    for b in (REFERENCE,) + tuple(backend_names):
-        reason = skip_reason(b)
-        if reason:
-            notes.append(f"skipped backend {b}: {reason}")
-        elif b != REFERENCE:
-            chosen.append(b)
-    if skip_reason(REFERENCE):  # nothing to compare with
+    pairs, notes = runnable(op_names, backend_names)
+    on = {op: pairs.get(OP_PATH[op], []) for op in op_names}
+    if not any(on.values()):
         return [], notes
 
     load = os.getloadavg()[0]  # other processes skew every timing below
     notes.append(f"load average {load:.2f} on {os.cpu_count()} CPUs at start")
     # The roof is timed in every measurement, interleaved with the calls, so
     # that a drift in the machine's bandwidth moves both sides of the ratio.
-    probes = {dev: roof_probe(dev) for dev in
-              {"cuda" if b in GPU_BACKENDS else "cpu" for b in chosen}}
+    probes = {dev: roof_probe(dev) for dev in {_device(b) for bs in on.values() for b in bs}}
     notes.append("roof: read bandwidth of a streaming sum over 512 MiB (CPU, numba) or 1 GiB "
-                 "(GPU, torch), timed interleaved with each row whose X exceeds the cache")
+                 "(GPU, torch), timed interleaved with each row whose data exceed the cache")
 
+    single = [op for op in on if op not in BATCHED + HYPERGRAD + FIXED_POINT + (TORCH_TRAIN,)]
     jobs = [(shape, dt, op, b) for shape in cfg["shapes"] for dt in DTYPES
-            for op in op_names if op not in BATCHED + HYPERGRAD + (TORCH_TRAIN,)
-            for b in chosen]
-    jobs += [(cfg["batched_shape"], dt, op, b) for op in op_names if op in BATCHED
-             for dt in DTYPES for b in chosen
-             if op != "lipschitz_batched" or b in backends.LIPSCHITZ]
-    jobs += [(None, dt, op, b) for op in op_names if op in HYPERGRAD for dt in DTYPES
-             for b in chosen if b not in GPU_BACKENDS]
-    jobs += [(None, dt, TORCH_TRAIN, b) for dt in DTYPES for b in chosen if TORCH_TRAIN in op_names]
+            for op in single for b in on[op]]
+    jobs += [(cfg["batched_shape"], dt, op, b) for op in on if op in BATCHED
+             for dt in DTYPES for b in on[op]]
+    jobs += [(None, dt, op, b) for op in on if op in HYPERGRAD + (TORCH_TRAIN,)
+             for dt in DTYPES for b in on[op]]
+    jobs += [(None, "float64", op, b) for op in on if op in FIXED_POINT for b in on[op]]
 
     from tqdm import tqdm
     records, data, key = [], {}, None
     for shape, dt, op, b in tqdm(jobs, desc="mithridate bench", file=sys.stderr,
                                  disable=not progress, leave=False):
+        probe = probes[_device(b)]
         if op in HYPERGRAD:
-            records += _hypergrad_records(op, cfg, dt, b, probes["cpu"])
+            records += _hypergrad_records(op, cfg, dt, b, probe)
             continue
         if op == TORCH_TRAIN:
-            records.append(_torch_train_record(cfg, dt, b, probes["cuda" if b in GPU_BACKENDS
-                                                                  else "cpu"]))
+            records.append(_torch_train_record(cfg, dt, b, probe))
+            continue
+        if op in FIXED_POINT:
+            records.append(_fixed_point_record(op, cfg, b, probe))
             continue
         batch = BATCH if op in BATCHED else None
         if (shape, dt, batch) != key:
@@ -284,25 +378,31 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
         if b not in data:
             data[b] = to_device(data["numpy"], b)
         theta, v, X, y = data[b]
-        probe, probe_bytes = probes["cuda" if b in GPU_BACKENDS else "cpu"]
         nbytes = data["numpy"][2].nbytes  # X, whichever device holds it
-        # A cache-resident X would be evicted by the probe: time the probe apart.
-        interleave = nbytes > CACHE_BYTES
-        calls = _calls(op, b, theta, v, X, y) + ([probe] if interleave else [])
-        times, reps = _medians(calls, synchronizer(b), cfg["budget_s"], cfg["max_repeats"])
-        if not interleave:
-            times += _medians([probe], synchronizer(b), float("inf"), 5)[0]
+        times, reps = _timed(_calls(op, b, theta, v, X, y), probe[0], nbytes, synchronizer(b), cfg)
         ours, ref = times[:2]
-        bw = probe_bytes / times[-1]
-        rec = dict(op=op, backend=b, shape=list(shape), dtype=dt, batch=batch,
-                   median_s=ours, reference_median_s=ref, speedup=ref / ours,
-                   roof_gbps=bw / 1e9, roof_fraction=nbytes / ours / bw, repeats=reps)
+        bw = probe[1] / times[-1]
+        rec = dict(op=op, path=OP_PATH[op], backend=b, reference=REFERENCE, shape=list(shape),
+                   dtype=dt, batch=batch, median_s=ours, reference_median_s=ref,
+                   speedup=ref / ours, roof_gbps=bw / 1e9, roof_fraction=nbytes / ours / bw,
+                   repeats=reps)
         if op == "loss_grad_batched":
             rec.update(singles_median_s=times[2], batch_gain=times[2] / ours)
         elif op == "lipschitz_batched":
             rec.update(matmul_median_s=times[2], matmul_ratio=ours / times[2])
         records.append(rec)
     return records, notes
+
+
+def _timed(calls, probe, nbytes, sync, cfg):
+    """Medians of `calls` and, last, of the roof probe: interleaved with them
+    when their data exceed the cache, else apart (the probe would evict it)."""
+    interleave = nbytes > CACHE_BYTES
+    times, reps = _medians(calls + ([probe] if interleave else []), sync, cfg["budget_s"],
+                           cfg["max_repeats"])
+    if not interleave:
+        times += _medians([probe], sync, float("inf"), 5)[0]
+    return times, reps
 
 
 def _fmt_time(s):
@@ -318,13 +418,18 @@ def format_table(records):
     rows = [head]
     for r in records:
         shape = "x".join(map(str, r["shape"])) + (f" B={r['batch']}" if r["batch"] else "")
-        gain = (r["mode"] + " " if "mode" in r else "") + (f"{r['steps']} steps " if "steps" in r
-                                                           else "") + (
-                f"{r['batch_gain']:.2f}x singles" if "batch_gain" in r else
-                f"{r['matmul_ratio']:.2f}x W@X^T" if "matmul_ratio" in r else "")
+        other = [r["mode"] + ("" if r["reference_mode"] == r["mode"] else
+                              f" (reference {r['reference_mode']})")] if "mode" in r else []
+        other += [f"{r['steps']} steps"] if "steps" in r else []
+        other += [f"{r['n_words']} words"] if "n_words" in r else []
+        other += [f"{r['batch_gain']:.2f}x singles"] if "batch_gain" in r else []
+        other += [f"{r['matmul_ratio']:.2f}x W@X^T"] if "matmul_ratio" in r else []
+        if r["reference"] != REFERENCE:
+            other.append(f"vs {r['reference']}")
         rows.append((r["op"], r["backend"], shape, r["dtype"], _fmt_time(r["median_s"]),
                      _fmt_time(r["reference_median_s"]), f"{r['speedup']:.2f}x",
-                     f"{100 * r['roof_fraction']:.{0 if r['roof_fraction'] >= 0.1 else 1}f}%", gain))
+                     f"{100 * r['roof_fraction']:.{0 if r['roof_fraction'] >= 0.1 else 1}f}%",
+                     ", ".join(other)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     left = 4  # text columns left-aligned, numbers right-aligned
     lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w)

@@ -15,9 +15,11 @@ from . import __version__
 def _add_bench(sub):
     from .bench import CANDIDATES, OPS  # light: numpy and the backend registry only
     p = sub.add_parser(
-        "bench", help="time the hot paths against the torch reference and the memory roof",
+        "bench", help="time every (hot path, backend) against a reference and the memory roof",
         description="Measure the read-bandwidth roof, then time each op, backend, shape and "
-                    "dtype against the torch reference in the same process.")
+                    "dtype against the reference (torch; numpy floats for the fixed point) in "
+                    "the same process. Pairs the backend registry lacks or this machine cannot "
+                    "run are listed as skipped, with the reason.")
     p.add_argument("--quick", action="store_true", help="small shapes only (under 30 s)")
     p.add_argument("--json", action="store_true",
                    help="print only a JSON list of records on stdout (notes go to stderr)")

@@ -41,6 +41,27 @@ def test_ops_refuse_bad_backend_and_bool(op, name, value):
         op_calls(*linear(), **{name: value})[op]()
 
 
+@pytest.mark.parametrize("op", list(op_calls(*linear())))
+@pytest.mark.parametrize("backend", ["cpp", "cuda"])
+def test_ops_refuse_a_backend_without_their_hot_path(op, backend):
+    path = "lipschitz" if op.startswith("lipschitz") else "linear"
+    with pytest.raises(ValueError, match=f"backend='{backend}': {path} has no {backend} "
+                                         "implementation; implemented: numba, triton, torch"):
+        op_calls(*linear(), backend=backend)[op]()
+
+
+@pytest.mark.parametrize("backend", ["gpu", "torch", "triton"])
+def test_fixed_point_refuses_bad_backends(backend):
+    from mithridate import fixed_point as fp
+    q = np.zeros(3, np.int64)
+    for call in (lambda: fp.encode(np.ones(3), 8, backend=backend),
+                 lambda: fp.decode(q, 8, backend=backend),
+                 lambda: fp.mul(q, 9, 10, fp.new_buffer(3, 1), backend=backend),
+                 lambda: fp.unmul(q, 9, 10, fp.new_buffer(3, 1), backend=backend)):
+        with pytest.raises(ValueError, match=f"backend='{backend}'"):
+            call()
+
+
 def test_ops_penalize_intercept_is_a_bool():
     with pytest.raises(TypeError, match="penalize_intercept='True'"):
         ops.loss_grad(*linear(), lam=0.0, penalize_intercept="True")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mithridate import __version__
+from mithridate import __version__, backends, bench
 from mithridate.cli import main
 
 KEYS = {"op", "backend", "shape", "dtype", "median_s", "reference_median_s",
@@ -23,22 +23,34 @@ def check_records(records):
         assert r["speedup"] == pytest.approx(r["reference_median_s"] / r["median_s"])
         assert isinstance(r["shape"], list) and all(isinstance(s, int) for s in r["shape"])
         assert r["dtype"] in ("float32", "float64")
+        assert r["path"] == bench.OP_PATH[r["op"]] and (r["path"], r["backend"]) in backends.REGISTRY
+        assert r["reference"] == ("numpy" if r["path"] == "fixed_point" else "torch")
+        if r["path"] == "hypergrad":
+            assert r["mode"] in backends.implementation("hypergrad", r["backend"]).MODES
+            assert r["reference_mode"] in ("trajectory", r["mode"])
+        if r["op"] == "fixed_point_step":
+            assert isinstance(r["n_words"], int) and r["n_words"] >= 1
         if r["op"] in ("loss_grad_batched", "hypergrad_batched"):
             assert math.isfinite(r["batch_gain"]) and r["batch_gain"] > 0
         if r["op"] == "torch_train":
             assert isinstance(r["steps"], int) and r["steps"] > 0
         if r["op"] == "lipschitz_batched":
             assert r["matmul_ratio"] == pytest.approx(r["median_s"] / r["matmul_median_s"])
-    assert any(r["backend"] == "numba" for r in records)
 
 
 def test_bench_quick_json(capsys):
     assert main(["bench", "--quick", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)  # stdout holds the JSON and nothing else
     check_records(records)
-    assert {r["op"] for r in records} == {"loss_grad", "hvp", "loss_grad_batched",
-                                          "lipschitz_batched", "hypergrad", "hypergrad_batched",
-                                          "torch_train"}
+    assert {r["op"] for r in records} == set(bench.OPS)
+    ran = {(r["path"], r["backend"]) for r in records}
+    for path in backends.PATHS:  # every pair that can run here ran
+        assert {(path, b) for b in backends.available(path) if bench.skip_reason(b) is None
+                and b != bench.REFERENCE} <= ran
+    modes = {(r["backend"], r["mode"]) for r in records if r["op"] == "hypergrad"}
+    for b in backends.available("hypergrad"):
+        if b != bench.REFERENCE and bench.skip_reason(b) is None:
+            assert {(b, m) for m in bench.hypergrad_modes(b)} <= modes
 
 
 def test_console_script_bench():
@@ -49,8 +61,44 @@ def test_console_script_bench():
     assert out.returncode == 0, out.stderr
     records = json.loads(out.stdout)
     check_records(records)
-    assert {r["op"] for r in records} == {"hvp"}
-    assert "skipped backend triton" in out.stderr or any(r["backend"] == "triton" for r in records)
+    assert {r["op"] for r in records} == {"hvp"} and any(r["backend"] == "numba" for r in records)
+    assert "skipped linear on triton" in out.stderr or any(r["backend"] == "triton" for r in records)
+
+
+@pytest.mark.skipif(backends.unavailable_reason("cpp") is not None, reason="mithridate._C not built")
+def test_bench_cpp(capsys):
+    assert main(["bench", "--quick", "--json", "--backends", "cpp", "--ops", "loss_grad",
+                 "fixed_point_encode", "fixed_point_step"]) == 0
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    check_records(records)
+    assert {(r["op"], r["backend"]) for r in records} == {("fixed_point_encode", "cpp"),
+                                                          ("fixed_point_step", "cpp")}
+    assert "skipped linear on cpp: no cpp implementation (implemented: numba, triton, torch)" \
+        in captured.err
+    assert main(["bench", "--quick", "--backends", "cpp", "--ops", "hvp"]) == 1  # nothing to run
+    assert "skipped linear on cpp" in capsys.readouterr().out
+
+
+def test_runnable_pairs_and_reasons(monkeypatch):
+    monkeypatch.setattr(bench, "skip_reason", lambda b: "off" if b in ("triton", "cuda") else None)
+    pairs, notes = bench.runnable(["hvp", "hypergrad", "fixed_point_step"],
+                                  ["numba", "cpp", "cuda", "triton"])
+    assert pairs == {"linear": ["numba"], "hypergrad": ["numba", "cpp"],
+                     "fixed_point": ["numba", "cpp"]}
+    assert notes == ["skipped linear on cpp: no cpp implementation (implemented: numba, triton, torch)",
+                     "skipped linear on cuda: no cuda implementation (implemented: numba, triton, "
+                     "torch)", "skipped linear on triton: off",
+                     "skipped hypergrad on cuda: off",
+                     "skipped hypergrad on triton: no triton implementation "
+                     "(implemented: numba, cpp, cuda, torch)",
+                     "skipped fixed_point on cuda: off",
+                     "skipped fixed_point on triton: no triton implementation "
+                     "(implemented: numba, cpp, cuda)"]
+    monkeypatch.setattr(bench, "skip_reason", lambda b: "no torch" if b == "torch" else None)
+    pairs, notes = bench.runnable(["hvp", "fixed_point_encode"], ["numba"])
+    assert pairs == {"fixed_point": ["numba"]}  # its reference is numpy
+    assert notes == ["skipped linear: its reference torch is unavailable: no torch"]
 
 
 def test_bench_table(capsys):

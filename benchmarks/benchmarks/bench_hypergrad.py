@@ -2,34 +2,33 @@
 poisoning rows, 171 validation rows, d = 784, T = 150, logistic loss,
 momentum 0.5 (mode reversible needs some; the cost is the same for all).
 
-One problem per mode and backend (``torch`` is the autograd reference through
-the unrolled loop), and a sweep of 40 problems (10 repetitions x 4 lams, each
-repetition's Xc shared by its lams) as one batched call or as 40 single calls.
-``setup`` raises NotImplementedError for combinations this machine cannot run
-(a mode a backend lacks, an extension not built, cuda without a GPU), which
-asv records as skipped.
+One problem per mode and backend of the registry's hot path ``hypergrad``
+(``torch`` is the autograd reference through the unrolled loop), and a sweep
+of 40 problems (10 repetitions x 4 lams, each repetition's Xc shared by its
+lams) as one batched call or as 40 single calls. ``setup`` raises
+NotImplementedError for combinations this machine cannot run (a mode a
+backend lacks, an extension not built, cuda without a GPU), which asv
+records as skipped.
 """
 from mithridate import backends
 from mithridate.bench import hypergrad_data
 from mithridate.hypergrad import hypergrad
-from mithridate.hypergrad.problem import supported_modes
+
+from . import implementing, preload, require
 
 PAPER = dict(n=512, k=17, nv=171, d=784)
 OPTS = dict(T=150, alpha=0.05, gamma=0.5)
 MODES = ["trajectory", "checkpoint", "reversible", "forward", "implicit"]
-BACKENDS = ["numba", "torch", "cpp", "cuda"]
+BACKENDS = implementing("hypergrad")
 DTYPES = ["float32", "float64"]
+
+preload("hypergrad")
 
 
 def _check(mode, backend):
-    try:
-        modes = supported_modes(backend)
-    except RuntimeError as err:  # extension not built
-        raise NotImplementedError(str(err)) from None
-    if mode not in modes:
+    require("hypergrad", backend)
+    if mode not in backends.implementation("hypergrad", backend).MODES:
         raise NotImplementedError(f"backend {backend} has no mode {mode}")
-    if backend == "cuda" and not backends.cuda_available():
-        raise NotImplementedError("no CUDA GPU")
 
 
 class HyperGradient:
@@ -59,7 +58,7 @@ class HyperGradient:
 
 class Sweep:
     """40 problems, float32, trajectory mode: one batched call or 40 single calls."""
-    params = [["batched", "singles"], ["numba", "cpp", "cuda"]]
+    params = [["batched", "singles"], implementing("hypergrad", exclude=("torch",))]
     param_names = ["how", "backend"]
     timeout = 600
 

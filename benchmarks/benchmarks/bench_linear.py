@@ -2,27 +2,25 @@
 
 Logistic loss with intercept and lam = -2, as in ``mithridate bench``. The
 ``torch`` backend is the autograd reference, run on the CPU: compare its
-rows with the others'. GPU backends get CUDA tensors. ``setup`` raises
-NotImplementedError for combinations this machine cannot run (triton
-without a GPU), which asv records as skipped.
+rows with the others'. Backends: the registry's for hot path ``linear``;
+GPU backends get CUDA tensors. ``setup`` raises NotImplementedError for
+combinations this machine cannot run (triton without a GPU), which asv
+records as skipped.
 """
 import numpy as np
 
-from mithridate import backends, ops
-from mithridate.bench import make_problem, skip_reason, synchronizer, to_device
+from mithridate import ops
+from mithridate.bench import make_problem, synchronizer, to_device
+
+from . import implementing, preload, require
 
 LAM = -2.0
 ROWS = np.arange(17)  # one batch of poisoning points, as in paper 002
 OPS = ["loss_grad", "hvp", "mixed"]
-BACKENDS = ["numba", "triton", "torch"]
+BACKENDS = implementing("linear")
 DTYPES = ["float32", "float64"]
 
-# asv forks every measurement from a server that has imported this file:
-# importing the CPU backends here (numba kernels, torch) saves each fork ~1 s.
-# GPU backends are left alone; CUDA must not be touched before a fork.
-for _name in ("numba", "torch"):
-    if backends.unavailable_reason(_name) is None:
-        backends.linear_module(_name)
+preload("linear")
 
 
 def _call(op, backend, theta, v, X, y):
@@ -37,9 +35,7 @@ class _Linear:
     """Shared setup: data placed for the backend, one untimed call to compile/warm up."""
 
     def _prepare(self, op, backend, problem):
-        reason = skip_reason(backend)
-        if reason:
-            raise NotImplementedError(reason)
+        require("linear", backend)
         self.op, self.backend = op, backend
         self.args = to_device(problem, backend)
         self.sync = synchronizer(backend)
