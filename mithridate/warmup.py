@@ -17,10 +17,12 @@ check compiles, and so caches, whatever was dropped.
 The tasks call the public API only (``hypergrad``, ``ops``, the trainers), so a new
 signature a kernel change brings is covered by the call that needs it.
 """
+import json
 import os
+import subprocess
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -167,17 +169,26 @@ def _run_task(name, dt):
     return time.perf_counter() - t0, compiled
 
 
-def _check(tasks):
-    """Every task again in one process: {task: kernels that compiled}."""
-    return {task: _run_task(*task)[1] for task in tasks}
+def _in_subprocess(tasks):
+    """Run tasks, in order, in a fresh interpreter: {task: (seconds, compiled)}.
+    A plain subprocess, not multiprocessing: that re-imports the caller's
+    __main__, which fails for stdin scripts and some notebooks."""
+    code = ("import json, sys; from mithridate.warmup import _run_task; "
+            "print(json.dumps([_run_task(j, dt) for j, dt in json.loads(sys.argv[1])]))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(tasks)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"warm-up task(s) {tasks} failed (exit {out.returncode}):\n"
+                           f"{out.stderr[-4000:]}")
+    return {tuple(t): tuple(r) for t, r in zip(tasks, json.loads(out.stdout.splitlines()[-1]))}
 
 
 def warmup(jobs=None, dtypes=DTYPES, processes=None, progress=True):
     """Fill numba's cache for ``jobs`` (names of JOBS; default all) in each of
-    ``dtypes``, in ``processes`` worker processes (default: one per core, at
-    most one per task). Returns {"seconds": {(job, dtype): s}, "recompiled":
-    {(job, dtype): [kernel names]}}: what the final check still had to compile
-    (empty lists once the cache is complete)."""
+    ``dtypes``, ``processes`` tasks at a time (default: one per core), each
+    task in a fresh interpreter. Returns {"seconds": {(job, dtype): s},
+    "recompiled": {(job, dtype): [kernel names]}}: what the final check still
+    had to compile (empty lists once the cache is complete)."""
     jobs = list(JOBS) if jobs is None else list(jobs)
     unknown = [j for j in jobs if j not in JOBS]
     if unknown:
@@ -192,16 +203,14 @@ def warmup(jobs=None, dtypes=DTYPES, processes=None, progress=True):
     processes = min(len(tasks), processes or os.cpu_count() or 1)
     from tqdm import tqdm
     seconds = {}
-    ctx = get_context("spawn")  # fresh interpreters: no numba threads inherited by a fork
     with tqdm(total=len(tasks) + 1, desc="numba warm-up", unit="task", disable=not progress) as bar:
-        with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
-            futures = {pool.submit(_run_task, *task): task for task in tasks}
+        with ThreadPoolExecutor(processes) as pool:  # threads that each wait on a subprocess
+            futures = {pool.submit(_in_subprocess, [task]): task for task in tasks}
             for done in as_completed(futures):
-                seconds[futures[done]] = done.result()[0]
+                seconds[futures[done]] = done.result()[futures[done]][0]
                 bar.set_postfix_str("/".join(futures[done]))
                 bar.update()
         bar.set_postfix_str("check")
-        with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-            recompiled = pool.submit(_check, tasks).result()
+        recompiled = {task: compiled for task, (_, compiled) in _in_subprocess(tasks).items()}
         bar.update()
     return {"seconds": seconds, "recompiled": recompiled}

@@ -32,9 +32,11 @@ def test_bad_arguments_fail_before_any_work(kwargs, match):
 
 
 def _python(code, cache, cwd):
+    """Run code as a stdin script (its __main__ has no file: the warm-up's
+    workers must not need one) in cwd with NUMBA_CACHE_DIR=cache."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
-    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=1800)
+    out = subprocess.run([sys.executable, "-"], input=code, cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
