@@ -4,7 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from mithridate.attacks import (OptimalPoisoning, evaluate, lam_clean, train_gd, train_sgd)
+from mithridate import DivergenceError, DivergenceWarning
+from mithridate.attacks import (OptimalPoisoning, evaluate, lam_clean, run_lockstep, train_gd,
+                               train_sgd)
 
 
 def _data(seed=0, n=40, nv=30, d=4):
@@ -179,3 +181,79 @@ def test_lam_clean_cross_validation():
         lam_clean(X, y, grid=[])
     with pytest.raises(ValueError, match="n_splits"):
         lam_clean(X, y, n_splits=1)
+
+
+def _close(a, b, dtype):
+    rtol, atol = (1e-9, 1e-12) if dtype == np.float64 else (2e-4, 1e-5)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def _cast(data, dtype):
+    return tuple((X.astype(dtype), y.astype(dtype)) for X, y in data)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [4, 37])  # 37 >= SHARED_MIN_FEATURES: the shared-rows route
+def test_lockstep_matches_separate_runs(d, dtype):
+    train, val = _cast(_data(9, n=45, nv=31, d=d), dtype)
+    kw = dict(SMALL, n_points=6, batch_size=3, T_outer=5, random_state=3)
+    atks = [OptimalPoisoning(lam=-8.0, **kw), OptimalPoisoning(lam=1.0, **kw),
+            OptimalPoisoning(lam="learned", lam_init=0.5, **kw),
+            OptimalPoisoning(lam="learned", lam_init=2.0, **{**kw, "T_lam": 1, "beta": 0.2})]
+    together = run_lockstep(atks, train, val)
+    for atk, got in zip(atks, together):
+        want = atk.run(train, val)
+        assert got.Xp.dtype == dtype and got.Xp.shape == (6, d)
+        np.testing.assert_array_equal(got.replaced, want.replaced)
+        np.testing.assert_array_equal(got.Xp_init, want.Xp_init)
+        _close(got.Xp, want.Xp, dtype)
+        _close(got.lam_batches, want.lam_batches, dtype)
+        _close(got.values, want.values, dtype)
+        for k in ("batch", "attempt", "iteration"):
+            np.testing.assert_array_equal(got.history[k], want.history[k])
+        for k in ("value", "grad_norm", "grad_lam", "lam"):
+            _close(got.history[k], want.history[k], dtype)
+
+
+def test_lockstep_append_mode_and_restarts():
+    train, val = _data(10)
+    kw = dict(SMALL, replace=False, clone_class=1, restarts=1, random_state=4)
+    atks = [OptimalPoisoning(lam=-2.0, **kw), OptimalPoisoning(lam="learned", **kw)]
+    for atk, got in zip(atks, run_lockstep(atks, train, val)):
+        want = atk.run(train, val)
+        assert got.training_set()[0].shape[0] == len(train[1]) + 4
+        _close(got.Xp, want.Xp, np.float64)
+        _close(got.values, want.values, np.float64)
+        np.testing.assert_array_equal(got.history["attempt"], want.history["attempt"])
+
+
+def test_lockstep_refuses_attacks_that_differ():
+    train, val = _data()
+    base = dict(SMALL, random_state=0)
+    with pytest.raises(ValueError, match="attack 1 has T=12"):
+        run_lockstep([OptimalPoisoning(**base), OptimalPoisoning(**{**base, "T": 12})], train, val)
+    with pytest.raises(ValueError, match="replace different training rows"):
+        run_lockstep([OptimalPoisoning(**base), OptimalPoisoning(**{**base, "random_state": 1})],
+                     train, val)
+    with pytest.raises(ValueError, match="another model or box"):
+        run_lockstep([OptimalPoisoning(**base), OptimalPoisoning(**{**base, "box": (-1, 2)})],
+                     train, val)
+    with pytest.raises(TypeError, match="non-empty list"):
+        run_lockstep([], train, val)
+
+
+def test_lockstep_divergence_is_per_attack():
+    """lam = 8 on 40 rows: exp(8) / 40 ~ 75, so eta = 0.5 diverges; lam = -8 does not."""
+    train, val = _data(11)
+    kw = dict(SMALL, random_state=2)
+    calm = OptimalPoisoning(lam=-8.0, **kw)
+    wild = OptimalPoisoning(lam=8.0, on_divergence="warn", **kw)
+    with pytest.warns(DivergenceWarning, match="eta=0.5"):
+        got = run_lockstep([calm, wild], train, val)
+    want = calm.run(train, val)
+    _close(got[0].Xp, want.Xp, np.float64)
+    _close(got[0].values, want.values, np.float64)
+    assert np.isnan(got[1].values).all() and np.isnan(got[1].history["value"]).all()
+    np.testing.assert_array_equal(got[1].Xp, got[1].Xp_init)  # every update skipped
+    with pytest.raises(DivergenceError, match="the value on the clean training set: .* lam=8 and the n=40"):
+        run_lockstep([calm, OptimalPoisoning(lam=8.0, **kw)], train, val)

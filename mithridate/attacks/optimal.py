@@ -398,8 +398,9 @@ class _One:
     __slots__ = ("value", "grad_Xp", "grad_lam")
 
     def __init__(self, hg, i):
-        self.value, self.grad_lam = float(hg.value[i]), hg.grad_lam[i]
+        self.value = float(hg.value[i])
         self.grad_Xp = None if hg.grad_Xp is None else hg.grad_Xp[i]
+        self.grad_lam = None if hg.grad_lam is None else hg.grad_lam[i]
 
 
 def _solve(engine, runs, Xp, yp, lam, need, where):
