@@ -34,7 +34,7 @@ from .result import HyperGrad
 
 CHOLESKY_MAX = 2000  # p above this: CG on HVPs only, the p x p Hessian is never formed
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-6}
-HVP_PER_DIRECT = 5   # a BLAS-3 flop is about this much cheaper than a fused HVP's (measured)
+HVP_PER_DIRECT = 5   # a BLAS-3 flop is about this much cheaper than an HVP's (measured)
 MIN_CG = 10          # CG is tried only where the direct solve costs at least this many HVPs
 PROJECT_EVERY = 8    # CG iterations between projections of the iterations it needs
 
@@ -71,8 +71,8 @@ def implicit_model(model, theta, X, y, rows, Xv, yv, lam, tol, info):
 
     Returns HyperGrad(value, grad_X (len(rows), d) in X's dtype, grad_lam (a float
     for one hyperparameter, else (n_lam,)), theta, info); info gets grad_norm
-    (||grad L(theta)||, warned about when > tol), solver ("cg" or "cholesky")
-    and cg_iterations. Raises SingularHessianError when H is not positive definite.
+    (||grad L(theta)||, warned about when > tol), solver ("cg", "woodbury" or
+    "cholesky") and cg_iterations (where CG ran). Raises SingularHessianError when H is not positive definite.
     """
     lam = np.asarray(lam, dtype=np.float64)
     info["grad_norm"] = float(np.linalg.norm(model.grad(theta, X, y, lam)))
