@@ -162,6 +162,8 @@ def test_layout_and_model_description():
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="loss='hinge'"):
         LinearModel("hinge")
+    with pytest.raises(ValueError, match="backend='gpu' is not one of"):
+        LinearModel(backend="gpu")
     with pytest.raises(ValueError, match="needs fit_intercept=True"):
         LinearModel(fit_intercept=False, penalize_intercept=True)
     with pytest.raises(ValueError, match="sample_weight has -1.0"):

@@ -25,6 +25,7 @@ class LinearModel(Model):
     def __init__(self, loss="logistic", fit_intercept=True, penalize_intercept=False,
                  backend="auto"):
         check_choice("loss", loss, LOSSES)
+        check_choice("backend", backend, backends.BACKENDS)
         as_bool("fit_intercept", fit_intercept)
         as_bool("penalize_intercept", penalize_intercept)
         if penalize_intercept and not fit_intercept:
