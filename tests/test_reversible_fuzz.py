@@ -16,6 +16,7 @@ from numba import njit
 from numba.core.registry import CPUDispatcher
 
 from mithridate.kernels.cpu import fixed_point as fp
+from mithridate.kernels.cpu import heavy_ball as hb
 from mithridate.kernels.cpu import hypergrad_reversible as R
 from mithridate.hypergrad import hypergrad
 from mithridate.kernels.cpu._math import FASTMATH
@@ -24,9 +25,11 @@ from mithridate.testing import bilevel_data
 # an LLVM float instruction carrying any fast-math flag
 FAST_FLAGS = re.compile(r"= (fadd|fsub|fmul|fdiv|frem|fneg)( [a-z]+)*? "
                         r"(fast|reassoc|contract|arcp|nnan|ninf|nsz|afn)\b")
-# the helpers of hypergrad_reversible.py that compute or apply fixed-point increments
-GLUE = ("_decode", "_sum_chunks", "_v_incr", "_theta_incr", "_status", "_add", "_forward_update",
-        "_undo_theta", "_undo_v", "step_words")
+# the helpers that compute or apply fixed-point increments: heavy_ball.py's exact step, and the
+# linear model's increment and glue in hypergrad_reversible.py
+EXACT_STEP = ("to_int", "fits", "exact_increment", "_theta_incr", "exact_forward",
+              "exact_reverse_theta", "exact_reverse")
+GLUE = ("_decode", "_sum_chunks", "_increment", "step_words")
 
 
 def _dispatchers(module):
@@ -37,8 +40,9 @@ def test_exact_helpers_are_strict_and_not_inlined():
     """Every exact dispatcher sets fastmath=False itself (left unset, numba's
     CPUTargetOptions.finalize inherits the caller's) and is not inlined into
     its caller's IR (inline='always' compiles it under the caller's flags)."""
-    exact = {**_dispatchers(fp), **{n: getattr(R, n) for n in GLUE}}
-    assert len(exact) > 20
+    exact = {**_dispatchers(fp), **{n: getattr(hb, n) for n in EXACT_STEP},
+             **{n: getattr(R, n) for n in GLUE}}
+    assert len(exact) > 25
     for name, disp in exact.items():
         opts = disp.targetoptions
         assert "fastmath" in opts and opts["fastmath"] is False, name
@@ -66,13 +70,14 @@ def test_exact_jit_options_keep_a_fastmath_callers_flags_out():
 
 
 @njit(fastmath=FASTMATH, cache=False)
-def _step_and_undo(thq, vq, buf, w, num, den, g, d, cg, ce, alpha, scale, rem, hi, codes):
-    """One forward update and its undo, as the fastmath loop calls them."""
-    status = R._forward_update(thq, vq, buf, w, num, den, g, d, cg, ce, alpha, scale, rem, hi,
-                               codes)[0]
+def _step_and_undo(thq, vq, buf, w, num, den, g, d, cg, ce, alpha, scale, rem, hi, incr, codes):
+    """One forward step and its undo, as the fastmath loop calls them."""
+    R._increment(g, thq, d, cg, ce, scale, incr, codes)
+    status = hb.exact_forward(thq, vq, buf, incr, codes, w, num, den, alpha, rem, hi)[0]
     if status == fp.OK:
-        R._undo_theta(thq, vq, alpha)
-        R._undo_v(vq, buf, w, num, den, g, thq, d, cg, ce, scale, rem, hi)
+        hb.exact_reverse_theta(thq, vq, alpha)
+        R._increment(g, thq, d, cg, ce, scale, incr, codes)
+        hb.exact_reverse(vq, buf, incr, w, num, den, rem, hi)
     return status
 
 
@@ -108,7 +113,7 @@ def test_step_then_undo_is_the_identity_at_rounding_edges(seed):
         buf[0] = rng.integers(0, 2**32, p, dtype=np.uint32)
         state = thq.copy(), vq.copy(), buf.copy()
         status = _step_and_undo(thq, vq, buf, 2, num, den, g, d, cg, ce, 0.3 * rng.random(), scale,
-                                np.empty(p, np.int64), np.empty(p, np.int64), np.empty(p, np.int64))
+                                *(np.empty(p, np.int64) for _ in range(4)))
         if status != fp.OK:  # an increment left int64: the kernel stops, nothing to undo
             continue
         done += 1

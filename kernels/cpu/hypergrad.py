@@ -1,12 +1,13 @@
 """Compiled hypergradient loops for linear models (numba).
 
 One call runs all T steps of heavy-ball gradient descent and, for RMD, the
-whole reverse sweep (or, for ``forward``, the tangent recursion for lam): no
-Python between steps. Per step the forward reads the rows once for the
+whole reverse sweep, walking a checkpoint schedule (mithridate/hypergrad/
+schedule.py: trajectory, sqrt segments, revolve) (or, for ``forward``, the
+tangent recursion for lam): no Python between steps. Per step the forward reads the rows once for the
 gradient; the reverse reads them once for the HVP and the mixed products of
 the k poisoning rows (the last k of X) come out of the same pass.
 
-Step (Maclaurin et al. 2015; gamma = 0 is plain GD), v_0 = 0:
+Step (heavy_ball.py: Maclaurin et al. 2015; gamma = 0 is plain GD), v_0 = 0:
     v_{t+1} = gamma v_t - (1 - gamma) g(theta_t),   theta_{t+1} = theta_t + alpha v_{t+1},
     g = 1/n X^T l'(z) + exp(lam) [w; 0],  z = X w + b.
 State is float64; the row passes read X in its own dtype (as kernels/cpu/linear.py).
@@ -42,6 +43,7 @@ geometrically and crosses the bound within a few dozen steps.
 import numpy as np
 from numba import njit, prange
 
+from . import heavy_ball
 from ._math import JIT
 from .linear import _axpy_rows, _dot2_rows, _dot_rows, _terms
 
@@ -50,6 +52,8 @@ BLOCK_BYTES = 1 << 17     # rows per block: re-read from cache for X^T c; long e
 GROUP_ELEMS = 1 << 14     # about this many elements of X per reduction group
 MAX_GROUPS = 64
 GROWTH = 1e6              # divergence bound (see the module docstring); = kGrowth in csrc/include/hypergrad.h
+# typed flags (numpy scalars, not Python literals): numba compiles a callee once per literal argument value
+_T, _F, _0, _1 = np.bool_(True), np.bool_(False), np.int64(0), np.int64(1)
 
 
 def layout(n, d, itemsize):
@@ -150,7 +154,7 @@ def _pass(X, y, code, fit_b, th, u, want_g, want_h, groups, block, ws, g, h, k, 
     n_threads = ws[4].shape[0]
     n_groups = groups.shape[0] - 1
     if n_threads == 1:
-        _groups(X, y, code, fit_b, th, u, want_g, want_h, groups, 0, n_groups, block, ws, 0,
+        _groups(X, y, code, fit_b, th, u, want_g, want_h, groups, _0, n_groups, block, ws, _0,
                 k, rows)
     else:
         for w in prange(n_threads):
@@ -162,8 +166,10 @@ def _pass(X, y, code, fit_b, th, u, want_g, want_h, groups, block, ws, g, h, k, 
 
 @njit(**JIT)
 def _sum_rows(parts, out):
-    """out = parts[0] + parts[1] + ... in that order."""
-    out[:] = parts[0]
+    """out = parts[0] + parts[1] + ... in that order (an element loop: a slice
+    assignment pulls numba's error-message code into the compile)."""
+    for j in range(out.shape[0]):
+        out[j] = parts[0, j]
     for i in range(1, parts.shape[0]):
         row = parts[i]
         for j in range(out.shape[0]):
@@ -195,10 +201,8 @@ def _watch(gg, gamma, t, watch):
 
 
 @njit(**JIT)
-def _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, steps, groups, block, ws, traj,
-             t0, watch):
-    """`steps` heavy-ball steps from (theta, v) = step t0, in place; stores the
-    theta before each step in traj[0..steps-1] unless traj is None; checks
+def _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, steps, groups, block, ws, t0, watch):
+    """`steps` heavy-ball steps from (theta, v) = step t0, in place; checks
     each gradient into `watch` (new_watch(); a recomputation passes a
     finished one, watch[1] >= 0, to skip the check)."""
     n, d = X.shape
@@ -207,17 +211,23 @@ def _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, steps, groups, block,
     thx = np.empty(d + 1, dtype=X.dtype)
     rows = np.empty((3, 0))
     for t in range(steps):
-        if traj is not None:
-            traj[t] = theta
         _cast(theta, thx)
-        _pass(X, y, code, fit_b, thx, thx, True, False, groups, block, ws, g, h, 0, rows)
-        gg = 0.0
-        for j in range(d + 1):
-            gj = g[j] / n + (e * theta[j] if j < d else 0.0)
-            gg += gj * gj
-            v[j] = gamma * v[j] - (1.0 - gamma) * gj
-            theta[j] += alpha * v[j]
+        _pass(X, y, code, fit_b, thx, thx, _T, _F, groups, block, ws, g, h, _0, rows)
+        gg = _objective(g, theta, n, e)
+        heavy_ball.step(theta, v, g, alpha, gamma)
         _watch(gg, gamma, t0 + t, watch)
+
+
+@njit(**JIT)
+def _objective(g, theta, n, e):
+    """g = g / n + e [w; 0] in place (the row sums of _pass to the training
+    objective's gradient at theta); returns ||g||^2 (the divergence check's G_t)."""
+    d = g.shape[0] - 1
+    gg = 0.0
+    for j in range(d + 1):
+        g[j] = g[j] / n + (e * theta[j] if j < d else 0.0)
+        gg += g[j] * g[j]
+    return gg
 
 
 @njit(**JIT)
@@ -227,8 +237,8 @@ def _validation(Xv, yv, code, fit_b, theta, groups, block, n_threads, grad):
     thx = np.empty(theta.shape[0], dtype=Xv.dtype)
     _cast(theta, thx)
     ws = workspace(Xv, groups, block, n_threads)
-    total = _pass(Xv, yv, code, fit_b, thx, thx, True, False, groups, block, ws, grad,
-                  np.empty(theta.shape[0]), 0, np.empty((3, 0)))
+    total = _pass(Xv, yv, code, fit_b, thx, thx, _T, _F, groups, block, ws, grad,
+                  np.empty(theta.shape[0]), _0, np.empty((3, 0)))
     grad /= nv
     return total / nv
 
@@ -241,12 +251,12 @@ def train(X, y, code, fit_b, theta0, alpha, gamma, e, T, groups, block, n_thread
     ws = workspace(X, groups, block, n_threads)
     theta = theta0.copy()
     watch = new_watch()
-    _descend(X, y, code, fit_b, theta, np.zeros(d + 1), alpha, gamma, e, T, groups, block, ws,
-             None, 0, watch)
+    _descend(X, y, code, fit_b, theta, np.zeros(d + 1), alpha, gamma, e, T, groups, block, ws, 0,
+             watch)
     g = np.empty(d + 1)
     thx = np.empty(d + 1, dtype=X.dtype)
     _cast(theta, thx)
-    _pass(X, y, code, fit_b, thx, thx, True, False, groups, block, ws, g, np.empty(d + 1), 0,
+    _pass(X, y, code, fit_b, thx, thx, _T, _F, groups, block, ws, g, np.empty(d + 1), _0,
           np.empty((3, 0)))
     g /= n
     for j in range(d):
@@ -255,27 +265,63 @@ def train(X, y, code, fit_b, theta0, alpha, gamma, e, T, groups, block, n_thread
     return theta, g, np.int64(watch[1])
 
 
+@njit(**JIT)
+def value(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block, v_groups,
+          v_block, n_threads):
+    """(validation loss at theta_T, theta_T, first diverged step or -1): `train`,
+    then the outer value, no adjoint."""
+    theta, _, bad = train(X, y, code, fit_b, theta0, alpha, gamma, e, T, groups, block, n_threads)
+    val = _validation(Xv, yv, code, fit_b, theta, v_groups, v_block, n_threads,
+                      np.empty(theta.shape[0]))
+    return val, theta, bad
+
+
 def segment_length(T, n_states):
-    """Steps per checkpoint segment: 1 (store every theta) when n_states > T."""
+    """Steps per checkpoint segment: 1 (store every theta) when n_states > T.
+    (The old `reverse` call only, until mithridate.hypergrad passes a schedule.)"""
     return 1 if n_states > T else -(-T // n_states)
 
 
 def state_bytes(T, d, n_states):
-    """float64 bytes the reverse sweep stores: thetas (and velocities at
-    segment starts when segments are recomputed) plus one segment buffer."""
+    """float64 bytes the old segments stored (until mithridate.hypergrad uses
+    Schedule.state_bytes(d + 1), the bytes of `reverse`'s slots)."""
     seg = segment_length(T, n_states)
     n_ckpt = -(-T // seg)
     return 8 * (d + 1) * (n_ckpt * (1 if seg == 1 else 2) + (seg if seg > 1 else 0))
 
 
+def reverse(*args):
+    """_reverse (its docstring), and during the switch the old call with a
+    segment length seg in place of (actions, theta_only)."""
+    if len(args) == 19:
+        args = args[:17] + _segments(args[11], args[17]) + args[18:]
+    return _reverse(*args)
+
+
+def _segments(T, seg):
+    """(actions, theta_only) of fixed segments of seg steps (the old `reverse`)."""
+    from mithridate.hypergrad.schedule import plan
+    sched = plan(T, -(-T // seg))
+    return sched.actions, sched.theta_only
+
+
+ADVANCE, SAVE, RESTORE, REVERSE, VALUE = 0, 1, 2, 3, 4  # = mithridate/hypergrad/schedule.py
+
+
 @njit(**JIT)
-def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
-            v_groups, v_block, n_threads, seg, dXp):
-    """Exact RMD. The forward stores (theta_t, v_t) at t = 0, seg, 2 seg, ...;
-    the reverse sweep recomputes each segment's thetas from its checkpoint with
-    the same kernel (seg = 1: the whole trajectory is stored, nothing is
-    recomputed), so every seg gives the same bits. Adjoints tb = dA/dtheta_{t+1},
-    vb = dA/dv_{t+1}; per step back, with u = vb + alpha tb (the adjoint of v_{t+1}):
+def _reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
+             v_groups, v_block, n_threads, actions, theta_only, dXp):
+    """Exact RMD walking a checkpoint schedule (mithridate/hypergrad/schedule.py:
+    actions (m, 2) int64 rows (op, arg); theta_only (n_slots,) bool, the slots
+    that store theta alone). One cursor (theta_t, v_t) from (theta0, 0):
+    ADVANCE k runs k steps with the forward kernel (_descend; the steps before
+    VALUE are the one forward pass and are checked for divergence, later ones
+    are recomputations with the same bits), SAVE/RESTORE copy the cursor to/from
+    a slot, VALUE takes the validation loss and its gradient at theta_T, and
+    REVERSE t the adjoint step t + 1 -> t at the cursor's theta_t. Every
+    schedule gives the same bits (plan(T, T), all thetas stored, is
+    trajectory). Adjoints tb = dA/dtheta_{t+1}, vb = dA/dv_{t+1}; per step back,
+    with u = vb + alpha tb (the adjoint of v_{t+1}):
         tb -= (1 - gamma) H(theta_t) u,   vb = gamma u,
         dXp -= (1 - gamma) d/dXp (g . u),   dlam -= (1 - gamma) e w_t . u_w.
     Writes dXp (k, d) float64; returns (value, dlam, theta_T, first diverged
@@ -283,21 +329,24 @@ def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, bl
     n, d = X.shape
     ws = workspace(X, groups, block, n_threads)
     watch = new_watch()
-    done = np.array([np.inf, 0.0])  # recomputed segments: already checked
-    n_ckpt = (T + seg - 1) // seg
-    ck_theta = np.empty((n_ckpt, d + 1))
-    ck_v = np.empty((n_ckpt if seg > 1 else 0, d + 1))
-    buf = np.empty((seg, d + 1))
+    done = np.array([np.inf, 0.0])  # recomputations: already checked
+    n_slots = theta_only.shape[0]
+    v_slot = np.full(n_slots, -1, dtype=np.int64)  # row of a slot's v in slot_v
+    n_v = 0
+    for s in range(n_slots):
+        if not theta_only[s]:
+            v_slot[s] = n_v
+            n_v += 1
+    slot_theta = np.empty((n_slots, d + 1))
+    slot_v = np.empty((n_v, d + 1))
+    slot_t = np.zeros(n_slots, dtype=np.int64)
     theta = theta0.copy()
+    theta_T = np.empty(d + 1)
     v = np.zeros(d + 1)
-    for c in range(n_ckpt):
-        ck_theta[c] = theta
-        if seg > 1:
-            ck_v[c] = v
-        _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, min(seg, T - c * seg),
-                 groups, block, ws, None, c * seg, watch)
+    t = 0
+    value = 0.0
+    reached = False  # VALUE done: every later ADVANCE recomputes
     tb = np.empty(d + 1)
-    value = _validation(Xv, yv, code, fit_b, theta, v_groups, v_block, n_threads, tb)
     vb = np.zeros(d + 1)
     u = np.empty(d + 1)
     g = np.empty(d + 1)
@@ -307,23 +356,34 @@ def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, bl
     rows = np.empty((3, k))
     dXp[:] = 0.0
     dlam = 0.0
-    for c in range(n_ckpt - 1, -1, -1):
-        t0 = c * seg
-        steps = min(seg, T - t0)
-        if seg > 1:
-            _descend(X, y, code, fit_b, ck_theta[c].copy(), ck_v[c].copy(), alpha, gamma, e,
-                     steps, groups, block, ws, buf, t0, done)
-        else:
-            buf[0] = ck_theta[c]
-        for i in range(steps - 1, -1, -1):
-            th = buf[i]
-            for j in range(d + 1):
-                u[j] = vb[j] + alpha * tb[j]
-            _cast(th, thx)
+    for a in range(actions.shape[0]):
+        op = actions[a, 0]
+        arg = actions[a, 1]
+        if op == ADVANCE:
+            _descend(X, y, code, fit_b, theta, v, alpha, gamma, e, arg, groups, block, ws, t,
+                     done if reached else watch)
+            t += arg
+        elif op == SAVE:
+            slot_theta[arg] = theta
+            if v_slot[arg] >= 0:
+                slot_v[v_slot[arg]] = v
+            slot_t[arg] = t
+        elif op == RESTORE:
+            theta[:] = slot_theta[arg]
+            if v_slot[arg] >= 0:
+                v[:] = slot_v[v_slot[arg]]
+            t = slot_t[arg]
+        elif op == VALUE:
+            value = _validation(Xv, yv, code, fit_b, theta, v_groups, v_block, n_threads, tb)
+            theta_T[:] = theta
+            reached = True
+        else:  # REVERSE at theta_t
+            heavy_ball.direction(tb, vb, alpha, u)
+            _cast(theta, thx)
             _cast(u, ux)
-            _pass(X, y, code, fit_b, thx, ux, False, True, groups, block, ws, g, h, k, rows)
-            dlam += _adjoint_step(th, u, h, rows, tb, vb, dXp, n, gamma, e)
-    return value, dlam, theta, np.int64(watch[1])
+            _pass(X, y, code, fit_b, thx, ux, _F, _T, groups, block, ws, g, h, k, rows)
+            dlam += _adjoint_step(theta, u, h, rows, tb, vb, dXp, n, gamma, e)
+    return value, dlam, theta_T, np.int64(watch[1])
 
 
 @njit(**JIT)
@@ -331,7 +391,8 @@ def _adjoint_step(th, u, h, rows, tb, vb, dXp, n, gamma, e):
     """One step back of the adjoints at theta_t = th, u = vb + alpha tb (the
     adjoint of v_{t+1}), h = X^T (l'' X u) and rows = (l', l'', x_r . u) of the
     k poisoning rows from the same pass; returns the step's d lam term.
-        dXp -= (1 - gamma) d/dXp (g . u),   tb -= (1 - gamma) H u,   vb = gamma u."""
+        dXp -= (1 - gamma) d/dXp (g . u),   tb -= (1 - gamma) H u,   vb = gamma u
+    (heavy_ball.adjoint); h is overwritten with H u = h / n + e [u_w; 0]."""
     k, d = dXp.shape
     s = 1.0 - gamma
     for r in range(k):  # mixed products d/dx_r (g . u) on the poisoning rows
@@ -343,9 +404,8 @@ def _adjoint_step(th, u, h, rows, tb, vb, dXp, n, gamma, e):
     for j in range(d):
         wu += th[j] * u[j]
     for j in range(d + 1):
-        hj = h[j] / n + (e * u[j] if j < d else 0.0)
-        tb[j] -= s * hj
-        vb[j] = gamma * u[j]
+        h[j] = h[j] / n + (e * u[j] if j < d else 0.0)
+    heavy_ball.adjoint(tb, vb, u, h, gamma)
     return -s * e * wu
 
 
@@ -367,11 +427,10 @@ def forward(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block
     thx = np.empty(d + 1, dtype=X.dtype)
     ux = np.empty(d + 1, dtype=X.dtype)
     rows = np.empty((3, 0))
-    s = 1.0 - gamma
     for t in range(T):
         _cast(theta, thx)
         _cast(dth, ux)
-        _pass(X, y, code, fit_b, thx, ux, True, True, groups, block, ws, g, h, 0, rows)
+        _pass(X, y, code, fit_b, thx, ux, _T, _T, groups, block, ws, g, h, _0, rows)
         gg = 0.0
         for j in range(d + 1):
             gj = g[j] / n
@@ -380,28 +439,36 @@ def forward(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block
                 gj += e * theta[j]
                 dgj += e * (dth[j] + theta[j])
             gg += gj * gj
-            v[j] = gamma * v[j] - s * gj
-            dv[j] = gamma * dv[j] - s * dgj
-            theta[j] += alpha * v[j]
-            dth[j] += alpha * dv[j]
+            g[j] = gj
+            h[j] = dgj
+        heavy_ball.step(theta, v, g, alpha, gamma)
+        heavy_ball.step(dth, dv, h, alpha, gamma)  # the tangent takes the same linear step
         _watch(gg, gamma, t, watch)
     grad = np.empty(d + 1)
     value = _validation(Xv, yv, code, fit_b, theta, v_groups, v_block, n_threads, grad)
     return value, (grad * dth).sum(), theta, np.int64(watch[1])
 
 
+def reverse_batch(*args):
+    """_reverse_batch, and during the switch the old call with seg in place of
+    (actions, theta_only)."""
+    if len(args) == 20:
+        args = args[:16] + _segments(args[11], args[16]) + args[17:]
+    return _reverse_batch(*args)
+
+
 @njit(parallel=True, **JIT)
-def reverse_batch(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
-                  v_groups, v_block, seg, dXp, out, theta_T):
-    """`reverse` for B problems: X (B, n, d), y (B, n); Xv, yv with 1 (shared)
-    or B leading; theta0 (B, d + 1), e (B,). Writes dXp (B, k, d), out (B, 3)
-    = (value, dlam, first diverged step or -1), theta_T (B, d + 1)."""
+def _reverse_batch(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
+                   v_groups, v_block, actions, theta_only, dXp, out, theta_T):
+    """`reverse` for B problems, one schedule: X (B, n, d), y (B, n); Xv, yv
+    with 1 (shared) or B leading; theta0 (B, d + 1), e (B,). Writes dXp (B, k,
+    d), out (B, 3) = (value, dlam, first diverged step or -1), theta_T (B, d + 1)."""
     B = X.shape[0]
     for b in prange(B):
         p = 0 if Xv.shape[0] == 1 else np.int64(b)
-        value, dlam, theta, bad = reverse(X[b], y[b], k, Xv[p], yv[p], code, fit_b, theta0[b], alpha,
-                                     gamma, e[b], T, groups, block, v_groups, v_block, 1, seg,
-                                     dXp[b])
+        value, dlam, theta, bad = _reverse(X[b], y[b], k, Xv[p], yv[p], code, fit_b, theta0[b],
+                                           alpha, gamma, e[b], T, groups, block, v_groups,
+                                           v_block, _1, actions, theta_only, dXp[b])
         out[b, 0] = value
         out[b, 1] = dlam
         out[b, 2] = bad
@@ -416,7 +483,7 @@ def forward_batch(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups,
     for b in prange(B):
         p = 0 if Xv.shape[0] == 1 else np.int64(b)
         value, dlam, theta, bad = forward(X[b], y[b], Xv[p], yv[p], code, fit_b, theta0[b], alpha,
-                                     gamma, e[b], T, groups, block, v_groups, v_block, 1)
+                                     gamma, e[b], T, groups, block, v_groups, v_block, _1)
         out[b, 0] = value
         out[b, 1] = dlam
         out[b, 2] = bad

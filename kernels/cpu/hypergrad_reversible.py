@@ -4,13 +4,15 @@ compiled call for the T forward steps and the T reverse steps.
 theta and v live in int64 fixed point (frac_bits = f fractional bits: q =
 x 2^f); v is multiplied by gamma = num/den exactly, the lost digits kept in a
 per-element buffer (kernels/cpu/fixed_point.py, a port of
-csrc/include/fixed_point.h). Forward step t, element j, s = 1 - gamma:
+csrc/include/fixed_point.h). The step and its inverse are heavy_ball.py's
+exact_*; this module gives them the linear model's increment. Forward step t,
+element j, s = 1 - gamma:
     g = g(decode(theta_q))                      (row sums, not divided by n)
     v_q = mul(v_q, num, den) + a_j + b_j,       a_j = rint(-(s/n) g_j 2^f),
                                                 b_j = rint(-(s e) theta_q,j)  (0 on the intercept)
     theta_q += c_j,                             c_j = rint(alpha v_q,j)
 The reverse undoes each line in the opposite order (theta_q -= c_j; g at
-the recovered theta_t; v_q -= b_j, a_j; unmul), then takes the adjoint step
+the recovered theta_t; v_q -= a_j + b_j; unmul), then takes the adjoint step
 of trajectory (hypergrad.py) there. Only theta_q, v_q and the buffer are stored.
 
 Invariant (why the reversal is exact): the reverse recomputes every
@@ -26,7 +28,8 @@ increment a_j, b_j, c_j as the same integer as the forward, because
    anyway (fixed_point.EXACT_JIT: fastmath=False, never inlined by numba);
 3. every integer operation is exact: an increment is added only when its
    float lies in [-2^63, 2^63) and the sum fits int64 (else the run stops
-   with a status, nothing returned), mul/unmul are bijections on (v_q,
+   with a status, nothing returned: a_j, b_j and a_j + b_j are checked before
+   v_q + (a_j + b_j)), mul/unmul are bijections on (v_q,
    buffer) and the buffer holds required_words(t) limbs after t muls, so it
    never overflows; the reverse only revisits states the forward held.
 The end of the reverse checks that theta_q came back to encode(w0) and v_q,
@@ -40,11 +43,11 @@ import numpy as np
 from numba import njit, prange
 
 from . import fixed_point as fp
+from . import heavy_ball
 from ._math import JIT
-from .linear import _block_rows, _dot2_rows, _terms
+from .heavy_ball import THETA_STATE, V_STATE
 from .hypergrad import _adjoint_step, _watch, new_watch
-
-V_STATE, THETA_STATE = 0, 1  # which state left int64, in the status
+from .linear import _block_rows, _dot2_rows, _terms
 
 
 @njit(**JIT)
@@ -175,84 +178,19 @@ def _sum_chunks(part, loss, g, h):
 
 
 @njit(**fp.EXACT_JIT)
-def _v_incr(g, thq, j, d, cg, ce, scale):
-    """(a, b), the v increment -Q(s g_j) = a + b as two integral floats (range
-    not yet checked): a = rint(-cg g[j] 2^f), cg = s/n (the data term), and
-    b = rint(-ce thq[j]), ce = s e, the L2 term (thq = theta 2^f; none on
-    the intercept)."""
-    a = np.rint(-cg * g[j] * scale)
-    b = np.rint(-ce * np.float64(thq[j])) if j < d else 0.0
-    return a, b
-
-
-@njit(**fp.EXACT_JIT)
-def _theta_incr(vq, alpha):
-    """rint(alpha vq) = Q(alpha decode(vq)), as an integral float."""
-    return np.rint(alpha * np.float64(vq))
-
-
-@njit(**fp.EXACT_JIT)
-def _status(y, a):
-    """Code of a + int64(y): NOT_FINITE (nan), RANGE (y outside int64, inf
-    too), INT64 (the sum outside int64) or OK. Branch-free."""
-    in_range = (y >= -fp._TWO63) & (y < fp._TWO63)  # False for nan too
-    q = np.int64(y) if in_range else np.int64(0)
-    fits = ((q > 0) & (a <= fp._I64_MAX - q)) | ((q <= 0) & (a >= -fp._I64_MAX - 1 - q))
-    if in_range:
-        return fp.OK if fits else fp.INT64
-    return fp.NOT_FINITE if y != y else fp.RANGE
-
-
-@njit(**fp.EXACT_JIT)
-def _add(a, y, code):
-    """a + int64(y) where code (of _status) is OK, else a."""
-    return a + (np.int64(y) if code == fp.OK else np.int64(0))
-
-
-@njit(**fp.EXACT_JIT)
-def _forward_update(thq, vq, buf, w, num, den, g, d, cg, ce, alpha, scale, rem, hi, codes):
-    """v_q = mul(v_q) + a + b (_v_incr at theta_t); theta_q += rint(alpha v_q),
-    every element without a branch (the loop vectorises), each element's
-    code in codes. Returns (status, which, j): OK, or the first element that
-    left int64 (the state is then garbage)."""
-    fp.step_lanes(vq, buf, w, num, den, rem, hi)
-    bad = 0
+def _increment(g, thq, d, cg, ce, scale, incr, codes):
+    """The linear model's v increment -Q(s g) = a + b per element, into incr
+    (int64) with its status in codes (heavy_ball.to_int's; INT64 if a + b
+    leaves int64): a = rint(-cg g[j] 2^f), cg = s/n (the data term), and
+    b = rint(-ce thq[j]), ce = s e, the L2 term (thq = theta 2^f; none on the
+    intercept, j = d). Branch-free."""
     for j in range(thq.shape[0]):
-        a, b = _v_incr(g, thq, j, d, cg, ce, scale)
-        code_a = _status(a, vq[j])
-        v = _add(vq[j], a, code_a)
-        code_b = _status(b, v)
-        vq[j] = _add(v, b, code_b)
-        dth = _theta_incr(vq[j], alpha)
-        code_t = _status(dth, thq[j])
-        thq[j] = _add(thq[j], dth, code_t)
-        code_v = code_a if code_a != fp.OK else code_b
-        codes[j] = code_v if code_v != fp.OK else 8 * code_t
-        bad |= codes[j]
-    if bad == 0:
-        return fp.OK, V_STATE, -1
-    for j in range(thq.shape[0]):
-        if codes[j] != 0:
-            c = codes[j]
-            return (c, V_STATE, j) if c < 8 else (c // 8, THETA_STATE, j)
-    return fp.OK, V_STATE, -1
-
-
-@njit(**fp.EXACT_JIT)
-def _undo_theta(thq, vq, alpha):
-    """theta_q -= rint(alpha v_q): the forward's increment, so it fits."""
-    for j in range(thq.shape[0]):
-        thq[j] -= np.int64(_theta_incr(vq[j], alpha))
-
-
-@njit(**fp.EXACT_JIT)
-def _undo_v(vq, buf, w, num, den, g, thq, d, cg, ce, scale, rem, hi):
-    """v_q -= b, then a (the forward's increments at theta_t, which thq holds
-    again); v_q = unmul(v_q): back to the state the forward held."""
-    for j in range(vq.shape[0]):
-        a, b = _v_incr(g, thq, j, d, cg, ce, scale)
-        vq[j] = (vq[j] - np.int64(b)) - np.int64(a)
-    fp.step_lanes(vq, buf, w, den, num, rem, hi)
+        code_a, a = heavy_ball.to_int(np.rint(-cg * g[j] * scale))
+        code_b, b = heavy_ball.to_int(np.rint(-ce * np.float64(thq[j])) if j < d else 0.0)
+        code = code_a if code_a != fp.OK else code_b
+        code = code if (code != fp.OK) | heavy_ball.fits(a, b) else fp.INT64
+        incr[j] = a + b if code == fp.OK else np.int64(0)
+        codes[j] = code
 
 
 @njit(**JIT)
@@ -260,7 +198,8 @@ def _validation(Xv, yv, code, fit_b, thx, n_chunks, block, grad):
     """Mean validation loss at thx (no regulariser); its gradient into grad."""
     h = np.empty(grad.shape[0])
     ws = workspace(Xv, n_chunks, block)
-    total = _pass(Xv, yv, code, fit_b, thx, thx, n_chunks, block, ws, grad, h, 0, np.empty((3, 0)))
+    total = _pass(Xv, yv, code, fit_b, thx, thx, n_chunks, block, ws, grad, h, np.int64(0),
+                  np.empty((3, 0)))  # k typed, not literal: one compile of the parallel _pass
     grad /= Xv.shape[0]
     return total / Xv.shape[0]
 
@@ -298,6 +237,7 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     rows = np.empty((3, k))
     rem = np.empty(p, dtype=np.int64)
     hi = np.empty(p, dtype=np.int64)
+    incr = np.empty(p, dtype=np.int64)
     codes = np.empty(p, dtype=np.int64)
     ws = workspace(X, n_chunks, block)
     vq[:] = 0
@@ -314,8 +254,9 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
             gj = g[jj] / n + (e * th[jj] if jj < d else 0.0)
             gg += gj * gj
         _watch(gg, gamma, t, watch)
-        status, which, j = _forward_update(thq, vq, buf, words[t + 1], num, den, g, d, cg, ce,
-                                           alpha, scale, rem, hi, codes)
+        _increment(g, thq, d, cg, ce, scale, incr, codes)
+        status, which, j = heavy_ball.exact_forward(thq, vq, buf, incr, codes, words[t + 1], num,
+                                                    den, alpha, rem, hi)
         if status != fp.OK:
             return status, which, t, j, 0.0, 0.0, False, -1
 
@@ -328,13 +269,14 @@ def reversible(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, num, den, e, 
     dXp[:] = 0.0
     dlam = 0.0
     for t in range(T - 1, -1, -1):
-        _undo_theta(thq, vq, alpha)
+        heavy_ball.exact_reverse_theta(thq, vq, alpha)
         _decode(thq, th, thx, inv_scale)
+        heavy_ball.direction(tb, vb, alpha, u)
         for j in range(d + 1):
-            u[j] = vb[j] + alpha * tb[j]
             ux[j] = u[j]
         _pass(X, y, code, fit_b, thx, ux, n_chunks, block, ws, g, h, k, rows)
-        _undo_v(vq, buf, words[t + 1], num, den, g, thq, d, cg, ce, scale, rem, hi)
+        _increment(g, thq, d, cg, ce, scale, incr, codes)  # the forward's, bit for bit
+        heavy_ball.exact_reverse(vq, buf, incr, words[t + 1], num, den, rem, hi)
         dlam += _adjoint_step(th, u, h, rows, tb, vb, dXp, n, gamma, e)
 
     q0 = np.empty(p, dtype=np.int64)
