@@ -15,11 +15,6 @@ from .base import Model
 from .layout import Layout
 
 
-# Elements of X per call below which the trainers' kernel runs on one thread: a
-# mini-batch (64 x 784) took 0.07 ms on one thread and 8-24 ms on two on this
-# 2-core machine under load (a parallel region waits for its slowest thread).
-SERIAL_WORK = 1 << 18
-
 
 class LinearModel(Model):
     def __init__(self, loss="logistic", fit_intercept=True, penalize_intercept=False,
@@ -87,16 +82,8 @@ class LinearModel(Model):
         if backends.select("linear", opts.pop("backend"), X) != "numba":
             return ops.loss_grad(theta, X, y, **self._options(X, True))
         kernel = backends.implementation("linear", "numba")
-        args = (theta, X, y, opts.pop("sample_weight"), opts.pop("lam"))
-        if X.size * (1 if X.ndim == 3 else theta.shape[0]) >= SERIAL_WORK:
-            return kernel.loss_grad(*args, penalize_intercept=False, **opts)
-        import numba
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)  # same bits: the kernels' row chunks depend on the shape only
-        try:
-            return kernel.loss_grad(*args, penalize_intercept=False, **opts)
-        finally:
-            numba.set_num_threads(threads)
+        return kernel.loss_grad(theta, X, y, opts.pop("sample_weight"), opts.pop("lam"),
+                                penalize_intercept=False, **opts)
 
     def loss_hvp(self, theta, u, X, y):
         return ops.hvp(theta, u, X, y, **self._options(X, True))

@@ -5,6 +5,7 @@ Both minimise the model's training objective, mean loss + sum_g exp(lam_g)/2
 ||theta_g||^2. (The attack's trainers scale the regulariser by 1/n: they pass
 lam - log(n); see mithridate.attacks.optimal.)
 """
+import contextlib
 import math
 
 import numpy as np
@@ -40,6 +41,31 @@ def _problems(model, X, y, lam, theta0):
     return reg, lam, theta, single
 
 
+# Elements of X per step below which a trainer runs numba on one thread: a
+# mini-batch (64 x 784) took 0.07 ms on one thread and 8-24 ms on two on this
+# 2-core machine under load (a parallel region waits for its slowest thread).
+# Same bits: the kernels' row chunks depend on the shape, not the thread count.
+SERIAL_WORK = 1 << 18
+
+
+@contextlib.contextmanager
+def _threads_for(work):
+    if work >= SERIAL_WORK:
+        yield
+        return
+    try:
+        import numba
+    except ImportError:  # no numba kernel to limit
+        yield
+        return
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
 def _check_finite(theta, who, step):
     bad = ~np.isfinite(theta).all(axis=-1)
     if bad.any():
@@ -69,12 +95,13 @@ def gradient_descent(model, X, y, lam, *, T, alpha, gamma=0.0, theta0=None, prox
     if X.ndim == 3 and y.ndim == 1:
         y = np.ascontiguousarray(np.broadcast_to(y, X.shape[:2]))
     v = np.zeros_like(theta)
-    for _ in range(T):
-        g = model.loss_grad_batch(theta, X, y)[1]
-        if prox:
-            theta = reg.prox(theta - alpha * g, lam, alpha)
-        else:
-            theta, v = heavy_ball.step(theta, v, g + reg.grad(theta, lam), alpha, gamma)
+    with _threads_for(X.size * (theta.shape[0] if X.ndim == 2 else 1)):
+        for _ in range(T):
+            g = model.loss_grad_batch(theta, X, y)[1]
+            if prox:
+                theta = reg.prox(theta - alpha * g, lam, alpha)
+            else:
+                theta, v = heavy_ball.step(theta, v, g + reg.grad(theta, lam), alpha, gamma)
     _check_finite(theta, "gradient_descent", "alpha")
     return theta[0] if single else theta
 
@@ -99,11 +126,12 @@ def sgd(model, X, y, lam, *, lr, batch_size, epochs, random_state=None):
                          "SGD steps diverge; lower lr or lam.")
     n = X.shape[0]
     rng = np.random.default_rng(random_state)
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        Xe, ye = X[order], y[order]  # one copy per epoch: the batches are contiguous slices
-        for i in range(0, n, batch_size):
-            g = model.loss_grad_batch(theta, Xe[i:i + batch_size], ye[i:i + batch_size])[1]
-            theta = theta - lr * (g + reg.grad(theta, lam))
+    with _threads_for(min(batch_size, n) * X.shape[1]):
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            Xe, ye = X[order], y[order]  # one copy per epoch: the batches are contiguous slices
+            for i in range(0, n, batch_size):
+                g = model.loss_grad_batch(theta, Xe[i:i + batch_size], ye[i:i + batch_size])[1]
+                theta = theta - lr * (g + reg.grad(theta, lam))
     _check_finite(theta, "sgd", "lr")
     return theta[0]
