@@ -353,3 +353,18 @@ def test_trainer_arguments_are_checked():
         sgd(m, X, y, 5.0, lr=1.0, batch_size=4, epochs=1)
     with pytest.raises(ValueError, match="sgd does not weight"):
         sgd(m.with_weights(np.ones(10)), X, y, 0.0, lr=0.1, batch_size=4, epochs=1)
+
+
+def test_small_steps_run_on_one_thread_with_the_same_bits():
+    import numba
+    from mithridate.models import training
+    X, y = paper_data(70, 6, seed=6)
+    before = numba.get_num_threads()
+    small = sgd(LinearModel(), X, y, -3.0, lr=0.1, batch_size=16, epochs=3, random_state=0)
+    assert numba.get_num_threads() == before  # restored
+    old, training.SERIAL_WORK = training.SERIAL_WORK, 0  # every step on all threads
+    try:
+        full = sgd(LinearModel(), X, y, -3.0, lr=0.1, batch_size=16, epochs=3, random_state=0)
+    finally:
+        training.SERIAL_WORK = old
+    np.testing.assert_array_equal(small, full)
