@@ -15,6 +15,7 @@ stays in its own L2 across the T steps).
 import numpy as np
 from numba import njit, prange
 
+from . import heavy_ball
 from ._math import JIT
 from .hypergrad import _adjoint_step, _cast, _validation, _watch, layout, new_watch
 from .linear import _axpy_rows, _dot2_rows, _dot_rows, _terms
@@ -279,6 +280,18 @@ def _add(src, dst):
 
 
 @njit(**JIT)
+def _objective(g, theta, n, e):
+    """g = g / n + e [w; 0] in place (the row sums of _pass to the training
+    objective's gradient at theta); returns ||g||^2 (the divergence check's G_t)."""
+    d = g.shape[0] - 1
+    gg = 0.0
+    for j in range(d + 1):
+        g[j] = g[j] / n + (e * theta[j] if j < d else 0.0)
+        gg += g[j] * g[j]
+    return gg
+
+
+@njit(**JIT)
 def reverse_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T,
                    groups, block, v_groups, v_block, n_threads, dXp, out, theta_T):
     """`reverse_batch` (trajectory) for G problems sharing Xc, yc: Xp (G, k, d);
@@ -303,13 +316,8 @@ def reverse_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e,
         _pass(Xc, yc, Xp, yp, code, fit_b, theta, theta, True, False, curv[t],
               keep, groups, block, ws, g, h, rows)
         for b in range(G):
-            gg = 0.0
-            for j in range(d + 1):
-                gj = g[b, j] / n + (e[b] * theta[b, j] if j < d else 0.0)
-                gg += gj * gj
-                v[b, j] = gamma * v[b, j] - (1.0 - gamma) * gj
-                theta[b, j] += alpha * v[b, j]
-            _watch(gg, gamma, t, watch[b])
+            _watch(_objective(g[b], theta[b], n, e[b]), gamma, t, watch[b])
+            heavy_ball.step(theta[b], v[b], g[b], alpha, gamma)
     tb = np.empty((G, d + 1))
     for b in range(G):
         p = 0 if Xv.shape[0] == 1 else b
@@ -322,8 +330,7 @@ def reverse_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e,
     dXp[:] = 0.0
     for t in range(T - 1, -1, -1):
         for b in range(G):
-            for j in range(d + 1):
-                u[b, j] = vb[b, j] + alpha * tb[b, j]
+            heavy_ball.direction(tb[b], vb[b], alpha, u[b])
         _pass(Xc, yc, Xp, yp, code, fit_b, traj[t], u, False, True, curv[t],
               2 * keep, groups, block, ws, g, h, rows)
         for b in range(G):
@@ -349,24 +356,15 @@ def forward_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e,
     watch = np.empty((G, 2))
     for b in range(G):
         watch[b] = new_watch()
-    s = 1.0 - gamma
     for t in range(T):
         _pass(Xc, yc, Xp, yp, code, fit_b, theta, dth, True, True, curv, 0, groups, block, ws, g,
               h, rows)
         for b in range(G):
-            gg = 0.0
-            for j in range(d + 1):
-                gj = g[b, j] / n
-                dgj = h[b, j] / n
-                if j < d:
-                    gj += e[b] * theta[b, j]
-                    dgj += e[b] * (dth[b, j] + theta[b, j])
-                gg += gj * gj
-                v[b, j] = gamma * v[b, j] - s * gj
-                dv[b, j] = gamma * dv[b, j] - s * dgj
-                theta[b, j] += alpha * v[b, j]
-                dth[b, j] += alpha * dv[b, j]
-            _watch(gg, gamma, t, watch[b])
+            for j in range(d + 1):  # the tangent of g: H_data dth + e (dw + w)
+                h[b, j] = h[b, j] / n + (e[b] * (dth[b, j] + theta[b, j]) if j < d else 0.0)
+            _watch(_objective(g[b], theta[b], n, e[b]), gamma, t, watch[b])
+            heavy_ball.step(theta[b], v[b], g[b], alpha, gamma)
+            heavy_ball.step(dth[b], dv[b], h[b], alpha, gamma)
     grad = np.empty(d + 1)
     for b in range(G):
         p = 0 if Xv.shape[0] == 1 else b
