@@ -236,3 +236,32 @@ def test_attack_on_a_diverging_wasserstein_victim_raises_or_warns():
         OptimalPoisoning(model=model, lam="model", **kw).run(train, val)
     with pytest.warns(DivergenceWarning, match="is skipped"):
         OptimalPoisoning(model=model, lam="model", on_divergence="warn", **kw).run(train, val)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("model, kind", [
+    ("logistic", "logistic"), (Ridge(alpha=2.0, fit_intercept=False), "squared"),
+    (WassersteinRobustClassifier(rho=0.05), "logistic")])
+def test_prepared_engine_batch_equals_single_problems(model, kind, dtype):
+    """victim.engine: a batch of problems over the same clean rows equals each problem
+    alone; need='lam' and need='value' agree with need='all' on what they return."""
+    X, y = (a.astype(dtype) for a in _data(seed=5, n=23, d=3, kind=kind))
+    Xv, yv = (a.astype(dtype) for a in _data(seed=6, n=11, d=3, kind=kind))
+    v = as_victim(model)
+    eng = v.engine(X[:-3], y[:-3], Xv, yv, T=15, eta=0.3, gamma=0.5, mode="trajectory",
+                   backend="numba")
+    Xp = np.stack([X[-3:], X[-3:] * 0.5, X[-3:] + 0.1]).astype(dtype)
+    yp = np.stack([y[-3:]] * 3)
+    lam = np.array([-1.0, 0.0, 1.5])
+    tol = dict(rtol=TOL[dtype], atol=TOL[dtype] * 1e-2)
+    hg = eng.run(Xp, yp, lam)
+    assert hg.grad_Xp.shape == (3, 3, 3) and hg.grad_Xp.dtype == dtype
+    for b in range(3):
+        one = eng.run(Xp[b], yp[b], lam[b])
+        np.testing.assert_allclose(hg.grad_Xp[b], one.grad_Xp, **tol)
+        assert hg.value[b] == pytest.approx(one.value, rel=TOL[dtype])
+        assert hg.grad_lam[b] == pytest.approx(one.grad_lam, rel=TOL[dtype], abs=1e-9)
+    lam_only, value = eng.run(Xp, yp, lam, "lam"), eng.run(Xp, yp, lam, "value")
+    np.testing.assert_allclose(lam_only.grad_lam, hg.grad_lam, rtol=TOL[dtype], atol=1e-9)
+    np.testing.assert_allclose(lam_only.value, hg.value, rtol=TOL[dtype])
+    np.testing.assert_allclose(value.value, hg.value, rtol=TOL[dtype])
