@@ -14,9 +14,14 @@ momentum; exact), ``checkpoint`` (RMD storing ~sqrt(T) (theta, v) states and
 recomputing segments; the same bits as trajectory), ``reversible`` (exact
 fixed-point reversal, mithridate.hypergrad.reversible), ``forward`` (tangents
 dtheta/dlam, dv/dlam; lam only), ``implicit`` (eq. 4 at theta_T: Cholesky for
-p <= 2000, else CG on HVPs). Backends: numba, torch (reference), cpp/cuda
-(mithridate.hypergrad.native). Batched calls: Xp (B, k, d), see ``hypergrad``.
+p <= 2000, else CG on HVPs). Backends from the registry (mithridate.backends,
+``backend="auto"``): numba (fused.py), torch (reference.py), cpp/cuda
+(native.py); each module's MODES says what it runs. Batched calls: Xp
+(B, k, d), see ``hypergrad``. ``Engine``: the clean and validation rows
+checked and packed once, for many calls (engine.py).
 """
-from .api import HyperGrad, hypergrad
+from .api import hypergrad
+from .engine import Engine
+from .result import HyperGrad
 
-__all__ = ["hypergrad", "HyperGrad"]
+__all__ = ["hypergrad", "Engine", "HyperGrad"]

@@ -30,7 +30,7 @@ def _data_curvature(pb):
         return (math.inf if not math.isfinite(xmax) else 0.0), xmax
     n = sum(B.shape[0] for B in blocks)
     v = np.random.default_rng(0).standard_normal(pb.d + 1)
-    v[pb.d] *= pb.fit_intercept
+    v[pb.d] *= bool(pb.fit_intercept)
     lam = 0.0
     for _ in range(_POWER_STEPS):  # on A / xmax: nothing overflows
         v /= np.linalg.norm(v)
@@ -39,21 +39,23 @@ def _data_curvature(pb):
             u = (B @ v[:pb.d].astype(B.dtype)).astype(np.float64) / xmax
             u += v[pb.d] / xmax
             w[:pb.d] += (B.T @ u.astype(B.dtype)).astype(np.float64) / xmax
-            w[pb.d] += pb.fit_intercept * u.sum() / xmax
+            w[pb.d] += bool(pb.fit_intercept) * u.sum() / xmax
         lam = float(v @ w)
         v = w
     with np.errstate(over="ignore"):
         scale = np.float64(xmax) * np.float64(xmax)  # numpy: inf, not OverflowError
-    return float(_CURVATURE[pb.loss] * lam / n * scale), xmax
+    return float(_CURVATURE.get(pb.loss, 1.0) * lam / n * scale), xmax
 
 
 def details(pb, step):
-    """The facts a divergence message states, for Problem `pb` flagged at `step`."""
-    e = math.exp(pb.lam) if pb.lam < 709 else math.inf
+    """The facts a divergence message states, for Problem `pb` flagged at `step`
+    (a model with several hyperparameters: the largest exp(lam_g) counts)."""
+    lam = float(np.max(pb.lam))
+    e = math.exp(lam) if lam < 709 else math.inf
     L_data, xmax = _data_curvature(pb)
     L = L_data + e
     bound = 2 * (1 + pb.gamma) / ((1 - pb.gamma) * L) if L > 0 else math.inf
-    return dict(step=int(step), T=pb.T, alpha=pb.alpha, gamma=pb.gamma, lam=pb.lam, e=e,
+    return dict(step=int(step), T=pb.T, alpha=pb.alpha, gamma=pb.gamma, lam=lam, e=e,
                 curvature=L, data_curvature=L_data, stable_alpha=bound, x_max=xmax,
                 dtype=pb.Xc.dtype.name)
 

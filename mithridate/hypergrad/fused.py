@@ -1,9 +1,57 @@
-"""The numba fused loops of the linear model (kernels/cpu/hypergrad.py):
-packing of the problems and the single, batched and shared-rows routes."""
+"""The numba backend of the hypergradient engine: the fused loops of the
+linear model (kernels/cpu/hypergrad.py), the packing of their training rows,
+and the single, batched and shared-rows routes. Mode ``reversible`` runs in
+reversible.py and ``implicit`` in implicit.py, both on this backend."""
 import numpy as np
 
+from .problem import MODES
 from .result import HyperGrad
 
+FUSED_MODES = ("trajectory", "checkpoint", "forward")  # the modes `run` takes
+
+
+class Packed:
+    """The training rows [Xc; Xp] of one problem (X (n, d)) or of B problems
+    (X (B, n, d)) in one buffer: the clean rows are copied in once, the k
+    poisoning rows into the tail on each ``fill``."""
+
+    def __init__(self, Xc, yc, k, B=None):
+        nc, d = Xc.shape[-2:]
+        lead = () if B is None else (B,)
+        self.nc = nc
+        self.X = np.empty(lead + (nc + k, d), Xc.dtype)
+        self.y = np.empty(lead + (nc + k,), yc.dtype)
+        self.X[..., :nc, :] = Xc
+        self.y[..., :nc] = yc
+
+    def fill(self, Xp, yp):
+        self.X[..., self.nc:, :] = Xp
+        self.y[..., self.nc:] = yp
+        return self.X, self.y
+
+
+def run(problems, mode, n_ckpt, info, groups=(), rows=None):
+    """Modes trajectory, checkpoint, forward of a list of Problems, one
+    HyperGrad each. groups: index lists of problems sharing their clean rows
+    (``shared_groups``); rows: the packed (X, y) of a batch, (B, n, d)."""
+    import numba
+    if len(problems) > 1 and len(problems) >= numba.get_num_threads():
+        return batch(problems, mode, n_ckpt, info, groups, rows)
+    return [single(pb, mode, n_ckpt, info(pb)) for pb in problems]
+
+
+def value(problems, info):
+    """Validation loss and theta_T only (training, then one validation pass)."""
+    from ..kernels.cpu import hypergrad as kernel
+    out = []
+    for pb in problems:
+        X, y, Xv, yv, code, fit_b, *rest, v_groups, v_block, n_threads = numba_args(pb)
+        theta, _, step = kernel.train(X, y, code, fit_b, *rest, n_threads)
+        val = kernel._validation(Xv, yv, code, fit_b, theta, v_groups, v_block, n_threads,
+                                 np.empty(theta.shape[0]))
+        out.append(HyperGrad(float(val), None, None, theta_out(pb, theta),
+                             dict(info(pb), diverged_at=int(step))))
+    return out
 
 
 def single(pb, mode, n_ckpt, info):
@@ -23,24 +71,30 @@ def single(pb, mode, n_ckpt, info):
     return HyperGrad(float(value), gX.astype(dt), float(glam), theta_out(pb, theta), info)
 
 
-def batch(problems, mode, n_ckpt, info):
+def batch(problems, mode, n_ckpt, info, groups=(), rows=None):
     """All problems in one compiled call, parallel over problems (same bits
-    as single calls); in trajectory mode, groups sharing their clean rows take
-    the matrix-matrix route instead (same values to rounding)."""
+    as single calls); in trajectory and forward modes, the `groups` sharing
+    their clean rows take the matrix-matrix route instead (same values to
+    rounding). rows: the packed (X, y) of all problems, else stacked here."""
     from ..kernels.cpu import hypergrad as kernel
     from ..kernels.cpu.linear import LOSS_CODES
     results = [None] * len(problems)
-    for idx in (_shared_groups(problems) if mode in ("trajectory", "forward") else []):
+    for idx in (groups if mode in ("trajectory", "forward") else []):
         for i, r in zip(idx, shared([problems[i] for i in idx], mode, info)):
             results[i] = r
     rest = [i for i, r in enumerate(results) if r is None]
     if not rest:
         return results
+    if rows is None:
+        X = np.stack([pb.rows()[0] for pb in problems])
+        y = np.stack([pb.rows()[1] for pb in problems])
+    else:
+        X, y = rows
+    if len(rest) < len(problems):
+        X, y = X[rest], y[rest]
     problems = [problems[i] for i in rest]
     pb0 = problems[0]
     B, k, d, dt = len(problems), pb0.Xp.shape[0], pb0.d, pb0.Xc.dtype
-    X = np.stack([np.concatenate([pb.Xc, pb.Xp]) for pb in problems])
-    y = np.stack([np.concatenate([pb.yc, pb.yp]) for pb in problems])
     Xv, yv, theta0, e = _batch_inputs(problems)
     common = (LOSS_CODES[pb0.loss], pb0.fit_intercept, theta0, pb0.alpha, pb0.gamma, e, pb0.T,
               *kernel.layout(X.shape[1], d, X.itemsize), *kernel.layout(Xv.shape[1], d, X.itemsize))
@@ -76,22 +130,25 @@ def _batch_inputs(problems):
     return Xv, yv, theta0, np.exp([pb.lam for pb in problems])
 
 
-def _shared_groups(problems):
-    """Index lists of runs of consecutive problems with the same clean rows
-    (the same Xc, yc objects, or equal ones: a (B, n, d) Xc that repeats each
-    repetition's rows), where the matrix-matrix route pays (SHARED_MIN_*)."""
+def shared_groups(Xc, yc, B):
+    """Index lists of runs of consecutive problems of a batch of B with the
+    same clean rows (a shared 2-D Xc, or equal slices of a (B, n, d) Xc that
+    repeats each repetition's rows), where the matrix-matrix route pays
+    (SHARED_MIN_*). Depends on the clean rows only: an Engine finds them once."""
     from ..kernels.cpu import hypergrad_shared as route
-    if problems[0].d < route.SHARED_MIN_FEATURES:
+    if Xc.shape[-1] < route.SHARED_MIN_FEATURES:
         return []
-    same = lambda a, b: a is b or (a.shape == b.shape and np.array_equal(a[:1], b[:1])
-                                   and np.array_equal(a, b))
-    runs = [[0]]
-    for i in range(1, len(problems)):
-        p, q = problems[runs[-1][0]], problems[i]
-        if same(p.Xc, q.Xc) and same(p.yc, q.yc):
-            runs[-1].append(i)
-        else:
-            runs.append([i])
+    if Xc.ndim == 2:
+        runs = [list(range(B))]
+    else:
+        same = lambda a, b: np.array_equal(a[:1], b[:1]) and np.array_equal(a, b)
+        runs = [[0]]
+        for i in range(1, B):
+            j = runs[-1][0]
+            if same(Xc[j], Xc[i]) and same(yc[j], yc[i]):
+                runs[-1].append(i)
+            else:
+                runs.append([i])
     return [r for r in runs if len(r) >= route.SHARED_MIN_GROUP]
 
 
@@ -129,8 +186,7 @@ def numba_args(pb):
     import numba
     from ..kernels.cpu.linear import LOSS_CODES
     from ..kernels.cpu.hypergrad import layout
-    X = np.concatenate([pb.Xc, pb.Xp])
-    y = np.concatenate([pb.yc, pb.yp])
+    X, y = pb.rows()
     (n, d), nv = X.shape, pb.Xv.shape[0]
     theta0 = np.zeros(d + 1)
     theta0[:pb.theta0.shape[0]] = pb.theta0

@@ -3,6 +3,33 @@ test oracle and the benchmarks' baseline. Readable first."""
 import numpy as np
 
 from ..reference.linear import objective
+from .result import HyperGrad
+
+MODES = ("trajectory", "forward", "implicit", "checkpoint")  # checkpoint = trajectory here;
+# implicit: implicit.py at this backend's theta_T
+
+
+def run(problems, mode, info):
+    """Modes trajectory, checkpoint (the same unrolled graph) and forward
+    (its grad_lam) of a list of Problems, one HyperGrad each."""
+    out = []
+    for pb in problems:
+        value, gX, glam, theta, step = unrolled(pb)
+        gX = None if mode == "forward" else gX.astype(pb.Xc.dtype)
+        out.append(HyperGrad(value, gX, glam, theta, dict(info(pb), diverged_at=step)))
+    return out
+
+
+def value(problems, info):
+    """Validation loss and theta_T only, without a graph."""
+    out = []
+    for pb in problems:
+        theta, step = train(pb)
+        torch, t = _tensors(pb)
+        val = objective(torch.from_numpy(theta)[None], t["Xv"], t["yv"], None, None, pb.loss,
+                        pb.fit_intercept, False)[0]
+        out.append(HyperGrad(float(val), None, None, theta, dict(info(pb), diverged_at=step)))
+    return out
 
 
 def _tensors(pb):

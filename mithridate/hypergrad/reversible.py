@@ -155,8 +155,7 @@ def _one(pb, frac_bits, num, den, words, state_bytes, where):
     from ..kernels.cpu.fixed_point import NOT_FINITE, OK
     from ..kernels.cpu.linear import LOSS_CODES
     from ..kernels.cpu.hypergrad_reversible import THETA_STATE, layout, reversible, step_words
-    X = np.concatenate([pb.Xc, pb.Xp])
-    y = np.concatenate([pb.yc, pb.yp])
+    X, y = pb.rows()
     (n, d), nv, k = X.shape, pb.Xv.shape[0], pb.Xp.shape[0]
     theta0 = np.zeros(d + 1)
     theta0[:pb.theta0.shape[0]] = pb.theta0

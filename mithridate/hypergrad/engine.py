@@ -1,0 +1,265 @@
+"""The prepared hypergradient engine: validate and pack the clean and
+validation rows once, then run many calls that change only the poisoning
+rows, lam and w0 (an attack's inner loop). See the package docstring for the
+math and ``hypergrad`` for every argument."""
+import math
+
+import numpy as np
+
+from .. import fixed_point
+from .._validation import as_number, check_choice, check_memory
+from ..errors import DivergenceError
+from . import divergence, fused
+from .implicit import CHOLESKY_MAX
+from .problem import (LOSSES, backend_modes, check_call, check_fixed, check_mode, check_settings,
+                      problems)
+from .result import HyperGrad
+
+NEEDS = ("all", "lam", "value")
+NATIVE = ("cpp", "cuda")
+
+
+class Engine:
+    """Hypergradients of A(theta_T) = mean validation loss for one set of
+    clean rows (Xc, yc) and validation rows (Xv, yv): (nc, d) or (B, nc, d),
+    shared or with a leading axis of B problems. Everything but the per-call
+    arrays is checked here, once; ``run`` checks only Xp, yp, lam, w0.
+
+    model: a mithridate.models Model (default LinearModel()); the other
+    keywords as in ``hypergrad``. ``backend="auto"`` asks the registry
+    (mithridate.backends, honouring MITHRIDATE_BACKEND).
+    """
+
+    def __init__(self, Xc, yc, Xv, yv, *, model=None, T, alpha, gamma=0.0, mode="trajectory",
+                 backend="auto", checkpoints="sqrt", frac_bits=None, max_buffer_bytes=None,
+                 tol=1e-6, on_divergence="raise"):
+        if model is None:
+            from ..models import LinearModel
+            model = LinearModel()
+        self.model = model
+        loss = getattr(model, "loss", None)  # labels are checked for the linear losses
+        if model.fused == "linear":
+            check_choice("loss", loss, LOSSES)
+            self.backend, modes = backend_modes(backend, Xc, Xv)
+        else:  # the generic engine, on the model's own primitives
+            if backend != "auto":
+                raise ValueError(f"backend={backend!r}: {model!r} has no fused loop, so it runs "
+                                 "on the generic engine over the model's own primitives (their "
+                                 "backend is the model's); pass backend='auto'.")
+            from . import generic
+            self.backend = "generic"
+            modes = tuple(m for m in generic.MODES if m != "value") + ("implicit",)
+        check_mode(mode, self.backend, modes)
+        self.mode = mode
+        self.T, self.alpha, self.gamma = check_settings(T, alpha, gamma)
+        self._fixed = check_fixed(Xc, yc, Xv, yv, loss)
+        layout = model.layout(self._fixed.d)
+        self._p, self._n_lam = layout.size, layout.n_lam
+        if self.backend == "generic":
+            from .schedule import plan
+            self._schedule = plan(self.T, checkpoints)  # checks checkpoints in every mode
+        else:
+            self._n_ckpt = _n_checkpoints(checkpoints, self.T)
+        for name, value in (("frac_bits", frac_bits), ("max_buffer_bytes", max_buffer_bytes)):
+            if value is not None and mode != "reversible":
+                raise ValueError(f"{name}={value!r} applies to mode='reversible' only; "
+                                 f"leave it None for mode={mode!r}.")
+        if mode == "reversible":
+            from . import reversible
+            reversible.check_frac_bits(frac_bits)
+            reversible.check_max_buffer_bytes(max_buffer_bytes)
+        self.frac_bits, self.max_buffer_bytes = frac_bits, max_buffer_bytes
+        divergence.check_option(on_divergence)
+        self.on_divergence = on_divergence
+        self.tol = as_number("tol", tol, "the implicit mode's stationarity tolerance")
+        self._settings = (self.T, self.alpha, self.gamma, loss,
+                          getattr(model, "fit_intercept", None), model)
+        self._packs, self._groups, self._memory_checked = {}, {}, set()
+
+    def run(self, Xp, yp, lam, w0=None, *, need="all"):
+        """HyperGrad of the poisoning rows Xp (k, d) or (B, k, d), labels yp,
+        lam (a number, or (B,) for a batch) and w0 (zeros by default).
+        need: "all" (value, grad_Xp, grad_lam by the engine's mode), "lam"
+        (value, grad_lam by forward mode; grad_Xp None) or "value" (value and
+        theta_T by training only; grad_Xp, grad_lam None)."""
+        check_choice("need", need, NEEDS)
+        B, lam, w0 = check_call(self._fixed, Xp, yp, lam, w0, self._p, self._settings[3],
+                                self._n_lam)
+        mode = {"all": self.mode, "lam": "forward", "value": "value"}[need]
+        X = y = None
+        if self.backend in ("numba", "generic"):
+            X, y = self._pack(Xp.shape[-2], B).fill(Xp, yp)
+        pbs = problems(self._fixed, Xp, yp, B, lam, w0, self._settings, X, y)
+        self._check_memory(pbs, mode, B)
+        try:
+            results = self._results(pbs, mode, (X, y) if B is not None else None)
+        except fixed_point.FixedPointOverflow as err:  # reversible: diverged, or frac_bits too high?
+            _diagnose_overflow(pbs, err)
+            raise
+        steps = [_diverged_at(pb, r) for pb, r in zip(pbs, results)]
+        divergence.report(pbs, steps, self.on_divergence)
+        if self.on_divergence == "warn":
+            for r, step in zip(results, steps):
+                r.info["diverged_at"] = step
+        return results[0] if B is None else _stack(results)
+
+    def _pack(self, k, B):
+        """The packed training rows for k poisoning rows (kept per (k, B))."""
+        pack = self._packs.get((k, B))
+        if pack is None:
+            pack = self._packs[(k, B)] = fused.Packed(self._fixed.Xc, self._fixed.yc, k, B)
+        return pack
+
+    def _results(self, pbs, mode, rows):
+        """list[HyperGrad], one per problem, from the backend that runs `mode`."""
+        name = self.backend
+        info = lambda pb: dict(mode=mode, backend=name, T=pb.T)
+        if name == "generic":
+            return self._generic(pbs, mode)
+        if mode == "implicit":
+            from .implicit import implicit
+            return [implicit(pb, name, self.tol, info(pb)) for pb in pbs]
+        if name in NATIVE:
+            from . import native
+            reversible = mode == "reversible"
+            out = native.run(pbs, "forward" if mode == "value" else mode, name,
+                             self.frac_bits if reversible else None,
+                             self.max_buffer_bytes if reversible else None)
+            for r in out if mode == "value" else ():
+                r.grad_lam, r.info["mode"] = None, "value"
+            return out
+        if mode == "reversible":
+            from .reversible import run
+            return run(pbs, self.frac_bits, self.max_buffer_bytes)
+        if name == "torch":
+            from . import reference
+            return reference.value(pbs, info) if mode == "value" else reference.run(pbs, mode, info)
+        if mode == "value":
+            return fused.value(pbs, info)
+        return fused.run(pbs, mode, self._n_ckpt, info, self._shared_groups(len(pbs)), rows)
+
+    def _generic(self, pbs, mode):
+        from . import generic
+        if mode != "implicit":
+            reversible = mode == "reversible"
+            return generic.run(self.model, pbs, mode,
+                               schedule=self._schedule if mode == "checkpoint" else None,
+                               frac_bits=self.frac_bits if reversible else None,
+                               max_buffer_bytes=self.max_buffer_bytes if reversible else None)
+        from .implicit import implicit_model
+        out = []
+        for pb, trained in zip(pbs, generic.run(self.model, pbs, "value")):
+            info = dict(trained.info, mode="implicit")
+            if info["diverged_at"] >= 0:  # no stationary point: nan, reported by run()
+                out.append(HyperGrad(math.nan, np.full(pb.Xp.shape, np.nan, pb.Xp.dtype),
+                                     math.nan if self._n_lam == 1 else np.full(self._n_lam, np.nan),
+                                     trained.theta_T, info))
+                continue
+            X, y = pb.rows()
+            rows = np.arange(pb.Xc.shape[0], X.shape[0])
+            out.append(implicit_model(self.model, trained.theta_T, X, y, rows, pb.Xv, pb.yv,
+                                      np.atleast_1d(pb.lam), self.tol, info))
+        return out
+
+    def _shared_groups(self, B):
+        if B not in self._groups:
+            self._groups[B] = fused.shared_groups(self._fixed.Xc, self._fixed.yc, B) \
+                if B > 1 else []
+        return self._groups[B]
+
+    def _check_memory(self, pbs, mode, B):
+        """The states `mode` stores against the memory available, once per shape."""
+        key = (mode, pbs[0].Xp.shape[0], B)
+        if key in self._memory_checked:
+            return
+        if self.backend == "generic":
+            from . import generic
+            mode_ = "value" if mode == "implicit" else mode
+            state = generic.state_bytes(self.model, pbs[0], mode_,
+                                        self._schedule if mode == "checkpoint" else None,
+                                        self.frac_bits, self.max_buffer_bytes)
+            need, what = len(pbs) * state, f"the stored states of T={self.T} steps ({mode})"
+        else:
+            need, what = _memory(pbs, mode, self.backend, self._n_ckpt, self.frac_bits,
+                                 self.max_buffer_bytes)
+        fix = {"trajectory": "use mode='checkpoint' or 'reversible' (less memory per step), "
+                             "fewer steps T, or smaller batches",
+               "checkpoint": "use mode='reversible', fewer checkpoints, or smaller batches",
+               "reversible": "use a larger gamma (a shorter bit buffer), fewer steps T, or "
+                             "smaller batches"}.get(mode, "use smaller batches or fewer rows")
+        batch = f" for {len(pbs)} problems" if len(pbs) > 1 else ""
+        check_memory(need, f"mode={mode!r} on backend={self.backend!r}{batch}: {what}", fix)
+        self._memory_checked.add(key)
+
+
+def _memory(pbs, mode, backend, n_ckpt, frac_bits, max_buffer_bytes):
+    """Bytes a call allocates, about (every problem's states at once: the
+    shared-Xc route holds them together), and what those bytes are."""
+    pb = pbs[0]
+    B, T, d, p = len(pbs), pb.T, pb.d, pb.d + 1
+    n = pb.Xc.shape[0] + pb.Xp.shape[0]
+    copies = 0 if backend in NATIVE else B * n * d * pb.Xc.itemsize  # [Xc; Xp] per problem
+    if mode == "reversible":
+        from . import reversible
+        f = reversible.check_frac_bits(frac_bits)
+        state = reversible.plan(pb, f, max_buffer_bytes)[3]
+        return copies + B * state, "its fixed-point states and bit buffers"
+    if backend == "torch":  # the autograd graph keeps a few n- and p-vectors per step
+        return copies + B * T * (n + p) * 8 * 8, f"the autograd graph of T={T} steps"
+    if mode == "implicit":
+        solve = p * p * 8 + n * p * 8 if p <= CHOLESKY_MAX else 0
+        return copies + solve, "the float64 Hessian and design matrix"
+    if mode in ("forward", "value"):
+        return copies, "the training rows"
+    from ..kernels.cpu.hypergrad import state_bytes
+    states = state_bytes(T, d, T + 1 if mode == "trajectory" else n_ckpt)
+    return copies + B * states, f"the stored states of T={T} steps ({mode})"
+
+
+def _diverged_at(pb, result):
+    """The step the backend flagged (info["diverged_at"], popped), else T if
+    a result is nan/inf anyway (e.g. the final iterate), else None."""
+    step = result.info.pop("diverged_at", -1)
+    if step is not None and step >= 0:
+        return int(step)
+    return pb.T if divergence.diverged(result) else None
+
+
+def _diagnose_overflow(pbs, err):
+    """A fixed-point overflow in mode='reversible': raise DivergenceError
+    (chained to it) if the float training diverges, else return."""
+    from ..kernels.cpu import hypergrad as kernel
+    for i, pb in enumerate(pbs):
+        X, y, _, _, *rest, _, _, n_threads = fused.numba_args(pb)
+        step = int(kernel.train(X, y, *rest, n_threads)[2])
+        if step >= 0:
+            steps = [None] * len(pbs)
+            steps[i] = step
+            try:
+                divergence.report(pbs, steps, "raise")
+            except DivergenceError as div:
+                raise div from err
+
+
+def _n_checkpoints(checkpoints, T):
+    """Number of stored (theta, v) states for mode='checkpoint', in [1, T]."""
+    if checkpoints == "sqrt":
+        return math.isqrt(T - 1) + 1  # ceil(sqrt(T))
+    if isinstance(checkpoints, bool) or not isinstance(checkpoints, (int, np.integer)) \
+            or checkpoints < 1:
+        raise ValueError(f"checkpoints={checkpoints!r} must be 'sqrt' or a positive integer "
+                         "(the number of stored states).")
+    return int(min(checkpoints, T))
+
+
+def _stack(results):
+    """One HyperGrad of (B, ...) arrays; info keys equal across problems stay
+    scalars, the others become lists."""
+    first = results[0]
+    info = {key: (val if all(r.info.get(key) == val for r in results)
+                  else [r.info.get(key) for r in results]) for key, val in first.info.items()}
+    info["B"] = len(results)
+    gX = None if first.grad_Xp is None else np.stack([r.grad_Xp for r in results])
+    glam = None if first.grad_lam is None else np.array([r.grad_lam for r in results])
+    return HyperGrad(np.array([r.value for r in results]), gX, glam,
+                     np.stack([r.theta_T for r in results]), info)
