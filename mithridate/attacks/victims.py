@@ -101,24 +101,25 @@ NEEDS = ("all", "lam", "value")
 
 
 class L2Engine:
-    """An L2 victim's hypergradients (mithridate.hypergrad) on the attack's scale:
+    """An L2 victim's prepared hypergradient engine (mithridate.hypergrad.Engine:
+    the clean and validation rows checked and packed once) on the attack's scale:
     the engine's lam is lam - log(n), n the rows trained on (clean + poisoning).
     ``need``: "all" (value, grad_Xp, grad_lam by ``mode``), "lam" (value and
     grad_lam by forward mode, the same exact derivative of the unrolled loop as
     the reverse modes; ``mode="implicit"`` keeps its own lam step) or "value"."""
 
     def __init__(self, victim, Xc, yc, Xv, yv, *, T, eta, gamma, mode, backend):
-        self.victim, self.Xc, self.yc, self.Xv, self.yv = victim, Xc, yc, Xv, yv
-        self.T, self.eta, self.gamma, self.mode, self.backend = T, eta, gamma, mode, backend
+        from ..hypergrad import Engine
+        from ..models import LinearModel
+        self.victim, self.Xc = victim, Xc
+        self.engine = Engine(Xc, yc, Xv, yv, model=LinearModel(victim.loss, victim.fit_intercept),
+                             T=T, alpha=eta, gamma=gamma, mode=mode, backend=backend)
 
     def run(self, Xp, yp, lam, need="all"):
-        from ..hypergrad import hypergrad
         n = self.Xc.shape[0] + Xp.shape[-2]
-        mode = self.mode if need == "all" or self.mode == "implicit" else "forward"
-        return hypergrad(self.Xc, self.yc, Xp, yp, self.Xv, self.yv,
-                         lam=np.subtract(lam, math.log(n)), T=self.T, alpha=self.eta,
-                         gamma=self.gamma, loss=self.victim.loss,
-                         fit_intercept=self.victim.fit_intercept, mode=mode, backend=self.backend)
+        if need == "lam" and self.engine.mode == "implicit":
+            need = "all"
+        return self.engine.run(Xp, yp, np.subtract(lam, math.log(n)), need=need)
 
 
 class WassersteinEngine:
