@@ -141,3 +141,25 @@ def test_any_shape_equals_fresh_calls(nc, k, d, dtype, seed):
     for _ in range(2):
         Xp, yp = rows(rng, k, d, dtype)
         same(eng.run(Xp, yp, -1.0), hypergrad(Xc, yc, Xp, yp, Xv, yv, lam=-1.0, **OPTS))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_generic_model_with_two_hyperparameters(dtype):
+    """A penalised intercept has no fused loop: the generic engine, lam (2,),
+    grad_lam (2,) per problem; a batch equals its single runs."""
+    from mithridate.models import LinearModel
+    Xc, yc, Xv, yv = fixed(dtype, nc=13, d=3, seed=7)
+    eng = Engine(Xc, yc, Xv, yv, model=LinearModel(penalize_intercept=True), **OPTS)
+    assert eng.backend == "generic"
+    Xp, yp = rows(np.random.default_rng(8), 2, 3, dtype, (3,))
+    lam = np.array([[-1.0, 0.0], [0.0, -1.0], [-2.0, -2.0]])
+    hb = eng.run(Xp, yp, lam)
+    assert hb.grad_lam.shape == (3, 2) and hb.grad_Xp.shape == (3, 2, 3)
+    for b in range(3):
+        same(eng.run(Xp[b], yp[b], lam[b]), hypergrad(
+            Xc, yc, Xp[b], yp[b], Xv, yv, lam=lam[b], model=LinearModel(penalize_intercept=True),
+            **OPTS))
+    with pytest.raises(ValueError, match="2 hyperparameters"):
+        eng.run(Xp[0], yp[0], -1.0)
+    with pytest.raises(ValueError, match="backend='auto'"):
+        Engine(Xc, yc, Xv, yv, model=LinearModel(penalize_intercept=True), backend="cpp", **OPTS)

@@ -26,10 +26,14 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
     ``forward`` (exact, lam only), ``implicit`` (eq. 4 at theta_T, exact only
     at a stationary point: ``info["grad_norm"]`` is the final training
     gradient norm, warned about above ``tol``).
-    ``backend``: ``numba`` (compiled loops, every mode), ``torch`` (autograd
-    through the unrolled loop, which is also its checkpoint mode; for implicit
-    only the training runs in torch),
-    ``cpp``/``cuda`` (compiled extension, where built).
+    ``model``: a mithridate.models Model (default LinearModel(loss,
+    fit_intercept)); one without a fused loop runs on the generic engine,
+    lam then one value per penalised group. ``backend`` (the registry,
+    mithridate.backends; ``auto``: by where the data lives, or
+    MITHRIDATE_BACKEND): ``numba`` (compiled loops, every mode), ``torch``
+    (autograd through the unrolled loop, which is also its checkpoint mode;
+    for implicit only the training runs in torch), ``cpp``/``cuda`` (compiled
+    extension, where built).
     Arrays: numpy, one float dtype, C-contiguous; results in that dtype.
 
     Divergence: every mode and backend watches the training gradient at each
