@@ -217,8 +217,33 @@ def _reproduce(args):
     return 0
 
 
+def _add_warmup(sub):
+    from .warmup import DTYPES, JOBS
+    p = sub.add_parser(
+        "warmup", help="compile every numba kernel now (minutes, once per install), so first calls are fast",
+        description="Fill numba's on-disk cache (beside the installed kernels, or NUMBA_CACHE_DIR) by running "
+                    "every public entry point on tiny problems, one task per process, then check in one more "
+                    "process that everything loads from the cache. Run again after upgrading mithridate or numba.")
+    p.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS), metavar="JOB",
+                   help=f"what to compile (default: all of {', '.join(JOBS)})")
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES), metavar="DTYPE",
+                   help="float dtypes to compile for (default: float64 float32)")
+    p.add_argument("--processes", type=int, default=None, help="worker processes (default: one per core)")
+    p.set_defaults(func=_warmup)
+
+
+def _warmup(args):
+    from .warmup import warmup
+    r = warmup(args.jobs, args.dtypes, args.processes, progress=True)
+    print(f"compiled {len(r['seconds'])} tasks in {sum(r['seconds'].values()):.0f} s of worker time; "
+          "the numba cache is complete" if not any(r["recompiled"].values()) else
+          "the final check compiled what concurrent writes dropped: "
+          + ", ".join(f"{j}/{d}" for (j, d), v in r["recompiled"].items() if v))
+    return 0
+
+
 # One entry per subcommand.
-COMMANDS = (_add_bench, _add_datasets, _add_sweep, _add_reproduce)
+COMMANDS = (_add_bench, _add_datasets, _add_sweep, _add_reproduce, _add_warmup)
 
 
 def build_parser():

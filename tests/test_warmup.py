@@ -57,3 +57,9 @@ def test_warm_cache_serves_a_fresh_process(tmp_path):
                     "s, compiled = _run_task('ops.lipschitz', 'float64')\n"
                     "print(json.dumps(compiled))", cache, tmp_path)
     assert again == []
+
+
+def test_cli_refuses_an_unknown_job_before_any_work(capsys):
+    from mithridate.cli import main
+    assert main(["warmup", "--jobs", "no-such-job"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
