@@ -249,5 +249,5 @@ def test_cuda_backend_without_gpu_is_a_clear_error():
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="backend='cpp'"):
+    with pytest.raises(RuntimeError, match="backend='cuda' is unavailable.*cpp"):
         hypergrad(*data(), backend="cuda", **kw())
