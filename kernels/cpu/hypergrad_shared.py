@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from . import heavy_ball
 from ._math import JIT
-from .hypergrad import _adjoint_step, _cast, _validation, _watch, layout, new_watch
+from .hypergrad import _adjoint_step, _cast, _objective, _validation, _watch, layout, new_watch
 from .linear import _axpy_rows, _dot2_rows, _dot_rows, _terms
 
 # Batches with at least SHARED_MIN_GROUP consecutive problems sharing Xc, yc
@@ -283,18 +283,6 @@ def _reduce(ws, want_g, want_h, g, h):
 def _add(src, dst):
     for j in range(src.shape[0]):
         dst[j] += src[j]
-
-
-@njit(**JIT)
-def _objective(g, theta, n, e):
-    """g = g / n + e [w; 0] in place (the row sums of _pass to the training
-    objective's gradient at theta); returns ||g||^2 (the divergence check's G_t)."""
-    d = g.shape[0] - 1
-    gg = 0.0
-    for j in range(d + 1):
-        g[j] = g[j] / n + (e * theta[j] if j < d else 0.0)
-        gg += g[j] * g[j]
-    return gg
 
 
 @njit(**JIT)
