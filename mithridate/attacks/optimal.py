@@ -20,6 +20,15 @@ appends them instead (the 2-D example of Figure 1).
 The victim (``model``) is the logistic loss by default; the squared loss, a
 scikit-learn ``LogisticRegression`` / ``Ridge`` or a Wasserstein estimator of
 mithridate.defenses are mapped onto this scale by mithridate.attacks.victims.
+
+Networks (paper 002, section 5.2): ``model`` a mithridate.models Model such as
+``MLP((d, 128, 32, 1))`` has one lam per layer (a vector: learned, each layer
+projected onto lam_range, or fixed: one number for every layer or a vector),
+the same 1/n scale per layer, and its inner training starts from new random
+weights (``model.init`` with a fresh seed from the attack's generator) at every
+hyperiteration: every update of the poisoning points (and the lam step taken
+with it) and every clean-set lam step, as the paper's ensemble over initial
+weights. The linear victims start from zeros and draw nothing.
 """
 import dataclasses
 import math
@@ -44,7 +53,8 @@ class PoisoningResult:
     initial values (flipped-label validation clones); replaced: indices of the
     training rows they replace (row ``replaced[i]`` holds ``Xp[i]``);
     lam_batches: lam in force after 0, 1, ..., n_batches batches (entry 0 is lam
-    learned on the clean set, or the fixed lam); values: validation loss of the
+    learned on the clean set, or the fixed lam; (n_batches + 1, n_lam) for a model
+    victim with one lam per layer); values: validation loss of the
     inner model after each batch (entry 0: clean); history: per hyperiteration
     arrays ``batch``, ``attempt``, ``iteration``, ``value`` (outer objective),
     ``grad_norm`` (mean L2 norm of the per-point hypergradients; nan while lam
@@ -66,8 +76,9 @@ class PoisoningResult:
 
     @property
     def lam(self):
-        """lam after the last batch."""
-        return float(self.lam_batches[-1])
+        """lam after the last batch (a float, or (n_lam,) for a model victim)."""
+        last = self.lam_batches[-1]
+        return float(last) if np.ndim(last) == 0 else last.copy()
 
     def training_set(self, n_batches=None):
         """(X, y): the training set with the first ``n_batches`` batches (all by
@@ -107,6 +118,26 @@ def _interval(name, v):
     if lo >= hi:
         raise ValueError(f"{name}=({lo:g}, {hi:g}) is reversed or empty; give (lo, hi) with lo < hi.")
     return lo, hi
+
+
+def _lam_value(name, v, n_lam, what):
+    """A fixed lam or lam_init: a finite number (linear victims: kept a float), or for a
+    model victim with n_lam groups a number for every group or an (n_lam,) vector."""
+    if n_lam is None or np.ndim(v) == 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(v):
+            raise ValueError(f"{name}={v!r} must be {what}.")
+        return float(v) if n_lam is None else np.full(n_lam, float(v))
+    try:
+        arr = np.array(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={v!r} must be {what} or one number per layer.") from None
+    if arr.shape != (n_lam,):
+        raise ValueError(f"{name} has shape {arr.shape} but the model has {n_lam} lam (one per "
+                         f"penalised layer): give one number for all or a vector of {n_lam}.")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}={v!r} must be finite.")
+    return arr
 
 
 def _data(name, data, dtype=None, loss="logistic"):
@@ -165,7 +196,11 @@ class OptimalPoisoning:
     / ``WassersteinRobustRegressor`` (lam = log rho; torch slow path); see
     :mod:`mithridate.attacks.victims`. ``lam="model"`` fixes lam at the
     estimator's own value; ``lam_init`` None starts a learned lam there too
-    (log 5 for a bare loss name).
+    (log 5 for a bare loss name). A mithridate.models Model (``MLP``): one lam
+    per penalised group, ``lam`` and ``lam_init`` a number (every group) or a
+    vector of that length, trained from new ``model.init`` weights at every
+    hyperiteration (module docstring); backend stays the default (the generic
+    engine runs it).
     """
 
     def __init__(self, model="logistic", lam="learned", n_points=17, batch_size=17, T=150,
@@ -196,9 +231,6 @@ class OptimalPoisoning:
         learned = isinstance(lam, str)
         if learned and lam != "learned":
             raise ValueError(f"lam={self.lam!r}: give 'learned', 'model' or a fixed number.")
-        if not learned and (isinstance(lam, bool) or not isinstance(
-                lam, (int, float, np.integer, np.floating)) or not math.isfinite(lam)):
-            raise ValueError(f"lam={lam!r} must be 'learned', 'model' or a finite number.")
         n_points = _int("n_points", self.n_points, 0)
         bs = _int("batch_size", self.batch_size, 1)
         if n_points % bs:
@@ -222,18 +254,23 @@ class OptimalPoisoning:
                              "reversed); use mode='trajectory' or set gamma.")
         box = _interval("box", self.box)
         lam_range = _interval("lam_range", self.lam_range)
-        lam_init = self.lam_init if self.lam_init is not None else \
-            math.log(5) if victim.lam is None else victim.lam
-        if learned and not lam_range[0] <= lam_init <= lam_range[1]:
-            origin = "" if self.lam_init is not None else " (lam_init=None: " + (
-                "log 5)" if victim.lam is None else f"the lam of model {victim.name})")
-            raise ValueError(f"lam_init={lam_init!r}{origin} must lie in lam_range={lam_range}; "
-                             "widen lam_range or pass lam_init.")
         X, y = _data("train", train, loss=victim.loss)
         Xv, yv = _data("val", val, X.dtype, victim.loss)
         if Xv.shape[1] != X.shape[1]:
             raise ValueError(f"val has {Xv.shape[1]} features but train has {X.shape[1]}.")
         victim.check_features(X.shape[1])
+        n_lam = None if victim.model is None else victim.n_lam(X.shape[1])
+        if not learned:
+            lam = _lam_value("lam", lam, n_lam, "'learned', 'model' or a finite number")
+        lam_init = self.lam_init if self.lam_init is not None else \
+            math.log(5) if victim.lam is None else victim.lam
+        lam_init = _lam_value("lam_init", lam_init, n_lam, "a finite number")
+        if learned and not np.all((lam_range[0] <= lam_init) & (lam_init <= lam_range[1])):
+            origin = "" if self.lam_init is not None else " (lam_init=None: " + (
+                "log 5)" if victim.lam is None else f"the lam of model {victim.name})")
+            raise ValueError(f"lam_init={self.lam_init if self.lam_init is not None else lam_init!r}"
+                             f"{origin} must lie in lam_range={lam_range}; widen lam_range or "
+                             "pass lam_init.")
         if victim.loss == "logistic" and np.unique(yv).size < 2:
             raise ValueError("val holds one class only; the validation set needs labels 0 and 1.")
         if self.replace and n_points >= X.shape[0]:
@@ -286,7 +323,7 @@ def run_lockstep(attacks, train, val):
 class _Run:
     """One attack's state in a lockstep."""
     atk: OptimalPoisoning
-    lam: float
+    lam: object  # float, or (n_lam,) for a model victim
     learned: bool
     lam_range: tuple
     rng: np.random.Generator
@@ -300,8 +337,24 @@ class _Run:
     lams: list = field(default_factory=list)
     values: list = field(default_factory=list)
 
+    theta0: object = None  # () -> the inner training's start (None: zeros)
+
+    @property
+    def nan_lam(self):
+        return np.nan if np.ndim(self.lam) == 0 else np.full(np.shape(self.lam), np.nan)
+
+    def shaped(self, grad_lam):
+        """grad_lam in the shape of lam (a one-group model's engine gives a float)."""
+        return grad_lam if np.ndim(self.lam) == 0 else np.reshape(grad_lam, np.shape(self.lam))
+
     def lam_step(self, lam, grad_lam):
-        return float(np.clip(lam - self.atk.beta * grad_lam, *self.lam_range))
+        lam = np.clip(lam - self.atk.beta * grad_lam, *self.lam_range)
+        return float(lam) if np.ndim(lam) == 0 else lam
+
+    def jitter(self, lam):
+        """Footnote 8: lam redrawn in [lam - 0.5, lam + 0.5], per group."""
+        size = None if np.ndim(lam) == 0 else np.shape(lam)
+        return self.lam_step(lam + self.rng.uniform(-0.5, 0.5, size), 0.0)
 
     def record(self, bar, *row):
         for k, v in zip(self.hist, row):
@@ -332,8 +385,9 @@ def _lockstep(attacks, train, val):
         rng = np.random.default_rng(a.random_state)
         replaced = rng.permutation(n)[:a.n_points]
         clones = rng.permutation(pool)[:a.n_points]
-        runs.append(_Run(a, float(lam_init if learned else lam), learned, lam_range, rng,
-                         replaced, clones, X.copy(), y.copy(), Xv[clones].copy()))
+        runs.append(_Run(a, lam_init if learned else lam, learned, lam_range, rng,
+                         replaced, clones, X.copy(), y.copy(), Xv[clones].copy(),
+                         theta0=lambda rng=rng: victim.theta0(d, rng, X.dtype)))
     if any(not np.array_equal(r.replaced, runs[0].replaced) for r in runs):
         raise ValueError("run_lockstep: the attacks replace different training rows; give them "
                          "the same random_state (not None).")
@@ -365,7 +419,7 @@ def _lockstep(attacks, train, val):
                     if attempt:  # footnote 8: other clones, lam jittered around its start
                         src = r.rng.choice(pool, bs, replace=False)
                         if r.learned:
-                            lam = float(np.clip(r.lam + r.rng.uniform(-0.5, 0.5), *r.lam_range))
+                            lam = r.jitter(r.lam)
                     srcs.append(src)
                     lam0.append(lam)
                 Xp = np.stack([np.concatenate([pX, Xv[src]]) for (pX, _), src in zip(prior, srcs)])
@@ -393,6 +447,12 @@ def _lockstep(attacks, train, val):
                             bool(a0.replace), X, y) for r in runs]
 
 
+def _inits(runs):
+    """Every run's start for one hyperiteration: None (zeros) or (B, p)."""
+    w0 = [r.theta0() for r in runs]
+    return None if w0[0] is None else np.stack(w0)
+
+
 class _One:
     """One problem's part of a batched HyperGrad."""
     __slots__ = ("value", "grad_Xp", "grad_lam")
@@ -403,12 +463,14 @@ class _One:
         self.grad_lam = None if hg.grad_lam is None else hg.grad_lam[i]
 
 
-def _solve(engine, runs, Xp, yp, lam, need, where):
-    """One engine call over the problems of ``runs``: a list of _One, None where
-    that problem's inner training diverged and its attack warns (it raises
-    otherwise, in the attack's terms: eta, its lam, ``where``)."""
+def _solve(engine, runs, Xp, yp, lam, need, where, w0=None):
+    """One engine call over the problems of ``runs`` (inner training from w0,
+    (B, p), or zeros when None): a list of _One, None where that problem's inner
+    training diverged and its attack warns (it raises otherwise, in the attack's
+    terms: eta, its lam, ``where``)."""
+    start = lambda i=None: {} if w0 is None else {"w0": w0 if i is None else w0[i:i + 1]}
     try:
-        hg = engine.run(Xp, yp, lam, need)
+        hg = engine.run(Xp, yp, lam, need, **start())
         return [_One(hg, i) for i in range(len(runs))]
     except DivergenceError as err:
         if len(runs) == 1:
@@ -416,7 +478,8 @@ def _solve(engine, runs, Xp, yp, lam, need, where):
     out = []
     for i, r in enumerate(runs):  # which of them diverged: each alone (the error path only)
         try:
-            out.append(_One(engine.run(Xp[i:i + 1], yp[i:i + 1], lam[i:i + 1], need), 0))
+            out.append(_One(engine.run(Xp[i:i + 1], yp[i:i + 1], lam[i:i + 1], need,
+                                       **start(i)), 0))
         except DivergenceError as err:
             out.append(_diverged(engine, r, err, where, lam[i], Xp.shape[1]))
     return out
@@ -424,7 +487,7 @@ def _solve(engine, runs, Xp, yp, lam, need, where):
 
 def _diverged(engine, r, err, where, lam, k):
     det, n = err.details, engine.Xc.shape[0] + k
-    if engine.victim.regularizer != "l2":  # the victim's slow path words it (eta, rho)
+    if engine.victim.regularizer != "l2" or np.ndim(lam):  # the slow path or a model words it
         text = f"optimal poisoning, {where}: {err}"
     else:
         text = message(det, f"optimal poisoning, {where}: ", alpha_name="eta",
@@ -445,14 +508,14 @@ def _clean(engine, runs, x, y, bar):
     for it in range(max(r.atk.T_lam * r.learned for r in runs)):
         act = [r for r in runs if r.learned and it < r.atk.T_lam]
         hs = _solve(engine, act, *rep(len(act)), np.array([r.lam for r in act]), "lam",
-                    f"learning lam on the clean set, iteration {it}")
+                    f"learning lam on the clean set, iteration {it}", _inits(act))
         for r, h in zip(act, hs):
             if h is not None:
                 r.lam = r.lam_step(r.lam, h.grad_lam)
             r.record(bar, 0, 0, it, np.nan if h is None else h.value, np.nan,
-                     np.nan if h is None else h.grad_lam, r.lam)
+                     r.nan_lam if h is None else r.shaped(h.grad_lam), r.lam)
     hs = _solve(engine, runs, *rep(len(runs)), np.array([r.lam for r in runs]), "value",
-                "the value on the clean training set")
+                "the value on the clean training set", _inits(runs))
     for r, h in zip(runs, hs):
         r.lams.append(r.lam)
         r.values.append(np.nan if h is None else h.value)
@@ -467,7 +530,8 @@ def _batch(engine, runs, Xp, yp, lam, k0, box, batch, attempt, bar):
     alpha = runs[0].atk.alpha
     for it in range(runs[0].atk.T_outer):
         where = f"batch {batch}, attempt {attempt}, hyperiteration {it}"
-        hs = _solve(engine, runs, Xp, yp, lam, "all", where)
+        w0 = _inits(runs)  # new initial weights for every update (a model victim's)
+        hs = _solve(engine, runs, Xp, yp, lam, "all", where, w0)
         norm = [np.nan] * len(runs)
         for i, h in enumerate(hs):
             if h is not None:
@@ -476,21 +540,26 @@ def _batch(engine, runs, Xp, yp, lam, k0, box, batch, attempt, bar):
                 Xp[i, k0:] = np.clip(Xp[i, k0:] + alpha * g / np.maximum(
                     norms, np.finfo(g.dtype).tiny), lo, hi)
                 norm[i] = float(norms.mean())
-        grad_lam = [np.nan] * len(runs)
+        grad_lam = [r.nan_lam for r in runs]
         step = [i for i, (r, h) in enumerate(zip(runs, hs)) if r.learned and h is not None]
         if step:
             for i, h in zip(step, _solve(engine, [runs[i] for i in step], Xp[step], yp[step],
-                                         lam[step], "lam", where + " (lam step)")):
+                                         lam[step], "lam", where + " (lam step)",
+                                         None if w0 is None else w0[step])):
                 if h is not None:
-                    grad_lam[i] = h.grad_lam
-                    lam[i] = runs[i].lam_step(lam[i], h.grad_lam)
+                    grad_lam[i] = runs[i].shaped(h.grad_lam)
+                    lam[i] = runs[i].lam_step(lam[i], grad_lam[i])
         for i, (r, h) in enumerate(zip(runs, hs)):
             r.record(bar, batch, attempt, it, np.nan if h is None else h.value, norm[i],
-                     grad_lam[i], float(lam[i]))
+                     grad_lam[i], _lam_copy(lam[i]))
     hs = _solve(engine, runs, Xp, yp, lam, "value",
-                f"batch {batch}, attempt {attempt}, final value")
-    return [(Xp[i, k0:].copy(), float(lam[i]), np.nan if h is None else h.value)
+                f"batch {batch}, attempt {attempt}, final value", _inits(runs))
+    return [(Xp[i, k0:].copy(), _lam_copy(lam[i]), np.nan if h is None else h.value)
             for i, h in enumerate(hs)]
+
+
+def _lam_copy(lam):
+    return float(lam) if np.ndim(lam) == 0 else np.array(lam)
 
 
 def train_sgd(X, y, lam, *, lr=0.01, batch_size=64, epochs=200, random_state=None):

@@ -6,6 +6,14 @@ Every victim is trained by the attack's inner loop (T steps of full-batch
 gradient descent from zeros, see :mod:`mithridate.hypergrad`) on the objective
 below; ``lam`` is the victim's hyperparameter on the attack's log scale.
 
+Model victims: a mithridate.models Model with a loss and ``init`` (the network
+``MLP`` of issue 10, labels {0, 1}) runs on the prepared Engine's route for it
+(the generic engine for a model without a fused loop) with one lam per
+penalised group (per layer for the MLP) on the attack's scale,
+(1/n) [ sum_i l_i + sum_l exp(lam_l)/2 ||W_l||^2 ]. Its inner training starts
+from ``model.init`` (zeros is a saddle of a network), with a fresh seed drawn
+from the attack's random_state for every update (paper 002, section 5.2).
+
 L2 victims, the attack's scale (mithridate.attacks.optimal), intercept never
 penalised, (1/n) [ sum_i l(z_i, y_i) + exp(lam)/2 ||w||^2 ]::
 
@@ -58,7 +66,7 @@ class Victim:
     hyperparameter on the attack's scale (None for a bare loss name); regularizer
     "l2" or "wasserstein"; norm and data_bounds: the Wasserstein estimator's;
     n_features: a fitted estimator's ``n_features_in_`` (None if unfitted); name: how
-    messages refer to it."""
+    messages refer to it; model: a mithridate.models Model victim (None otherwise)."""
     loss: str
     fit_intercept: bool = True
     lam: float = None
@@ -67,12 +75,36 @@ class Victim:
     data_bounds: tuple = None
     n_features: int = None
     name: str = ""
+    model: object = None
 
     def check_features(self, d):
+        if self.model is not None:
+            widths = getattr(self.model, "layers", None)
+            if widths is not None and widths[0] != d:
+                raise ValueError(f"model {self.name} takes {widths[0]} inputs (layers[0]) but the "
+                                 f"attack's data has {d} features; build it with layers=({d}, "
+                                 f"{', '.join(map(str, widths[1:]))}).")
+            try:
+                self.model.layout(d)
+            except ValueError as err:
+                raise ValueError(f"model {self.name} does not fit the attack's data with {d} "
+                                 f"features: {err}") from None
         if self.n_features is not None and self.n_features != d:
             raise ValueError(f"model {self.name} was fitted on {self.n_features} features but the "
                              f"attack's data has {d}; pass the data it was fitted on (or an "
                              "unfitted estimator).")
+
+    def n_lam(self, d):
+        """Length of the lam vector for d features (1 unless a model victim says more)."""
+        return 1 if self.model is None else self.model.layout(d).n_lam
+
+    def theta0(self, d, rng, dtype):
+        """The inner training's start: None (zeros) for the linear victims, else
+        ``model.init`` with a fresh seed drawn from ``rng``, in ``dtype``."""
+        if self.model is None:
+            return None
+        seed = int(rng.integers(2 ** 63))
+        return np.asarray(self.model.init(d, random_state=seed), dtype=dtype)
 
     def engine(self, Xc, yc, Xv, yv, *, T, eta, gamma, mode, backend):
         """The victim's hypergradients prepared on fixed clean rows (Xc, yc) and
@@ -89,7 +121,12 @@ class Victim:
                            backend=backend).run(Xp, yp, lam)
 
     def check_engine(self, mode, backend):
-        """The Wasserstein slow path is torch's unrolled trajectory RMD only."""
+        """The Wasserstein slow path is torch's unrolled trajectory RMD only; a model
+        without a fused loop runs on the generic engine (backend 'auto' there)."""
+        if self.model is not None and self.model.fused is None and backend not in ("numba", "auto"):
+            raise ValueError(f"model {self.name} has no fused loop: it runs on the generic engine "
+                             f"over its own primitives; leave backend at its default (or 'auto'), "
+                             f"not backend={backend!r}.")
         if self.regularizer == "wasserstein" and (mode != "trajectory"
                                                   or backend not in ("numba", "torch")):
             raise ValueError(f"model {self.name} runs its hypergradient by torch autograd through "
@@ -103,23 +140,33 @@ NEEDS = ("all", "lam", "value")
 class L2Engine:
     """An L2 victim's prepared hypergradient engine (mithridate.hypergrad.Engine:
     the clean and validation rows checked and packed once) on the attack's scale:
-    the engine's lam is lam - log(n), n the rows trained on (clean + poisoning).
+    the engine's lam is lam - log(n), n the rows trained on (clean + poisoning),
+    for every penalised group. The model: LinearModel(loss, fit_intercept), or a
+    model victim's own (its generic route unless it has a fused loop).
     ``need``: "all" (value, grad_Xp, grad_lam by ``mode``), "lam" (value and
     grad_lam by forward mode, the same exact derivative of the unrolled loop as
-    the reverse modes; ``mode="implicit"`` keeps its own lam step) or "value"."""
+    the reverse modes; ``mode="implicit"`` keeps its own lam step) or "value".
+    ``w0``: the start of the inner training (zeros when None)."""
 
     def __init__(self, victim, Xc, yc, Xv, yv, *, T, eta, gamma, mode, backend):
         from ..hypergrad import Engine
         from ..models import LinearModel
         self.victim, self.Xc = victim, Xc
-        self.engine = Engine(Xc, yc, Xv, yv, model=LinearModel(victim.loss, victim.fit_intercept),
-                             T=T, alpha=eta, gamma=gamma, mode=mode, backend=backend)
+        model = victim.model or LinearModel(victim.loss, victim.fit_intercept)
+        if model.fused is None:
+            backend = "auto"  # the generic engine; check_engine refused any other choice
+        self.engine = Engine(Xc, yc, Xv, yv, model=model, T=T, alpha=eta, gamma=gamma, mode=mode,
+                             backend=backend)
+        self._vector = victim.model is not None and model.layout(Xc.shape[-1]).n_lam == 1
 
-    def run(self, Xp, yp, lam, need="all"):
+    def run(self, Xp, yp, lam, need="all", w0=None):
         n = self.Xc.shape[0] + Xp.shape[-2]
         if need == "lam" and self.engine.mode == "implicit":
             need = "all"
-        return self.engine.run(Xp, yp, np.subtract(lam, math.log(n)), need=need)
+        lam = np.subtract(lam, math.log(n))
+        if self._vector:  # a one-group model victim's lam vectors (1,) -> the engine's numbers
+            lam = lam[..., 0]
+        return self.engine.run(Xp, yp, lam, w0, need=need)
 
 
 class WassersteinEngine:
@@ -145,8 +192,12 @@ class WassersteinEngine:
 
 def as_victim(model):
     """The :class:`Victim` that ``model`` describes: "logistic", "squared", a
-    ``LogisticRegression``, a ``Ridge``, a ``WassersteinRobustClassifier`` or a
-    ``WassersteinRobustRegressor`` (mappings in the module docstring)."""
+    ``LogisticRegression``, a ``Ridge``, a ``WassersteinRobustClassifier``, a
+    ``WassersteinRobustRegressor`` (mappings in the module docstring) or a
+    mithridate.models Model with a logistic loss and ``init`` (the MLP)."""
+    from ..models.base import Model
+    if isinstance(model, Model):
+        return _model_victim(model)
     if isinstance(model, str):
         if model not in LOSSES:
             raise ValueError(f"model={model!r} is not supported; use one of {list(LOSSES)} or an "
@@ -170,6 +221,18 @@ def as_victim(model):
     raise TypeError(f"model of type {type(model).__name__} is not a supported victim; give "
                     f"'logistic', 'squared', or an instance of "
                     f"{', '.join(c.__name__ for c in readers)}.")
+
+
+def _model_victim(model):
+    name = type(model).__name__
+    if getattr(model, "loss", None) != "logistic" or not callable(getattr(model, "init", None)):
+        raise ValueError(f"model {name}: a Model victim needs loss 'logistic' (labels {{0, 1}}) and "
+                         "an init(d, random_state) method (its inner training starts there); "
+                         "mithridate.models.MLP has both.")
+    if getattr(model, "sample_weight", None) is not None:
+        raise ValueError(f"model {name} has sample weights; the attack's victim weights every row "
+                         "the same: pass a model without sample_weight.")
+    return Victim("logistic", fit_intercept=True, name=name, model=model)
 
 
 def _positive(name, value, what):
