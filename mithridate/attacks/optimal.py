@@ -562,40 +562,73 @@ def _lam_copy(lam):
     return float(lam) if np.ndim(lam) == 0 else np.array(lam)
 
 
-def train_sgd(X, y, lam, *, lr=0.01, batch_size=64, epochs=200, random_state=None):
-    """The victim of Table 3: mini-batch SGD from zeros on the logistic loss with
-    the regulariser (1/n) exp(lam)/2 ||w||^2 (n = len(X); see the module
-    docstring), by mithridate.models.training.sgd. Each epoch visits the rows in a
-    fresh random order. Returns theta = [w; b] in float64."""
+def train_sgd(X, y, lam, *, lr=0.01, batch_size=64, epochs=200, random_state=None, model=None):
+    """The victim of Table 3: mini-batch SGD on the logistic loss with the
+    regulariser (1/n) exp(lam)/2 ||w||^2 (n = len(X); see the module docstring),
+    by mithridate.models.training.sgd, from zeros. Each epoch visits the rows in
+    a fresh random order. Returns theta = [w; b] in float64.
+
+    ``model``: a mithridate.models Model victim (the MLP; Table 3's network row:
+    lr 1e-4, batch 64, 4000 epochs) with lam a number for every layer or one per
+    layer, trained from ``model.init`` (its seed and the epochs' order are two
+    streams spawned from ``random_state``). Returns its theta (p,) in float64."""
     from ..models import LinearModel
     from ..models.training import sgd
     X, y = _data("train", (X, y), np.float64)
-    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)) \
+    if model is not None:
+        victim = as_victim(model)
+        victim.check_features(X.shape[1])
+        lam = _lam_value("lam", lam, victim.n_lam(X.shape[1]), "a finite number")
+    elif isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating)) \
             or not math.isfinite(lam):
         raise ValueError(f"lam={lam!r} must be a finite number.")
     lr = _pos("lr", lr)
     batch_size, epochs = _int("batch_size", batch_size, 1), _int("epochs", epochs, 1)
     n = X.shape[0]
-    if lr * math.exp(lam) / n >= 2:
-        raise ValueError(f"lr * exp(lam) / n = {lr * math.exp(lam) / n:.3g} >= 2: the "
+    top = float(np.max(lam))
+    if lr * math.exp(top) / n >= 2:
+        raise ValueError(f"lr * exp(lam) / n = {lr * math.exp(top) / n:.3g} >= 2: the "
                          "regulariser's SGD steps diverge; lower lr or lam.")
-    return sgd(LinearModel(), X, y, lam - math.log(n), lr=lr, batch_size=batch_size,
-               epochs=epochs, random_state=random_state)
+    if model is None:
+        return sgd(LinearModel(), X, y, lam - math.log(n), lr=lr, batch_size=batch_size,
+                   epochs=epochs, random_state=random_state)
+    init_seed, order_seed = np.random.SeedSequence(random_state).spawn(2)
+    theta0 = model.init(X.shape[1], random_state=np.random.default_rng(init_seed))
+    return np.asarray(sgd(model, X, y, lam - math.log(n), lr=lr, batch_size=batch_size,
+                          epochs=epochs, random_state=np.random.default_rng(order_seed),
+                          theta0=theta0), np.float64)
 
 
-def evaluate(theta, X, y):
+def evaluate(theta, X, y, model=None):
     """Test metrics of theta = [w; b] on (X, y): error, false positive rate
-    (negatives called 1), false negative rate, and ||w||^2."""
+    (negatives called 1), false negative rate, and ||w||^2. ``model``: a
+    mithridate.models Model victim's theta (prediction: model.logits > 0);
+    w_norm2 then sums its penalised groups, and ``layer_norms`` holds
+    ||W_l||^2 / d_l per penalised group (d_l its number of parameters)."""
     theta = np.asarray(theta, dtype=np.float64)
     X, y = _data("test", (X, y), np.float64)
-    if theta.shape != (X.shape[1] + 1,):
-        raise ValueError(f"theta has shape {theta.shape}, expected ({X.shape[1] + 1},) = [w; b].")
-    pred = (X @ theta[:-1] + theta[-1]) > 0
+    if model is None:
+        if theta.shape != (X.shape[1] + 1,):
+            raise ValueError(f"theta has shape {theta.shape}, expected ({X.shape[1] + 1},) = "
+                             "[w; b].")
+        pred = (X @ theta[:-1] + theta[-1]) > 0
+        norms = {}
+        w_norm2 = float(theta[:-1] @ theta[:-1])
+    else:
+        as_victim(model).check_features(X.shape[1])
+        layout = model.layout(X.shape[1])
+        if theta.shape != (layout.size,):
+            raise ValueError(f"theta has shape {theta.shape}, expected ({layout.size},) for "
+                             f"model {type(model).__name__} on {X.shape[1]} features.")
+        pred = np.asarray(model.logits(theta, X)) > 0
+        groups = [theta[layout.slice(g)] for g in layout.penalised]
+        norms = {"layer_norms": [float(w @ w) / w.size for w in groups]}
+        w_norm2 = float(sum(w @ w for w in groups))
     pos = y > 0.5
     return {"error": float(np.mean(pred != pos)),
             "fpr": float(np.mean(pred[~pos])) if (~pos).any() else float("nan"),
             "fnr": float(np.mean(~pred[pos])) if pos.any() else float("nan"),
-            "w_norm2": float(theta[:-1] @ theta[:-1])}
+            "w_norm2": w_norm2, **norms}
 
 
 def train_gd(X, y, lams, *, T, eta, gamma=0.0):

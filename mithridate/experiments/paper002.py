@@ -1,4 +1,4 @@
-"""Paper 002 (hyperparameter-aware optimal poisoning): Figures 1, 2, 4, 6, 8-9.
+"""Paper 002 (hyperparameter-aware optimal poisoning): Figures 1-9.
 
 ``paper002-fig1``: the 2-D example of Appendix D.2. One poisoning point
 (a class-0 validation clone labelled 1, appended to the 32 training points) is
@@ -23,6 +23,20 @@ Extra PNGs: Figure 4 (rates), Figure 6 (weight histograms) and Figures 8/9
 (poisoning points as images) of the repetition ``figure_seed``. lam is on the scale of
 :mod:`mithridate.attacks.optimal` (regulariser divided by n). The attack runs
 in float32.
+
+``paper002-fig3`` (with Figures 5 and 7; section 5.2, Appendix D): the attack on
+a LeakyReLU network d x 128 x 32 x 1 (mithridate.models.MLP, one lam per layer,
+new initial weights at every hyperiteration) for lam = -8 and lam = log 40 on
+every layer and lam learned (lam_RMD, warm start log 5 on every layer, T_lam
+steps on the clean set first), 0..85 points in batches of 17 replacing training
+rows; the victim trained by mini-batch SGD from model.init (Table 3's network
+row). The paper's data (ImageNet dog vs fish, 2,048 Inception features) runs
+when its file is found (datasets.load_dogfish; standardised with the training
+mean and std); otherwise, and always, MNIST 0 vs 8 and Fashion-MNIST T-shirt vs
+pullover at 784 inputs with the LR rows' box [0, 1] (pixels). Presets: the
+paper's Table 2-3 network settings (``paper002-fig3``, for a GPU-sized budget),
+a CPU preset (``paper002-fig3-cpu``: fewer repetitions, hyperiterations, inner
+steps and epochs) and ``--quick`` for CI; rows name their preset.
 """
 import math
 import time
@@ -252,6 +266,215 @@ def _fig1_summary(df):
     return "\n".join(lines)
 
 
+# ---- Figures 3, 5, 7: the network --------------------------------------------------
+
+# Table 2's network row (T_dp: hyperiterations for a fixed lam, T_mul: learned) and Table 3's.
+FIG3 = dict(T=600, T_dp=100, T_mul=150, T_lam=75, alpha=0.99, beta=0.03, eta=0.01,
+            lam_large=math.log(40), lam_hi=math.log(60), lr=1e-4, epochs=4000, hidden1=128,
+            hidden2=32, n_train=512, n_val=171, batch_size=17, figure_seed=0, preset="paper")
+# CPU preset: the paper's data sizes and network, fewer steps (named in the output).
+FIG3_CPU = dict(T=60, T_dp=4, T_mul=6, T_lam=4, eta=0.05, lr=1e-2, epochs=100, preset="cpu")
+FIG3_QUICK = dict(T=6, T_dp=2, T_mul=2, T_lam=2, eta=0.05, lr=0.05, epochs=3, hidden1=8,
+                  hidden2=4, n_train=64, n_val=32, batch_size=4, preset="quick")
+FIG3_SETTINGS = ("-8", "large", "rmd")
+FIG3_LABELS = {"-8": "lam = -8", "large": "lam = log 40", "rmd": "lam_RMD"}
+HIST_SAMPLE = 5000  # parameters per layer kept for Figure 7 (a seeded sample)
+NETWORK_DATA = ("dogfish", "mnist", "fashion-mnist")
+
+
+def _fig3_datasets():
+    """The data sets the figure runs here: dog vs fish when its files are found."""
+    from ..datasets.fetch import locate
+    from ..datasets.registry import SOURCES
+    found = locate(SOURCES["dogfish"])[0] != "missing"
+    return [d for d in NETWORK_DATA if d != "dogfish" or found]
+
+
+@lru_cache(maxsize=None)
+def _network_pool(name):
+    if name != "dogfish":
+        return _pool(name)
+    tr, te = datasets.load_dogfish(), datasets.load_dogfish(subset="test")
+    return tr, te
+
+
+def _network_split(c):
+    """(split, train, val, test, box) in float32; dog vs fish standardised by the
+    training rows' mean and std, the box its range (the attack clones validation
+    rows, so the box must hold them; Table 2's [-0.5, 0.5] would cut them)."""
+    sp = datasets.split_paper002(*_network_pool(c["dataset"]), c["seed"], c["n_train"], c["n_val"])
+    X, Xv, Xt = sp.X_train, sp.X_val, sp.X_test
+    box = (0.0, 1.0)
+    if c["dataset"] == "dogfish":
+        mu, sd = X.mean(0), X.std(0)
+        sd[sd == 0] = 1.0
+        X, Xv, Xt = ((a - mu) / sd for a in (X, Xv, Xt))
+        box = (float(min(X.min(), Xv.min())), float(max(X.max(), Xv.max())))
+    f = np.float32
+    return (sp, (X.astype(f), sp.y_train.astype(f)), (Xv.astype(f), sp.y_val.astype(f)),
+            (Xt, sp.y_test), box)
+
+
+def _sample(w, seed):
+    pick = np.random.default_rng(seed).permutation(w.size)[:HIST_SAMPLE]
+    return np.round(w[np.sort(pick)], 5).tolist()
+
+
+@experiment("paper002-fig3", batch_keys=("n_points",), params=(
+    "dataset", "setting", "n_points", *FIG3))
+def fig3(configs):
+    """One (data set, setting, seed) per call: the attack on the network up to the
+    largest n_points asked, the victim trained and tested after each batch; one
+    row per config (test error, rates, lam and ||W_l||^2 / d_l per layer), and for
+    the repetition ``figure_seed`` a sample of every layer's parameters at 0 and
+    at the largest n_points (Figure 7)."""
+    from threadpoolctl import threadpool_limits
+    from ..models import MLP
+    c0 = configs[0]
+    for c in configs:
+        if c["n_points"] % c["batch_size"]:
+            raise ValueError(f"n_points={c['n_points']} must be a multiple of "
+                             f"batch_size={c['batch_size']}")
+    top = max(c["n_points"] for c in configs)
+    sp, train, val, test, box = _network_split(c0)
+    d = train[0].shape[1]
+    model = MLP(layers=(d, c0["hidden1"], c0["hidden2"], 1))
+    lam = {"-8": LAM_SMALL, "large": c0["lam_large"], "rmd": "learned"}[c0["setting"]]
+    atk = attacks.OptimalPoisoning(
+        model=model, lam=lam, n_points=top, batch_size=c0["batch_size"], T=c0["T"],
+        T_outer=c0["T_mul"] if lam == "learned" else c0["T_dp"], T_lam=c0["T_lam"],
+        alpha=c0["alpha"], beta=c0["beta"], eta=c0["eta"], box=box,
+        lam_range=(LAM_SMALL, c0["lam_hi"]), lam_init=math.log(5), random_state=c0["seed"],
+        progress=inner_progress())
+    with threadpool_limits(1, user_api="blas"):  # one BLAS thread: the same bits every run
+        t0 = time.perf_counter()
+        res = atk.run(train, val)
+        seconds = time.perf_counter() - t0
+        out = []
+        for c in configs:
+            j = c["n_points"] // c["batch_size"]
+            X, y = res.training_set(j)
+            t1 = time.perf_counter()
+            theta = attacks.train_sgd(X, y, res.lam_batches[j], model=model, lr=c["lr"],
+                                      batch_size=64, epochs=c["epochs"], random_state=c["seed"])
+            m = attacks.evaluate(theta, *test, model=model)
+            row = {"fraction": c["n_points"] / c["n_train"], "test_error": m["error"],
+                   "fpr": m["fpr"], "fnr": m["fnr"], "w_norm2": m["w_norm2"],
+                   "val_loss": float(res.values[j]), "attack_seconds": seconds,
+                   "train_seconds": time.perf_counter() - t1, "n_features": d}
+            layout = model.layout(d)
+            for l, (g, lam_l, norm) in enumerate(zip(layout.penalised, res.lam_batches[j],
+                                                     m["layer_norms"]), 1):
+                row[f"lam_{l}"], row[f"wnorm_{l}"] = float(lam_l), norm
+                if c["seed"] == c["figure_seed"] and c["n_points"] in (0, top):
+                    row[f"weights_{l}"] = _sample(theta[layout.slice(g)], l)
+            out.append(row)
+    return out
+
+
+def _fig3_spec(quick, preset):
+    t = dict(FIG3, **(FIG3_CPU if preset == "cpu" else {}))
+    points, seeds = [0, 17, 34, 51, 68, 85], list(range(10 if preset == "paper" else 2))
+    data = _fig3_datasets()
+    if quick:
+        t.update(FIG3_QUICK)
+        points, seeds = [0, 4, 8], [0]
+    name = "paper002-fig3" + ("-cpu" if preset == "cpu" else "") + ("-quick" if quick else "")
+    return SweepSpec(name=name, experiment="paper002-fig3",
+                     grid={"dataset": data, "setting": list(FIG3_SETTINGS), "n_points": points},
+                     seeds=seeds, fixed=t)
+
+
+def _fig3_summary(df):
+    from .paper002_plots import claim
+    r0 = df.iloc[0]
+    L = sum(1 for c in df.columns if c[:4] == "lam_" and c[4:].isdigit())
+    found = "dogfish" in set(df["dataset"])
+    lines = [f"Figure 3 (with 5, 7) of paper 002: the attack on a LeakyReLU network "
+             f"d x {int(r0['hidden1'])} x {int(r0['hidden2'])} x 1, preset '{r0['preset']}' "
+             f"(T={int(r0['T'])}, T_dp={int(r0['T_dp'])}, T_mul={int(r0['T_mul'])}, "
+             f"T_lam={int(r0['T_lam'])}, eta={r0['eta']:g}; victim SGD lr={r0['lr']:g}, "
+             f"{int(r0['epochs'])} epochs; {df['seed'].nunique()} repetitions).",
+             "Data: " + ", ".join(f"{ds} ({int(df.loc[df['dataset'] == ds, 'n_features'].iloc[0])}"
+                                  " inputs)" for ds in dict.fromkeys(df["dataset"])) + "; "
+             + ("the paper's ImageNet dog-vs-fish features were found and run." if found else
+                "the paper's ImageNet dog-vs-fish Inception features (2,048 inputs) were not "
+                "found (datasets.load_dogfish), so the network ran on MNIST and Fashion-MNIST "
+                "at 784 inputs instead."), ""]
+    for ds in dict.fromkeys(df["dataset"]):
+        lines += _fig3_claims(df[df["dataset"] == ds], ds, L, claim)
+    secs = df.groupby(["dataset", "setting", "seed"])["attack_seconds"].first()
+    train = df["train_seconds"].sum()
+    lines += [f"Attack time per (data set, setting, repetition): median {secs.median():.1f} s, "
+              f"total {secs.sum():.0f} s; victim training {train:.0f} s in total."]
+    return "\n".join(lines)
+
+
+def _fig3_claims(df, ds, L, claim):
+    g = df.groupby(["setting", "n_points"])
+    mean, std = g["test_error"].mean(), g["test_error"].std().fillna(0.0)
+    pts = sorted(df["n_points"].unique())
+    lo, hi = pts[0], pts[-1]
+    n_train = df["n_train"].iloc[0]
+    settings = [s for s in FIG3_SETTINGS if s in set(df["setting"])]
+    lines = [f"{ds}: test error, mean (std) over {df['seed'].nunique()} repetitions vs the "
+             f"fraction of poisoning points (n_train = {int(n_train)}).", "",
+             "| lam | " + " | ".join(f"{100 * p / n_train:.1f}%" for p in pts) + " |",
+             "| --- " * (len(pts) + 1) + "|"]
+    for s in settings:
+        lines.append(f"| {FIG3_LABELS[s]} | " + " | ".join(
+            f"{mean[s, p]:.4f} ({std[s, p]:.4f})" for p in pts) + " |")
+    rmd = df[df["setting"] == "rmd"].groupby("n_points")
+    lam = rmd[[f"lam_{l}" for l in range(1, L + 1)]].mean()
+    norms = {s: df[df["setting"] == s].groupby("n_points")[
+        [f"wnorm_{l}" for l in range(1, L + 1)]].mean() for s in settings}
+    lines += ["", "lam_RMD per layer (mean): " + "; ".join(
+        f"{100 * p / n_train:.1f}%: " + ", ".join(f"{v:.2f}" for v in lam.loc[p]) for p in pts),
+        "||W_l||^2 / d_l under lam_RMD (mean): " + "; ".join(
+            f"{100 * p / n_train:.1f}%: " + ", ".join(f"{v:.3g}" for v in norms["rmd"].loc[p])
+            for p in pts), ""]
+    rise = {s: mean[s, hi] - mean[s, lo] for s in settings}
+    inner = pts[1:-1] or [hi]  # the paper sees it level off at 10%: the inner point nearest
+    mid = min(inner, key=lambda p: abs(p / n_train - 0.10))
+    early, late = mean["rmd", mid] - mean["rmd", lo], mean["rmd", hi] - mean["rmd", mid]
+    grow = lam.iloc[-1] - lam.iloc[0]
+    first, later = grow.iloc[0], grow.iloc[1:]
+    shrink = norms["rmd"].iloc[-1] < norms["rmd"].iloc[0]
+    lines += [
+        claim(rise["rmd"] < rise["-8"] and 0 < mid < hi and late <= max(early, 0) / 2 + std["rmd", hi],
+              f"under lam_RMD the test error rises moderately ({rise['rmd']:+.4f} from 0 to "
+              f"{100 * hi / n_train:.1f}%, lam = -8: {rise['-8']:+.4f}) and levels off from "
+              f"{100 * mid / n_train:.1f}% ({early:+.4f} up to there, {late:+.4f} after, at most "
+              f"half of that plus one std {std['rmd', hi]:.4f})" if mid < hi else
+              "under lam_RMD the test error levels off: not testable, no attack strength "
+              "between none and the strongest"),
+        claim(rise["-8"] > max(rise["large"], rise["rmd"]) and mean["-8", hi] >= max(
+            mean["large", hi], mean["rmd", hi]),
+              f"lam = -8 is the most vulnerable (rise {rise['-8']:+.4f} vs log 40 "
+              f"{rise['large']:+.4f}, lam_RMD {rise['rmd']:+.4f}; the highest error at "
+              f"{100 * hi / n_train:.1f}%: {mean['-8', hi]:.4f})"),
+        claim(abs(rise["large"]) <= min(abs(rise["-8"]), abs(rise["rmd"])) and mean["large", lo] > mean["rmd", lo],
+              f"lam = log 40 is the most stable (rise {rise['large']:+.4f}) but worse without "
+              f"attack ({mean['large', lo]:.4f} vs lam_RMD {mean['rmd', lo]:.4f})"),
+        claim(bool((later > first).all() and (later > 0).all()),
+              "the later layers' lam grows, and faster than the first layer's, under attack "
+              "(growth per layer " + ", ".join(
+                  f"{v:+.2f}" for v in grow) + ")"),
+        claim(bool(shrink.iloc[1:].all()),
+              "the later layers' ||W_l||^2 / d_l shrink under lam_RMD (" + ", ".join(
+                  f"{a:.3g} -> {b:.3g}" for a, b in zip(norms['rmd'].iloc[0].iloc[1:],
+                                                          norms['rmd'].iloc[-1].iloc[1:])) + ")"),
+        claim(all(bool((n.iloc[:, -1] > n.iloc[:, :-1].max(axis=1)).all()) for n in norms.values()),
+              "the output layer's ||W_l||^2 / d_l is the largest at every attack strength, in "
+              "every setting"), ""]
+    return lines
+
+
+def _fig3_plot(df, out):
+    from .paper002_plots import plot_fig3
+    return plot_fig3(df, out)
+
+
 def _fig2_summary(df):
     from .paper002_plots import claim
     g = df.groupby(["setting", "n_points"])
@@ -307,6 +530,14 @@ def _fig1_plot(df, out):
 register_figure(Figure("paper002-fig1", "paper 002 Figure 1: one optimal poisoning point against "
                        "plain and L2 logistic regression on the 2-D example; error and learned-lam maps",
                        _fig1_spec, _fig1_plot, _fig1_summary))
+for _preset, _what in (("paper", "the paper's Table 2-3 settings, 10 repetitions (GPU-sized)"),
+                       ("cpu", "a CPU preset: 2 repetitions, fewer steps (named in the output)")):
+    register_figure(Figure(
+        "paper002-fig3" + ("-cpu" if _preset == "cpu" else ""),
+        "paper 002 Figures 3, 5, 7: optimal poisoning of a d x 128 x 32 x 1 network with "
+        f"per-layer lam (-8, log 40, learned) on MNIST, Fashion-MNIST (and dog vs fish when "
+        f"found); {_what}", lambda quick, _p=_preset: _fig3_spec(quick, _p), _fig3_plot,
+        _fig3_summary))
 for _ds, _tag in (("mnist", "mnist"), ("fashion-mnist", "fmnist")):
     register_figure(Figure(
         f"paper002-fig2-{_tag}", f"paper 002 Figures 2, 4, 6, 8-9 on {_ds}: optimal poisoning for "

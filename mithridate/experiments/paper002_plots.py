@@ -150,3 +150,75 @@ def _images(d, path, tag):
         axes[r, 0].set_title(name, fontsize=8, loc="left")
     fig.suptitle(f"{tag}: poisoning points (sampled across batches)", fontsize=10)
     return [_save(fig, path)]
+
+
+FIG3_LABELS = {"-8": "lam = -8", "large": "lam = log 40", "rmd": "lam_RMD"}
+
+
+def plot_fig3(df, out):
+    """Per data set: Figure 3 (test error; lam_RMD per layer; ||W_l||^2 / d_l per
+    layer), Figure 5 (rates) and Figure 7 (per-layer parameter histograms)."""
+    out = Path(out)
+    paths = []
+    layers = sorted(int(c[4:]) for c in df.columns if c[:4] == "lam_" and c[4:].isdigit())
+    for tag, d in df.groupby("dataset", sort=False):
+        d = d.assign(**{"lam setting": d["setting"].map(FIG3_LABELS)})
+        paths.append(plot_metric_vs_fraction(
+            d.rename(columns={"test_error": "test error"}), "test error",
+            out / f"{tag}_fig3_test_error.png", x="fraction", hue="lam setting",
+            title=f"{tag}: optimal poisoning of the network"))
+        per_layer = lambda frame, prefix, name: frame.melt(
+            id_vars=["lam setting", "fraction", "seed"],
+            value_vars=[f"{prefix}_{l}" for l in layers], var_name="layer", value_name=name
+        ).assign(layer=lambda m: m["layer"].str.split("_").str[1].map(lambda l: f"layer {l}"))
+        rmd = d[d["setting"] == "rmd"]
+        if len(rmd):
+            paths.append(plot_metric_vs_fraction(
+                per_layer(rmd, "lam", "learned lam"), "learned lam", out / f"{tag}_fig3_lam.png",
+                x="fraction", hue="layer", title=f"{tag}: lam_RMD per layer"))
+        paths.append(plot_metric_vs_fraction(
+            per_layer(d, "wnorm", "||W||^2 / d_layer"), "||W||^2 / d_layer",
+            out / f"{tag}_fig3_layer_norms.png", x="fraction", hue="lam setting", col="layer",
+            sharey=False, ylabel="||W||^2 / d_layer", title=f"{tag}: ||W_layer||^2 / d_layer"))
+        rates = d.melt(id_vars=["lam setting", "fraction", "seed"], value_vars=["fpr", "fnr"],
+                       var_name="rate", value_name="test rate")
+        rates["rate"] = rates["rate"].map({"fpr": "false positive rate",
+                                           "fnr": "false negative rate"})
+        paths.append(plot_metric_vs_fraction(rates, "test rate", out / f"{tag}_fig5_rates.png",
+                                             x="fraction", hue="lam setting", col="rate",
+                                             title=f"{tag}: test false positive / negative rates"))
+        paths += _layer_histograms(d, layers, out / f"{tag}_fig7_histograms.png", tag)
+    return paths
+
+
+def _layer_histograms(d, layers, path, tag):
+    """Rows lam = -8 and lam_RMD, one column per layer: clean filled, poisoned outlined."""
+    key = f"weights_{layers[0]}"
+    if key not in d:
+        return []
+    rows = d[d[key].apply(lambda v: isinstance(v, list))]
+    settings = [s for s in ("-8", "rmd") if s in set(rows["setting"])]
+    if not settings:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(len(settings), len(layers), squeeze=False,
+                             figsize=(4.2 * len(layers), 3.2 * len(settings)))
+    for r, s in enumerate(settings):
+        sub = rows[rows["setting"] == s].sort_values("n_points")
+        for c, l in enumerate(layers):
+            ax = axes[r, c]
+            ws = [np.asarray(w) for w in sub[f"weights_{l}"]]
+            bins = np.linspace(min(w.min() for w in ws), max(w.max() for w in ws), 50)
+            for w, n, f in zip(ws, sub["n_points"], sub["fraction"]):
+                ax.hist(w, bins=bins, weights=np.full(w.size, 1 / w.size),
+                        **(dict(alpha=0.5, label="clean") if n == 0 else dict(
+                            histtype="step", linewidth=1.4, color="C3",
+                            label=f"{100 * f:.1f}% poisoned")))
+            ax.locator_params(axis="x", nbins=5)
+            ax.set_title(f"{FIG3_LABELS[s]}, layer {l} (seed {int(sub['seed'].iloc[0])})",
+                         fontsize=9)
+            ax.set_xlabel("parameter value")
+            ax.set_ylabel("relative frequency")
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{tag}: histograms of the network's parameters per layer", fontsize=10)
+    return [_save(fig, path)]
