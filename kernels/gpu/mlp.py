@@ -1,0 +1,269 @@
+"""Fused elementwise kernels of the network (mithridate.models.MLP) on the GPU (triton).
+
+The network's GEMMs are cuBLAS (torch.bmm, mithridate.hypergrad.mlp_torch);
+these kernels are the passes between them, for B problems per launch (a
+leading batch axis: grid axis 1 is the problem):
+
+- ``bias_act``: A = f(Z + b), D = f'(Z + b) for leaky ReLU f (slope 1 for
+  z > 0, negative_slope otherwise: torch's derivative at exactly 0);
+- ``masked``: D * (Z + b) (b optional): the R-op's elementwise step
+  RA = D * (RZ + Rb), the output head's Rdz = l'' * (Rz + Rb), and the
+  backward mask delta = D * (delta W^T) (f'' = 0 off the kink);
+- ``head``: z = Z + b, then the logistic loss l(z, y), l'(z, y), l''(z);
+- the exact fixed-point heavy-ball step over all parameters of B problems:
+  ``exact_forward``, ``exact_reverse_theta``, ``exact_reverse``: the integer
+  semantics of kernels/cpu/heavy_ball.exact_* (increment rint(scale g) of one
+  rounded product, int64 theta_q, v_q, v_q multiplied by num/den with the lost
+  digits in the limb-major uint32 buffer of kernels/cpu/fixed_point.py,
+  (B, W, p) here). Launched with enable_fp_fusion=False: an FMA would round
+  scale g + 2^52 once instead of twice, i.e. rint the exact product.
+
+Each kernel has its torch reference here (``*_reference``); the exact ones'
+reference is the numba code itself (tests compare bit for bit). Float scalars
+reach the kernels as one-element tensors in the data's dtype (triton passes
+Python floats as float32, which would round negative_slope, scale and alpha).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .linear import _curvature, _loss_terms
+
+BLOCK = 1024          # elements per program of the elementwise kernels
+EXACT_BLOCK = 256     # parameters per program of the fixed-point kernels
+# kernels/cpu/fixed_point.py's status codes and heavy_ball.py's theta factor
+OK, INT64, NOT_FINITE, RANGE = (tl.constexpr(c) for c in (0, 2, 3, 4))
+ELEMENT_BAD_THETA = tl.constexpr(8)
+_TWO52 = tl.constexpr(4503599627370496.0)
+_TWO63 = tl.constexpr(9223372036854775808.0)
+_I64_MAX = tl.constexpr(9223372036854775807)
+
+
+# ---- network passes ---------------------------------------------------------
+
+@triton.jit
+def _bias_act_kernel(Z, Bias, Slope, A, D, size, h, BLOCK: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < size
+    z = tl.load(Z + b * size + offs, mask=m, other=0.0)
+    z += tl.load(Bias + b * h + offs % h, mask=m, other=0.0)
+    slope = tl.load(Slope)
+    pos = z > 0.0
+    tl.store(A + b * size + offs, tl.where(pos, z, z * slope), mask=m)
+    tl.store(D + b * size + offs, tl.where(pos, 1.0, slope).to(z.dtype), mask=m)
+
+
+@triton.jit
+def _masked_kernel(Z, Bias, D, OUT, size, h, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < size
+    z = tl.load(Z + b * size + offs, mask=m, other=0.0)
+    if HAS_BIAS:
+        z += tl.load(Bias + b * h + offs % h, mask=m, other=0.0)
+    tl.store(OUT + b * size + offs, tl.load(D + b * size + offs, mask=m, other=0.0) * z, mask=m)
+
+
+@triton.jit
+def _head_kernel(Z, Bias, Y, LOSS_OUT, G, C, n, BLOCK: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    z = tl.load(Z + b * n + offs, mask=m, other=0.0) + tl.load(Bias + b)
+    y = tl.load(Y + b * n + offs, mask=m, other=0.0)
+    loss, grad = _loss_terms(z, y, 0)
+    tl.store(LOSS_OUT + b * n + offs, loss, mask=m)
+    tl.store(G + b * n + offs, grad, mask=m)
+    tl.store(C + b * n + offs, _curvature(z, 0), mask=m)
+
+
+def _grid(Z):
+    B = Z.shape[0]
+    return (triton.cdiv(Z[0].numel(), BLOCK), B)
+
+
+def _scalar(x, like):
+    return torch.full((1,), x, dtype=like.dtype, device=like.device)
+
+
+def bias_act(Z, b, negative_slope):
+    """Z (B, n, h), b (B, h) -> (A, D) = (f(Z + b), f'(Z + b)), leaky ReLU f."""
+    Z, b = Z.contiguous(), b.contiguous()
+    A, D = torch.empty_like(Z), torch.empty_like(Z)
+    _bias_act_kernel[_grid(Z)](Z, b, _scalar(negative_slope, Z), A, D, Z[0].numel(),
+                               Z.shape[-1], BLOCK=BLOCK)
+    return A, D
+
+
+def masked(Z, D, b=None):
+    """D * (Z + b) (b (B, h) or None); Z, D (B, n, h)."""
+    Z, D = Z.contiguous(), D.contiguous()
+    b = None if b is None else b.contiguous()
+    out = torch.empty_like(Z)
+    _masked_kernel[_grid(Z)](Z, Z if b is None else b, D, out, Z[0].numel(), Z.shape[-1],
+                             HAS_BIAS=b is not None, BLOCK=BLOCK)
+    return out
+
+
+def head(z, b, y):
+    """z (B, n) logits before the bias b (B, 1), y (B, n) in {0, 1}: (l, l', l'') (B, n) each."""
+    z, b, y = z.contiguous(), b.contiguous(), y.contiguous()
+    loss, g, c = torch.empty_like(z), torch.empty_like(z), torch.empty_like(z)
+    _head_kernel[_grid(z)](z, b, y, loss, g, c, z.shape[-1], BLOCK=BLOCK)
+    return loss, g, c
+
+
+def bias_act_reference(Z, b, negative_slope):
+    z = Z + b[:, None, :]
+    pos = z > 0
+    return torch.where(pos, z, z * negative_slope), torch.where(
+        pos, torch.ones_like(z), torch.full_like(z, negative_slope))
+
+
+def masked_reference(Z, D, b=None):
+    return D * (Z if b is None else Z + b[:, None, :])
+
+
+def head_reference(z, b, y):
+    z = z + b.reshape(-1, 1)
+    s = torch.sigmoid(z)
+    return torch.nn.functional.softplus(z) - y * z, s - y, s * (1 - s)
+
+
+# ---- exact fixed-point heavy-ball step --------------------------------------
+
+@triton.jit
+def _rint(x):
+    # round half to even for float64: below 2^52, adding 2^52 leaves no fraction
+    # bits (2^52 is even, so ties go to the even integer); above, x is integral.
+    a = tl.abs(x)
+    r = tl.where(a < _TWO52, (a + _TWO52) - _TWO52, a)
+    return tl.where(x < 0.0, -r, r)
+
+
+@triton.jit
+def _to_int(y):
+    """(code, q): heavy_ball.to_int of an integral float64 y."""
+    ok = (y >= -_TWO63) & (y < _TWO63)
+    q = tl.where(ok, y, 0.0).to(tl.int64)
+    code = tl.where(ok, OK, tl.where(y != y, NOT_FINITE, RANGE))
+    return code, q
+
+
+@triton.jit
+def _fits(a, q):
+    """heavy_ball.fits: a + q fits int64."""
+    return ((q > 0) & (a <= _I64_MAX - q)) | ((q <= 0) & (a >= -_I64_MAX - 1 - q))
+
+
+@triton.jit
+def _floor_divmod(x, d):
+    # triton's // and % truncate (C); floor semantics as fixed_point.floor_divmod
+    q = x // d
+    r = x - q * d
+    neg = r < 0
+    return tl.where(neg, q - 1, q), tl.where(neg, r + d, r)
+
+
+@triton.jit
+def _mul_lanes(x, buf_ptr, mask, p, w, m, d):
+    """fixed_point.step_apply on a block of elements: x * m / d, the digit popped
+    from and the remainder pushed to the buffer's first w limbs (stride p)."""
+    hi, lo = _floor_divmod(x, d)
+    rem = tl.zeros_like(x)
+    for k in range(0, w):  # pop: B div m, most significant limb first
+        ptr = buf_ptr + (w - 1 - k) * p
+        cur = (rem << 32) | tl.load(ptr, mask=mask, other=0).to(tl.int64)
+        tl.store(ptr, (cur // m).to(tl.uint32), mask=mask)
+        rem = cur % m
+    y = lo * m + rem
+    out = hi * m + y // d  # int64 wraps as mul_add's uint64 does
+    rem = y % d
+    for i in range(0, w):  # push: B = B d + carry
+        ptr = buf_ptr + i * p
+        cur = tl.load(ptr, mask=mask, other=0).to(tl.int64) * d + rem
+        tl.store(ptr, cur.to(tl.uint32), mask=mask)  # the low 32 bits
+        rem = cur >> 32
+    return out
+
+
+@triton.jit
+def _increment(g, scale):
+    return _to_int(_rint(scale * g.to(tl.float64)))
+
+
+@triton.jit
+def _exact_forward_kernel(THQ, VQ, BUF, G, SCALE, ALPHA, CODES, p, W, w, num, den,
+                          BLOCK: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = j < p
+    at = b * p + j
+    code_i, incr = _increment(tl.load(G + at, mask=m, other=0.0), tl.load(SCALE))
+    vq = _mul_lanes(tl.load(VQ + at, mask=m, other=0), BUF + b * W * p + j, m, p, w, num, den)
+    code_v = tl.where(code_i != OK, code_i, tl.where(_fits(vq, incr), OK, INT64))
+    vq += tl.where(code_v == OK, incr, 0)
+    code_t, dth = _to_int(_rint(tl.load(ALPHA) * vq.to(tl.float64)))
+    thq = tl.load(THQ + at, mask=m, other=0)
+    code_t = tl.where((code_t != OK) | _fits(thq, dth), code_t, INT64)
+    thq += tl.where(code_t == OK, dth, 0)
+    tl.store(VQ + at, vq, mask=m)
+    tl.store(THQ + at, thq, mask=m)
+    tl.store(CODES + at, tl.where(code_v != OK, code_v, ELEMENT_BAD_THETA * code_t), mask=m)
+
+
+@triton.jit
+def _exact_reverse_theta_kernel(THQ, VQ, ALPHA, size, BLOCK: tl.constexpr):
+    j = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = j < size
+    dth = _rint(tl.load(ALPHA) * tl.load(VQ + j, mask=m, other=0).to(tl.float64)).to(tl.int64)
+    tl.store(THQ + j, tl.load(THQ + j, mask=m, other=0) - dth, mask=m)
+
+
+@triton.jit
+def _exact_reverse_kernel(VQ, BUF, G, SCALE, p, W, w, num, den, BLOCK: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = j < p
+    at = b * p + j
+    _, incr = _increment(tl.load(G + at, mask=m, other=0.0), tl.load(SCALE))
+    vq = tl.load(VQ + at, mask=m, other=0) - incr
+    tl.store(VQ + at, _mul_lanes(vq, BUF + b * W * p + j, m, p, w, den, num), mask=m)
+
+
+def _exact_grid(thq):
+    return (triton.cdiv(thq.shape[1], EXACT_BLOCK), thq.shape[0])
+
+
+def _f64(x, device):
+    return torch.full((1,), x, dtype=torch.float64, device=device)
+
+
+def exact_forward(thq, vq, buf, g, scale, w, num, den, alpha):
+    """One exact step of B problems in place: thq, vq (B, p) int64, buf (B, W, p)
+    uint32 (first w limbs used), g (B, p) the float gradients, scale =
+    -(1 - gamma) 2^f. Returns codes (B, p) int32: heavy_ball.exact_forward's
+    per-element status (0 everywhere when the step is valid)."""
+    B, p = thq.shape
+    codes = torch.empty((B, p), dtype=torch.int32, device=thq.device)
+    _exact_forward_kernel[_exact_grid(thq)](
+        thq, vq, buf, g, _f64(scale, g.device), _f64(alpha, g.device), codes, p,
+        buf.shape[1], w, num, den, BLOCK=EXACT_BLOCK, enable_fp_fusion=False)
+    return codes
+
+
+def exact_reverse_theta(thq, vq, alpha):
+    """The first half of the inverse in place: thq -= rint(alpha vq)."""
+    _exact_reverse_theta_kernel[(triton.cdiv(thq.numel(), EXACT_BLOCK),)](
+        thq, vq, _f64(alpha, thq.device), thq.numel(), BLOCK=EXACT_BLOCK,
+        enable_fp_fusion=False)
+
+
+def exact_reverse(vq, buf, g, scale, w, num, den):
+    """The second half in place, g the gradient at the recovered theta_t:
+    vq = unmul(vq - rint(scale g)), the forward's w."""
+    B, p = vq.shape
+    _exact_reverse_kernel[_exact_grid(vq)](
+        vq, buf, g, _f64(scale, g.device), p, buf.shape[1], w, num, den,
+        BLOCK=EXACT_BLOCK, enable_fp_fusion=False)

@@ -1,0 +1,388 @@
+"""Hypergradients of the network (mithridate.models.MLP's math) on torch
+tensors, for B problems at once (repetitions x lam settings): CUDA tensors in
+production (cuBLAS batched GEMMs + the Triton kernels of kernels/gpu/mlp.py),
+CPU tensors in tests (the same kernels under TRITON_INTERPRET=1, or their
+torch references with ``ops="torch"``).
+
+The network is models/mlp.py's: h_l = f(h_{l-1} W_l + b_l), W_l (d_{l-1}, d_l)
+row-major in theta, groups W1, b1, W2, b2, ...; leaky ReLU f on hidden layers,
+logistic loss on the single output; objective = mean loss + sum_l exp(lam_l)/2
+||W_l||^2 (and the layer's bias with penalize_bias). The inner loop is T
+heavy-ball steps from theta_0, v_0 = 0 on the rows [Xc; Xp] (poisoning rows
+last); the outer objective is the mean loss on (Xv, yv). Modes, as
+mithridate.hypergrad.generic's:
+
+- ``trajectory``: every theta_t stored (float64), then the step back at theta_t,
+  u = vb + alpha tb: tb -= (1 - gamma) H u, vb = gamma u, dXp -= (1 - gamma)
+  d/dXp (g . u), dlam -= (1 - gamma) d/dlam (g . u). H u and d/dXp (g . u) come
+  from one R-op pass (Pearlmutter; f'' = 0 off the kink, so the mask is fixed).
+- ``reversible``: theta, v in int64 fixed point, the exact step of
+  kernels/cpu/heavy_ball.py (kernels/gpu/mlp.exact_* on the GPU, the numba
+  functions themselves with ops="torch" on the host); the reverse recomputes
+  the gradient at the recovered theta_t bit for bit (deterministic GEMMs), and
+  theta_0, v_0 = 0 and the empty buffer must come back (asserted).
+- ``forward``: one tangent per layer lam, memory independent of T (grad_Xp None).
+
+Network calls take theta in X's dtype; the state, adjoints and sums are float64.
+Determinism: torch.use_deterministic_algorithms(True) for the call, and
+CUBLAS_WORKSPACE_CONFIG=:4096:8 set here unless already set (it must be set
+before the process's first cuBLAS call to take effect; export it yourself if
+CUDA is initialised earlier). All B problems share T, alpha and gamma.
+"""
+import contextlib
+import math
+import os
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+
+from .. import fixed_point
+from ..models.heavy_ball import step
+from . import reversible as rev
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+MODES = ("trajectory", "reversible", "forward")
+OPS = ("triton", "torch")
+
+
+class BatchHyperGrad(NamedTuple):
+    value: torch.Tensor              # (B,) outer objective at theta_T, float64
+    grad_Xp: Optional[torch.Tensor]  # (B, k, d) in X's dtype; None in forward mode
+    grad_lam: torch.Tensor           # (B, n_lam) float64
+    theta_T: torch.Tensor            # (B, p) float64
+    info: dict
+
+
+def _elementwise(ops):
+    from ..kernels.gpu import mlp as K
+    if ops == "triton":
+        return K.bias_act, K.masked, K.head
+    return K.bias_act_reference, K.masked_reference, K.head_reference
+
+
+class Net:
+    """The network's passes for B problems: theta (B, p), X (B, n, d), y (B, n)."""
+
+    def __init__(self, layers, negative_slope=0.1, penalize_bias=False, ops="triton"):
+        layers = tuple(layers)
+        if len(layers) < 2 or any(isinstance(w, bool) or not isinstance(w, (int, np.integer))
+                                  or w <= 0 for w in layers):
+            raise ValueError(f"layers={layers!r} must be >= 2 positive int widths (d, ..., 1).")
+        if layers[-1] != 1:
+            raise ValueError(f"layers={layers!r}: the output width must be 1 (logistic loss).")
+        if not negative_slope >= 0:
+            raise ValueError(f"negative_slope={negative_slope!r} must be >= 0.")
+        if ops not in OPS:
+            raise ValueError(f"ops={ops!r} is not one of {list(OPS)}.")
+        self.layers, self.slope, self.penalize_bias = layers, float(negative_slope), penalize_bias
+        self.n_lam = len(layers) - 1
+        self.bias_act, self.masked, self.head = _elementwise(ops)
+        self.slices, start = [], 0  # (W slice, b slice) per layer, theta's layout
+        for a, b in zip(layers[:-1], layers[1:]):
+            self.slices.append((slice(start, start + a * b), slice(start + a * b, start + a * b + b)))
+            start += a * b + b
+        self.p = start
+
+    def split(self, theta):
+        """[(W (B, d_in, d_out), b (B, d_out))] views of theta (B, p)."""
+        B = theta.shape[0]
+        return [(theta[:, sw].view(B, a, b), theta[:, sb])
+                for (sw, sb), a, b in zip(self.slices, self.layers[:-1], self.layers[1:])]
+
+    def groups(self, device):
+        """(n_lam, p) float64 0/1: the entries each layer's lam penalises."""
+        G = torch.zeros((self.n_lam, self.p), dtype=torch.float64, device=device)
+        for j, (sw, sb) in enumerate(self.slices):
+            G[j, sw] = 1.0
+            if self.penalize_bias:
+                G[j, sb] = 1.0
+        return G
+
+    def _forward(self, params, X):
+        """Hidden activations [X, A_1, ...], masks [D_1, ...] and the output's
+        pre-bias logits (B, n)."""
+        A, D = [X], []
+        for W, b in params[:-1]:
+            a, dmask = self.bias_act(torch.bmm(A[-1], W), b, self.slope)
+            A.append(a)
+            D.append(dmask)
+        return A, D, torch.bmm(A[-1], params[-1][0]).squeeze(-1)
+
+    def loss_grad(self, theta, X, y):
+        """Mean loss (B,) float64 and its gradient (B, p) in X's dtype."""
+        params = self.split(theta)
+        A, D, z = self._forward(params, X)
+        loss, g, _ = self.head(z, params[-1][1], y)
+        n = X.shape[1]
+        delta = (g / n).unsqueeze(-1)
+        out = [None] * len(params)
+        for l in range(len(params) - 1, -1, -1):
+            out[l] = (torch.bmm(A[l].transpose(1, 2), delta).flatten(1), delta.sum(1))
+            if l:
+                delta = self.masked(torch.bmm(delta, params[l][0].transpose(1, 2)), D[l - 1])
+        flat = torch.cat([t for pair in out for t in pair], dim=1)
+        return loss.double().sum(1) / n, flat
+
+    def hvp_rows(self, theta, u, X, y, k):
+        """H_data u (B, p) and d/dX[-k:] (g_data . u) (B, k, d), in X's dtype, from one
+        R-op pass (k = 0: no rows)."""
+        params, dirs = self.split(theta), self.split(u)
+        n = X.shape[1]
+        A, D, RA = [X], [], [None]
+        for (W, b), (V, c) in zip(params[:-1], dirs[:-1]):
+            a, dmask = self.bias_act(torch.bmm(A[-1], W), b, self.slope)
+            rz = torch.bmm(A[-1], V) if RA[-1] is None else \
+                torch.baddbmm(torch.bmm(A[-1], V), RA[-1], W)
+            RA.append(self.masked(rz, dmask, c))
+            A.append(a)
+            D.append(dmask)
+        (W, b), (V, c) = params[-1], dirs[-1]
+        z = torch.bmm(A[-1], W).squeeze(-1)
+        rz = torch.bmm(A[-1], V) if RA[-1] is None else torch.baddbmm(torch.bmm(A[-1], V), RA[-1], W)
+        _, g, curv = self.head(z, b, y)
+        delta = (g / n).unsqueeze(-1)
+        rdelta = self.masked(rz, curv.unsqueeze(-1), c) / n
+        out = [None] * len(params)
+        rows = None
+        for l in range(len(params) - 1, -1, -1):
+            hw = torch.bmm(A[l].transpose(1, 2), rdelta)
+            if RA[l] is not None:
+                hw = torch.baddbmm(hw, RA[l].transpose(1, 2), delta)
+            out[l] = (hw.flatten(1), rdelta.sum(1))
+            W, V = params[l][0], dirs[l][0]
+            if l:
+                p_ = torch.bmm(delta, W.transpose(1, 2))
+                rp = torch.baddbmm(torch.bmm(rdelta, W.transpose(1, 2)), delta, V.transpose(1, 2))
+                delta, rdelta = self.masked(p_, D[l - 1]), self.masked(rp, D[l - 1])
+            elif k:
+                rows = torch.baddbmm(torch.bmm(rdelta[:, -k:], W.transpose(1, 2)),
+                                     delta[:, -k:], V.transpose(1, 2))
+        return torch.cat([t for pair in out for t in pair], dim=1), rows
+
+
+class _Problems:
+    """B problems' rows, lam and settings, checked; the model calls in float64 state."""
+
+    def __init__(self, net, Xc, yc, Xp, yp, Xv, yv, lam, theta0, T, alpha, gamma):
+        if not torch.is_tensor(theta0) or theta0.dim() != 2 or theta0.shape[1] != net.p:
+            raise ValueError(f"theta0 must be a (B, p={net.p}) tensor for layers={net.layers}, got "
+                             f"{getattr(theta0, 'shape', type(theta0).__name__)}.")
+        B = theta0.shape[0]
+        dev, dtype = theta0.device, Xc.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"Xc has dtype {dtype}; pass float32 or float64.")
+        d = net.layers[0]
+
+        def rows(name, X, yname, y):
+            if not torch.is_tensor(X) or X.dim() not in (2, 3) or X.shape[-1] != d:
+                raise ValueError(f"{name} must be a (n, {d}) or (B, n, {d}) tensor: layers[0]={d} "
+                                 f"must equal its width; got {getattr(X, 'shape', None)}.")
+            if X.dtype != dtype or X.device != dev:
+                raise ValueError(f"{name} must have Xc's dtype {dtype} and theta0's device {dev}.")
+            X = X.expand(B, *X.shape[-2:])
+            y = torch.as_tensor(y, dtype=dtype, device=dev).expand(B, X.shape[1])
+            if not ((y == 0) | (y == 1)).all():
+                raise ValueError(f"{yname} must hold labels in {{0, 1}} (logistic loss).")
+            return X, y
+
+        Xc, yc = rows("Xc", Xc, "yc", yc)
+        Xp, yp = rows("Xp", Xp, "yp", yp)
+        self.Xv, self.yv = rows("Xv", Xv, "yv", yv)
+        self.X = torch.cat([Xc, Xp], dim=1).contiguous()
+        self.y = torch.cat([yc, yp], dim=1).contiguous()
+        self.Xv, self.yv = self.Xv.contiguous(), self.yv.contiguous()
+        lam = torch.as_tensor(lam, dtype=torch.float64, device=dev)
+        if lam.dim() > 2 or (lam.dim() >= 1 and lam.shape[-1] not in (1, net.n_lam)) or \
+                (lam.dim() == 2 and lam.shape[0] != B):
+            raise ValueError(f"lam has shape {tuple(lam.shape)}; pass a scalar, ({net.n_lam},) "
+                             f"(one per layer) or ({B}, {net.n_lam}).")
+        self.lam = lam.reshape(-1, lam.shape[-1] if lam.dim() else 1).expand(B, net.n_lam)
+        if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T <= 0:
+            raise ValueError(f"T={T!r} must be a positive integer (the number of inner steps).")
+        self.net, self.B, self.k, self.dtype = net, B, Xp.shape[1], dtype
+        self.T, self.alpha, self.gamma = int(T), float(alpha), float(gamma)
+        self.theta0 = theta0.to(torch.float64)
+        self.G = net.groups(dev)
+        self.reg = torch.exp(self.lam) @ self.G  # (B, p): exp(lam_l) on penalised entries
+
+    def grad(self, theta):
+        """The training objective's gradient (B, p) float64 at float64 theta."""
+        g = self.net.loss_grad(theta.to(self.dtype), self.X, self.y)[1]
+        return g.double() + self.reg * theta
+
+    def outer(self, theta):
+        value, g = self.net.loss_grad(theta.to(self.dtype), self.Xv, self.yv)
+        return value, g.double()
+
+    def back(self, theta, tb, vb, dXp, dlam):
+        """The step back at theta_t (module docstring); returns the new (tb, vb)."""
+        s = 1.0 - self.gamma
+        u = vb + self.alpha * tb
+        hu, rows = self.net.hvp_rows(theta.to(self.dtype), u.to(self.dtype), self.X, self.y,
+                                     self.k)
+        if self.k:
+            dXp -= s * rows.double()
+        dlam -= s * ((self.reg * theta * u) @ self.G.T)
+        return tb - s * (hu.double() + self.reg * u), self.gamma * u
+
+    def result(self, value, dXp, dlam, theta_T, info):
+        gX = None if dXp is None else dXp.to(self.dtype)
+        return BatchHyperGrad(value, gX, dlam, theta_T, info)
+
+
+@contextlib.contextmanager
+def _deterministic():
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def hypergrad(layers, Xc, yc, Xp, yp, Xv, yv, lam, theta0, *, T, alpha, gamma=0.0,
+              mode="trajectory", negative_slope=0.1, penalize_bias=False, frac_bits=None,
+              ops=None):
+    """BatchHyperGrad of B problems (B = theta0.shape[0]). Xc (n, d) shared or
+    (B, n, d); Xp (k, d) or (B, k, d); Xv likewise; y's (n,) or (B, n) in {0, 1};
+    lam a scalar, (n_lam,) or (B, n_lam). ops: "triton" (default on CUDA or
+    under TRITON_INTERPRET=1) or "torch" (the kernels' torch references)."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {list(MODES)}.")
+    if frac_bits is not None and mode != "reversible":
+        raise ValueError(f"frac_bits applies to mode='reversible' only; leave it None for {mode!r}.")
+    if ops is None:
+        ops = "triton" if theta0.is_cuda or os.environ.get("TRITON_INTERPRET") == "1" else "torch"
+    net = Net(layers, negative_slope, penalize_bias, ops)
+    pb = _Problems(net, Xc, yc, Xp, yp, Xv, yv, lam, theta0, T, alpha, gamma)
+    if mode == "reversible":
+        plan = _fixed_point_plan(pb, frac_bits, ops)
+    with _deterministic(), torch.no_grad():
+        if mode == "trajectory":
+            return _trajectory(pb)
+        if mode == "forward":
+            return _forward(pb)
+        return _reversible(pb, ops, *plan)
+
+
+def _trajectory(pb):
+    theta, v = pb.theta0, torch.zeros_like(pb.theta0)
+    thetas = [theta]
+    for _ in range(pb.T):
+        theta, v = step(theta, v, pb.grad(theta), pb.alpha, pb.gamma)
+        thetas.append(theta)
+    value, tb = pb.outer(theta)
+    vb = torch.zeros_like(tb)
+    dXp = torch.zeros((pb.B, pb.k, pb.X.shape[2]), dtype=torch.float64, device=theta.device)
+    dlam = torch.zeros((pb.B, pb.net.n_lam), dtype=torch.float64, device=theta.device)
+    for t in range(pb.T - 1, -1, -1):
+        tb, vb = pb.back(thetas[t], tb, vb, dXp, dlam)
+    info = dict(mode="trajectory", backend="mlp_torch", T=pb.T,
+                state_bytes=8 * pb.net.p * (pb.T + 1) * pb.B)
+    return pb.result(value, dXp, dlam, theta, info)
+
+
+def _forward(pb):
+    """One tangent (dtheta/dlam_j, dv/dlam_j) per layer, the B x n_lam tangents as
+    one batch of HVPs: dg_j = H dtheta_j + exp(lam_j) theta on group j."""
+    B, L, p = pb.B, pb.net.n_lam, pb.net.p
+    X, y = pb.X.repeat_interleave(L, 0), pb.y.repeat_interleave(L, 0)
+    theta, v = pb.theta0, torch.zeros_like(pb.theta0)
+    dth = torch.zeros((B, L, p), dtype=torch.float64, device=theta.device)
+    dv = torch.zeros_like(dth)
+    for _ in range(pb.T):
+        g = pb.grad(theta)
+        th = theta.to(pb.dtype).repeat_interleave(L, 0)
+        hd = pb.net.hvp_rows(th, dth.reshape(B * L, p).to(pb.dtype), X, y, 0)[0]
+        dg = hd.double().view(B, L, p) + pb.reg[:, None] * dth + \
+            (pb.reg * theta)[:, None] * pb.G[None]
+        dth, dv = step(dth, dv, dg, pb.alpha, pb.gamma)
+        theta, v = step(theta, v, g, pb.alpha, pb.gamma)
+    value, gv = pb.outer(theta)
+    info = dict(mode="forward", backend="mlp_torch", T=pb.T, state_bytes=8 * p * 2 * (1 + L) * B)
+    return pb.result(value, None, torch.einsum("blp,bp->bl", dth, gv), theta, info)
+
+
+def _fixed_point_plan(pb, frac_bits, ops):
+    """Every check of reversible mode before any work: (frac_bits, num, den, words)."""
+    if ops == "torch" and pb.theta0.is_cuda:
+        raise ValueError("mode='reversible' on CUDA tensors needs ops='triton' (the exact step "
+                         "with ops='torch' is the host's numba code).")
+    frac_bits = rev.check_frac_bits(frac_bits)
+    num, den = rev.gamma_fraction(pb.gamma)
+    words = [fixed_point.required_words(t, num, den) for t in range(pb.T + 1)]
+    for w0 in pb.theta0.cpu().numpy():
+        rev.check_w0_fits(w0, frac_bits)
+    return frac_bits, num, den, words
+
+
+def _exact_steps(ops):
+    """(forward, reverse_theta, reverse) on (B, p) int64 state and (B, W, p) buffer."""
+    if ops == "triton":
+        from ..kernels.gpu import mlp as K
+        return K.exact_forward, K.exact_reverse_theta, K.exact_reverse
+    from ..kernels.cpu import heavy_ball as hb
+
+    def forward(thq, vq, buf, g, scale, w, num, den, alpha):
+        codes = np.zeros(thq.shape, np.int64)
+        incr, rem, hi = (np.empty(thq.shape[1], np.int64) for _ in range(3))
+        for b, (th, v, bu, gb) in enumerate(zip(thq.numpy(), vq.numpy(), buf.numpy(),
+                                                g.numpy())):
+            hb.exact_increment(gb, scale, incr, codes[b])
+            hb.exact_forward(th, v, bu, incr, codes[b], w, num, den, alpha, rem, hi)
+        return torch.from_numpy(codes)
+
+    def reverse_theta(thq, vq, alpha):
+        for th, v in zip(thq.numpy(), vq.numpy()):
+            hb.exact_reverse_theta(th, v, alpha)
+
+    def reverse(vq, buf, g, scale, w, num, den):
+        codes = np.empty(vq.shape[1], np.int64)
+        incr, rem, hi = (np.empty(vq.shape[1], np.int64) for _ in range(3))
+        for v, bu, gb in zip(vq.numpy(), buf.numpy(), g.numpy()):
+            hb.exact_increment(gb, scale, incr, codes)
+            hb.exact_reverse(v, bu, incr, w, num, den, rem, hi)
+    return forward, reverse_theta, reverse
+
+
+def _reversible(pb, ops, frac_bits, num, den, words):
+    exact_forward, exact_reverse_theta, exact_reverse = _exact_steps(ops)
+    B, p, T, dev = pb.B, pb.net.p, pb.T, pb.theta0.device
+    scale = -(1.0 - pb.gamma) * math.ldexp(1.0, frac_bits)
+    inv = math.ldexp(1.0, -frac_bits)
+    q0 = torch.round(pb.theta0 * math.ldexp(1.0, frac_bits)).to(torch.int64)  # exact: 2^f
+    thq, vq = q0.clone(), torch.zeros_like(q0)
+    buf = torch.zeros((B, words[T], p), dtype=torch.uint32, device=dev)
+    for t in range(T):
+        codes = exact_forward(thq, vq, buf, pb.grad(thq.double() * inv), scale, words[t + 1],
+                              num, den, pb.alpha)
+        if codes.any():
+            b, j = (int(i) for i in torch.nonzero(codes)[0])
+            c = int(codes[b, j])
+            name, c = ("v", c) if c < 8 else ("theta", c // 8)
+            e = 63 - frac_bits
+            what = "is not finite" if c == 3 else f"left the fixed-point range [-2**{e}, 2**{e})"
+            raise fixed_point.FixedPointOverflow(
+                f"mode='reversible' (problem {b}): {name}[{j}] at step {t + 1} of {T} {what} "
+                f"with frac_bits={frac_bits}; lower frac_bits, or alpha if training diverges, "
+                "or rescale the data. No result was returned.")
+    theta_T = thq.double() * inv
+    value, tb = pb.outer(theta_T)
+    vb = torch.zeros_like(tb)
+    dXp = torch.zeros((B, pb.k, pb.X.shape[2]), dtype=torch.float64, device=dev)
+    dlam = torch.zeros((B, pb.net.n_lam), dtype=torch.float64, device=dev)
+    for t in range(T - 1, -1, -1):
+        exact_reverse_theta(thq, vq, pb.alpha)
+        theta = thq.double() * inv
+        exact_reverse(vq, buf, pb.grad(theta), scale, words[t + 1], num, den)
+        tb, vb = pb.back(theta, tb, vb, dXp, dlam)
+    if not (torch.equal(thq, q0) and not vq.any() and not buf.any()):
+        raise RuntimeError("mode='reversible': the reverse sweep did not recover theta_0, v_0 bit "
+                           "for bit (a nondeterministic GEMM?), so the hypergradient is not "
+                           "trustworthy; use mode='trajectory'.")
+    info = dict(mode="reversible", backend="mlp_torch", T=T, w0_recovered=True,
+                frac_bits=frac_bits, gamma_fraction=(num, den), buffer_words=words[T],
+                state_bytes=B * p * (16 + 4 * words[T]))
+    return pb.result(value, dXp, dlam, theta_T, info)
