@@ -233,6 +233,39 @@ def test_matches_unrolled_autograd(mode, gamma, dtype):
         assert res.info["w0_recovered"]
 
 
+def test_oracle_matches_finite_differences():
+    """The test's unrolled autograd against central differences of its value, wrt a
+    few coordinates of Xp and every layer's lam (float64)."""
+    pb = make_problems(1, torch.float64, seed=6)
+    value, dX, dlam, _ = unrolled(pb, 0, 4, 0.3, 0.5)
+    eps = 1e-6
+    for key, idx, want in [("Xp", (0, 0, 1), dX[0, 1]), ("Xp", (0, 2, 4), dX[2, 4])] + \
+            [("lam", (0, j), dlam[j]) for j in range(len(LAYERS) - 1)]:
+        vals = []
+        for sign in (1, -1):
+            moved = {k: v.clone() for k, v in pb.items()}
+            moved[key][idx] += sign * eps
+            vals.append(unrolled(moved, 0, 4, 0.3, 0.5)[0])
+        fd = (vals[0] - vals[1]) / (2 * eps)
+        torch.testing.assert_close(fd, want, rtol=1e-5, atol=1e-9, msg=f"{key}{idx}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_unrolled_reference_matches_oracle(dtype):
+    """mlp_torch.unrolled (batched, the benchmarks' baseline) against the test's
+    per-problem oracle, whose layout slicing is its own."""
+    pb = make_problems(2, dtype, seed=7)
+    res = mlp_torch.unrolled(LAYERS, *[pb[k] for k in ("Xc", "yc", "Xp", "yp", "Xv", "yv", "lam",
+                                                        "theta0")], T=5, alpha=0.3, gamma=0.5)
+    rtol, atol = GRAD_TOL[dtype]
+    for b in range(2):
+        value, dX, dlam, theta_T = unrolled(pb, b, 5, 0.3, 0.5)
+        for name, want in (("value", value), ("grad_Xp", dX), ("grad_lam", dlam),
+                           ("theta_T", theta_T)):
+            assert_verbose_allclose(getattr(res, name)[b], want, rtol, atol, name=name)
+    assert res.grad_Xp.dtype == dtype
+
+
 @pytest.mark.parametrize("mode, gamma", [("trajectory", 0.0), ("reversible", 0.5), ("forward", 0.0)])
 def test_batch_equals_single_runs(mode, gamma):
     pb = make_problems(3, torch.float64, seed=2)

@@ -23,6 +23,10 @@ mithridate.hypergrad.generic's:
   theta_0, v_0 = 0 and the empty buffer must come back (asserted).
 - ``forward``: one tangent per layer lam, memory independent of T (grad_Xp None).
 
+``unrolled`` is the torch reference: autograd through the unrolled loop
+(create_graph) of the same objective in plain torch ops, batched the same way:
+the oracle of the tests and the baseline of benchmarks/gpu_mlp.py.
+
 Network calls take theta in X's dtype; the state, adjoints and sums are float64.
 Determinism: torch.use_deterministic_algorithms(True) for the call, and
 CUBLAS_WORKSPACE_CONFIG=:4096:8 set here unless already set (it must be set
@@ -265,6 +269,43 @@ def hypergrad(layers, Xc, yc, Xp, yp, Xv, yv, lam, theta0, *, T, alpha, gamma=0.
         if mode == "forward":
             return _forward(pb)
         return _reversible(pb, ops, *plan)
+
+
+def unrolled(layers, Xc, yc, Xp, yp, Xv, yv, lam, theta0, *, T, alpha, gamma=0.0,
+             negative_slope=0.1, penalize_bias=False):
+    """The reference: autograd through the T unrolled heavy-ball steps (create_graph),
+    arithmetic in X's dtype. Same arguments and result as ``hypergrad``."""
+    net = Net(layers, negative_slope, penalize_bias, ops="torch")
+    pb = _Problems(net, Xc, yc, Xp, yp, Xv, yv, lam, theta0, T, alpha, gamma)
+    n, k = pb.X.shape[1], pb.k
+    with torch.enable_grad():
+        Xp = pb.X[:, n - k:].clone().requires_grad_()
+        lam = pb.lam.clone().requires_grad_()
+        X = torch.cat([pb.X[:, :n - k], Xp], dim=1)
+        scale = (torch.exp(lam) @ pb.G).to(pb.dtype)
+        theta = pb.theta0.to(pb.dtype).requires_grad_()
+        v = torch.zeros_like(theta)
+        for _ in range(pb.T):
+            objective = _mean_loss(net, theta, X, pb.y) + 0.5 * (scale * theta * theta).sum(1)
+            (g,) = torch.autograd.grad(objective.sum(), theta, create_graph=True)
+            theta, v = step(theta, v, g, pb.alpha, pb.gamma)
+        value = _mean_loss(net, theta, pb.Xv, pb.yv)
+        dXp, dlam = torch.autograd.grad(value.sum(), (Xp, lam), allow_unused=True)
+    info = dict(mode="unrolled", backend="torch autograd", T=pb.T)
+    return BatchHyperGrad(value.detach().double(), torch.zeros_like(Xp) if dXp is None else dXp,
+                          dlam, theta.detach().double(), info)
+
+
+def _mean_loss(net, theta, X, y):
+    """Mean logistic loss per problem (B,), plain torch ops (unrolled's objective)."""
+    h = X
+    params = net.split(theta)
+    for l, (W, b) in enumerate(params):
+        h = torch.baddbmm(b.unsqueeze(1), h, W)
+        if l < len(params) - 1:
+            h = torch.nn.functional.leaky_relu(h, net.slope)
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        h.squeeze(-1), y, reduction="none").mean(1)
 
 
 def _trajectory(pb):
