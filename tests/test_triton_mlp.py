@@ -117,7 +117,7 @@ def test_exact_step_matches_numba(p, gamma, gdtype):
     scale = -(1.0 - gamma) * 2.0**f
     thq, vq, buf = _random_state(rng, B, p, words, w)
     grad = torch.from_numpy(rng.standard_normal((B, p)) * 10.0).to(gdtype)
-    state = [torch.from_numpy(a.copy()).to(DEVICE) for a in (thq, vq, buf)]
+    state = [torch.from_numpy(a.copy()).to(DEVICE) for a in (thq, vq, buf.view(np.int32))]
     codes = K.exact_forward(*state, grad.to(DEVICE), scale, w, num, den, alpha).cpu()
     for b in range(B):
         th, v, bu = thq[b].copy(), vq[b].copy(), buf[b].copy()
@@ -125,11 +125,11 @@ def test_exact_step_matches_numba(p, gamma, gdtype):
         hb.exact_increment(grad[b].double().numpy(), scale, incr, c)
         hb.exact_forward(th, v, bu, incr, c, w, num, den, alpha, rem, hi)
         for name, got, want in (("theta_q", state[0][b], th), ("v_q", state[1][b], v),
-                                ("buffer", state[2][b], bu), ("codes", codes[b], c)):
+                                ("buffer", state[2][b], bu.view(np.int32)), ("codes", codes[b], c)):
             assert np.array_equal(got.cpu().numpy(), want), name
     K.exact_reverse_theta(state[0], state[1], alpha)
     K.exact_reverse(state[1], state[2], grad.to(DEVICE), scale, w, num, den)
-    for name, got, want in zip(("theta_q", "v_q", "buffer"), state, (thq, vq, buf)):
+    for name, got, want in zip(("theta_q", "v_q", "buffer"), state, (thq, vq, buf.view(np.int32))):
         assert np.array_equal(got.cpu().numpy(), want), f"{name} not recovered"
 
 
@@ -141,7 +141,7 @@ def test_exact_step_codes_match_numba():
     vq = np.array([[0, 0, 2**62, 2**62, 0, -5]])
     grad = np.array([[np.nan, np.inf, -1e8, -1e8, 1e30, 1.0]])
     buf = np.zeros((B, 1, p), np.uint32)
-    state = [torch.from_numpy(a.copy()).to(DEVICE) for a in (thq, vq, buf)]
+    state = [torch.from_numpy(a.copy()).to(DEVICE) for a in (thq, vq, buf.view(np.int32))]
     codes = K.exact_forward(*state, torch.from_numpy(grad).to(DEVICE), scale, w, num, den,
                             alpha).cpu().numpy()
     incr, c, rem, hi = (np.empty(p, np.int64) for _ in range(4))
@@ -282,9 +282,11 @@ def test_reversible_triton_and_numba_steps_agree():
     """ops='torch' runs the exact step in numba (kernels/cpu/heavy_ball) and the
     passes in torch: the same hypergradient to float64 tolerance, theta_T alike."""
     pb = make_problems(2, torch.float64, seed=3)
-    a, b = run(pb, "reversible", gamma=0.9, ops="triton"), run(pb, "reversible", gamma=0.9, ops="torch")
+    a = run(pb, "reversible", gamma=0.9, ops="triton")
+    b = run({k: v.cpu() for k, v in pb.items()}, "reversible", gamma=0.9, ops="torch")
     for name in ("value", "grad_lam", "grad_Xp", "theta_T"):
-        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(getattr(a, name).cpu(), getattr(b, name), rtol=1e-10,
+                                   atol=1e-13)
 
 
 def test_reversible_refuses_nondeterministic_gradient(monkeypatch):
@@ -344,3 +346,28 @@ def test_bad_input():
         run(dict(pb, theta0=pb["theta0"] * 2.0**30), "reversible", gamma=0.9)
     with pytest.raises(ValueError, match=r"\{0, 1\}"):
         run(dict(pb, yc=pb["yc"] * 2 - 1), "trajectory")
+
+
+# ---- the GPU benchmark's dry run --------------------------------------------
+
+def test_gpu_benchmark_dry_run():
+    """benchmarks/gpu_mlp.py --tiny: the script a GPU session runs as is, on tiny
+    shapes under the interpreter; every mode of both batch sizes agrees with the
+    unrolled reference."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_mlp.py"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, str(script), "--tiny", "--skip-tests", "--repeats", "1"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
+    cells = {(r[0].strip(), r[1].strip()): r for r in rows[1:]}
+    for B in ("1", "3"):
+        assert (B, "torch unrolled") in cells
+        for mode in mlp_torch.MODES:
+            row = cells[B, mode]
+            float(row[2])  # a time
+            assert float(row[6]) < 1e-4, (B, mode, row)  # grad_lam vs the reference, float32
+            if mode != "forward":
+                assert float(row[7]) < 1e-4, (B, mode, row)

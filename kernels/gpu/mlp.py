@@ -15,8 +15,10 @@ leading batch axis: grid axis 1 is the problem):
   semantics of kernels/cpu/heavy_ball.exact_* (increment rint(scale g) of one
   rounded product, int64 theta_q, v_q, v_q multiplied by num/den with the lost
   digits in the limb-major uint32 buffer of kernels/cpu/fixed_point.py,
-  (B, W, p) here). Launched with enable_fp_fusion=False: an FMA would round
-  scale g + 2^52 once instead of twice, i.e. rint the exact product.
+  (B, W, p) here, held as int32 of the same bits: torch's uint32 lacks
+  CUDA kernels such as any(); numpy's .view(np.uint32) is the numba buffer).
+  Launched with enable_fp_fusion=False: an FMA would round scale g + 2^52
+  once instead of twice, i.e. rint the exact product.
 
 Each kernel has its torch reference here (``*_reference``); the exact ones'
 reference is the numba code itself (tests compare bit for bit). Float scalars
@@ -167,6 +169,18 @@ def _floor_divmod(x, d):
 
 
 @triton.jit
+def _limb(x):
+    """A buffer word (int32 storage of the uint32 limb) as its value, int64."""
+    return x.to(tl.uint32, bitcast=True).to(tl.int64)
+
+
+@triton.jit
+def _as_int32(x):
+    """The low 32 bits of int64 x as the int32 storage of a uint32 limb."""
+    return x.to(tl.uint32).to(tl.int32, bitcast=True)
+
+
+@triton.jit
 def _mul_lanes(x, buf_ptr, mask, p, w, m, d):
     """fixed_point.step_apply on a block of elements: x * m / d, the digit popped
     from and the remainder pushed to the buffer's first w limbs (stride p)."""
@@ -174,16 +188,16 @@ def _mul_lanes(x, buf_ptr, mask, p, w, m, d):
     rem = tl.zeros_like(x)
     for k in range(0, w):  # pop: B div m, most significant limb first
         ptr = buf_ptr + (w - 1 - k) * p
-        cur = (rem << 32) | tl.load(ptr, mask=mask, other=0).to(tl.int64)
-        tl.store(ptr, (cur // m).to(tl.uint32), mask=mask)
+        cur = (rem << 32) | _limb(tl.load(ptr, mask=mask, other=0))
+        tl.store(ptr, _as_int32(cur // m), mask=mask)
         rem = cur % m
     y = lo * m + rem
     out = hi * m + y // d  # int64 wraps as mul_add's uint64 does
     rem = y % d
     for i in range(0, w):  # push: B = B d + carry
         ptr = buf_ptr + i * p
-        cur = tl.load(ptr, mask=mask, other=0).to(tl.int64) * d + rem
-        tl.store(ptr, cur.to(tl.uint32), mask=mask)  # the low 32 bits
+        cur = _limb(tl.load(ptr, mask=mask, other=0)) * d + rem
+        tl.store(ptr, _as_int32(cur), mask=mask)  # the low 32 bits
         rem = cur >> 32
     return out
 
@@ -242,7 +256,7 @@ def _f64(x, device):
 
 def exact_forward(thq, vq, buf, g, scale, w, num, den, alpha):
     """One exact step of B problems in place: thq, vq (B, p) int64, buf (B, W, p)
-    uint32 (first w limbs used), g (B, p) the float gradients, scale =
+    int32 holding the uint32 limbs (first w used), g (B, p) the float gradients, scale =
     -(1 - gamma) 2^f. Returns codes (B, p) int32: heavy_ball.exact_forward's
     per-element status (0 everywhere when the step is valid)."""
     B, p = thq.shape

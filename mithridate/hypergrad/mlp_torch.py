@@ -369,8 +369,8 @@ def _exact_steps(ops):
     def forward(thq, vq, buf, g, scale, w, num, den, alpha):
         codes = np.zeros(thq.shape, np.int64)
         incr, rem, hi = (np.empty(thq.shape[1], np.int64) for _ in range(3))
-        for b, (th, v, bu, gb) in enumerate(zip(thq.numpy(), vq.numpy(), buf.numpy(),
-                                                g.numpy())):
+        for b, (th, v, bu, gb) in enumerate(zip(thq.numpy(), vq.numpy(),
+                                                buf.numpy().view(np.uint32), g.numpy())):
             hb.exact_increment(gb, scale, incr, codes[b])
             hb.exact_forward(th, v, bu, incr, codes[b], w, num, den, alpha, rem, hi)
         return torch.from_numpy(codes)
@@ -382,7 +382,7 @@ def _exact_steps(ops):
     def reverse(vq, buf, g, scale, w, num, den):
         codes = np.empty(vq.shape[1], np.int64)
         incr, rem, hi = (np.empty(vq.shape[1], np.int64) for _ in range(3))
-        for v, bu, gb in zip(vq.numpy(), buf.numpy(), g.numpy()):
+        for v, bu, gb in zip(vq.numpy(), buf.numpy().view(np.uint32), g.numpy()):
             hb.exact_increment(gb, scale, incr, codes)
             hb.exact_reverse(v, bu, incr, w, num, den, rem, hi)
     return forward, reverse_theta, reverse
@@ -395,7 +395,7 @@ def _reversible(pb, ops, frac_bits, num, den, words):
     inv = math.ldexp(1.0, -frac_bits)
     q0 = torch.round(pb.theta0 * math.ldexp(1.0, frac_bits)).to(torch.int64)  # exact: 2^f
     thq, vq = q0.clone(), torch.zeros_like(q0)
-    buf = torch.zeros((B, words[T], p), dtype=torch.uint32, device=dev)
+    buf = torch.zeros((B, words[T], p), dtype=torch.int32, device=dev)  # uint32 limbs' bits
     for t in range(T):
         codes = exact_forward(thq, vq, buf, pb.grad(thq.double() * inv), scale, words[t + 1],
                               num, den, pb.alpha)
