@@ -6,7 +6,8 @@
    poisoning rows, 64 validation rows, T = 600, float32; synthetic standardised
    features and random labels) per mode of mithridate.hypergrad.mlp_torch,
    B = 1 and B = 30 problems per call, next to the torch unrolled reference
-   (mlp_torch.unrolled: autograd through the loop) on the same GPU, with the
+   (mlp_torch.unrolled: autograd through the loop) on the same GPU (checkpoint:
+   the sqrt schedule), with the
    peak memory above the inputs (torch.cuda.max_memory_allocated) and the
    largest relative difference of grad_lam and grad_Xp from the reference.
 
@@ -27,7 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = dict(layers=(2048, 128, 32, 1), n=512, k=17, nv=64, T=600, B=(1, 30))
 TINY = dict(layers=(9, 5, 3, 1), n=11, k=3, nv=5, T=4, B=(1, 3))
-MODES = ("trajectory", "reversible", "forward")
 ALPHA, GAMMA, LAM = 0.05, 0.9, -4.0
 
 
@@ -125,13 +125,13 @@ def main():
         pb = problems(torch, cfg, B, device)
         args_ = [pb[k] for k in ("Xc", "yc", "Xp", "yp", "Xv", "yv", "lam", "theta0")]
         common = dict(alpha=ALPHA, gamma=GAMMA)
-        for mode in MODES:  # compile every kernel outside the timings
+        for mode in mlp_torch.MODES:  # compile every kernel outside the timings
             mlp_torch.hypergrad(cfg["layers"], *args_, T=2, mode=mode, **common)
         ref_t, ref_m, ref = measure(torch, lambda: mlp_torch.unrolled(
             cfg["layers"], *args_, T=cfg["T"], **common), cuda, args.repeats)
         fmt_m = (lambda m: "n/a" if m is None else f"{m * mib:.1f}")
         lines.append(f"| {B} | torch unrolled | {ref_t:.3f} | 1 | {fmt_m(ref_m)} | 1 | | |")
-        for mode in MODES:
+        for mode in mlp_torch.MODES:
             t, m, res = measure(torch, lambda: mlp_torch.hypergrad(
                 cfg["layers"], *args_, T=cfg["T"], mode=mode, **common), cuda, args.repeats)
             ratio = "n/a" if m is None or not ref_m else f"{m / ref_m:.4f}"

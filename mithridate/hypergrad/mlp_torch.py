@@ -12,7 +12,9 @@ heavy-ball steps from theta_0, v_0 = 0 on the rows [Xc; Xp] (poisoning rows
 last); the outer objective is the mean loss on (Xv, yv). Modes, as
 mithridate.hypergrad.generic's:
 
-- ``trajectory``: every theta_t stored (float64), then the step back at theta_t,
+- ``trajectory`` / ``checkpoint``: exact RMD walking a schedule.Schedule
+  (trajectory: every theta_t stored, float64; checkpoint: schedule.plan(T,
+  checkpoints), the segments recomputed), the step back at theta_t,
   u = vb + alpha tb: tb -= (1 - gamma) H u, vb = gamma u, dXp -= (1 - gamma)
   d/dXp (g . u), dlam -= (1 - gamma) d/dlam (g . u). H u and d/dXp (g . u) come
   from one R-op pass (Pearlmutter; f'' = 0 off the kink, so the mask is fixed).
@@ -43,11 +45,12 @@ import torch
 
 from .. import fixed_point
 from ..models.heavy_ball import step
-from . import reversible as rev
+from . import reversible as rev, schedule as schedules
+from .schedule import ADVANCE, RESTORE, SAVE, VALUE
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-MODES = ("trajectory", "reversible", "forward")
+MODES = ("trajectory", "checkpoint", "reversible", "forward")
 OPS = ("triton", "torch")
 
 
@@ -247,25 +250,30 @@ def _deterministic():
 
 
 def hypergrad(layers, Xc, yc, Xp, yp, Xv, yv, lam, theta0, *, T, alpha, gamma=0.0,
-              mode="trajectory", negative_slope=0.1, penalize_bias=False, frac_bits=None,
-              ops=None):
+              mode="trajectory", negative_slope=0.1, penalize_bias=False, checkpoints="sqrt",
+              frac_bits=None, ops=None):
     """BatchHyperGrad of B problems (B = theta0.shape[0]). Xc (n, d) shared or
     (B, n, d); Xp (k, d) or (B, k, d); Xv likewise; y's (n,) or (B, n) in {0, 1};
-    lam a scalar, (n_lam,) or (B, n_lam). ops: "triton" (default on CUDA or
+    lam a scalar, (n_lam,) or (B, n_lam); checkpoints: schedule.plan's ("sqrt",
+    "binomial" or a count) for mode="checkpoint". ops: "triton" (default on CUDA or
     under TRITON_INTERPRET=1) or "torch" (the kernels' torch references)."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {list(MODES)}.")
     if frac_bits is not None and mode != "reversible":
         raise ValueError(f"frac_bits applies to mode='reversible' only; leave it None for {mode!r}.")
+    if checkpoints != "sqrt" and mode != "checkpoint":
+        raise ValueError(f"checkpoints applies to mode='checkpoint' only; leave it for {mode!r}.")
     if ops is None:
         ops = "triton" if theta0.is_cuda or os.environ.get("TRITON_INTERPRET") == "1" else "torch"
     net = Net(layers, negative_slope, penalize_bias, ops)
     pb = _Problems(net, Xc, yc, Xp, yp, Xv, yv, lam, theta0, T, alpha, gamma)
     if mode == "reversible":
         plan = _fixed_point_plan(pb, frac_bits, ops)
+    elif mode in ("trajectory", "checkpoint"):
+        sched = schedules.plan(pb.T, pb.T if mode == "trajectory" else checkpoints)
     with _deterministic(), torch.no_grad():
-        if mode == "trajectory":
-            return _trajectory(pb)
+        if mode in ("trajectory", "checkpoint"):
+            return _rmd(pb, sched, mode)
         if mode == "forward":
             return _forward(pb)
         return _reversible(pb, ops, *plan)
@@ -308,21 +316,28 @@ def _mean_loss(net, theta, X, y):
         h.squeeze(-1), y, reduction="none").mean(1)
 
 
-def _trajectory(pb):
+def _rmd(pb, sched, mode):
+    """Trajectory or checkpoint RMD: walk the schedule (generic.py's walker)."""
     theta, v = pb.theta0, torch.zeros_like(pb.theta0)
-    thetas = [theta]
-    for _ in range(pb.T):
-        theta, v = step(theta, v, pb.grad(theta), pb.alpha, pb.gamma)
-        thetas.append(theta)
-    value, tb = pb.outer(theta)
-    vb = torch.zeros_like(tb)
+    slots = [None] * sched.n_slots
     dXp = torch.zeros((pb.B, pb.k, pb.X.shape[2]), dtype=torch.float64, device=theta.device)
     dlam = torch.zeros((pb.B, pb.net.n_lam), dtype=torch.float64, device=theta.device)
-    for t in range(pb.T - 1, -1, -1):
-        tb, vb = pb.back(thetas[t], tb, vb, dXp, dlam)
-    info = dict(mode="trajectory", backend="mlp_torch", T=pb.T,
-                state_bytes=8 * pb.net.p * (pb.T + 1) * pb.B)
-    return pb.result(value, dXp, dlam, theta, info)
+    for op, arg in sched.actions:
+        if op == ADVANCE:
+            for _ in range(arg):
+                theta, v = step(theta, v, pb.grad(theta), pb.alpha, pb.gamma)
+        elif op == SAVE:  # step returns new tensors: references are copies
+            slots[arg] = (theta, None if sched.theta_only[arg] else v)
+        elif op == RESTORE:
+            theta, v = slots[arg]
+        elif op == VALUE:
+            value, tb = pb.outer(theta)
+            vb, theta_T = torch.zeros_like(tb), theta
+        else:
+            tb, vb = pb.back(theta, tb, vb, dXp, dlam)
+    info = dict(mode=mode, backend="mlp_torch", T=pb.T,
+                state_bytes=pb.B * sched.state_bytes(pb.net.p), recomputed=sched.recomputed)
+    return pb.result(value, dXp, dlam, theta_T, info)
 
 
 def _forward(pb):
