@@ -241,12 +241,17 @@ class _Problems:
 
 @contextlib.contextmanager
 def _deterministic():
-    before = torch.are_deterministic_algorithms_enabled()
+    """Deterministic algorithms for the call, without their NaN fill of every
+    torch.empty (each kernel writes all of its outputs)."""
+    import torch.utils.deterministic as det
+    before, fill = torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True)
+    det.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
+        det.fill_uninitialized_memory = fill
 
 
 def hypergrad(layers, Xc, yc, Xp, yp, Xv, yv, lam, theta0, *, T, alpha, gamma=0.0,
