@@ -132,9 +132,11 @@ class Net:
         flat = torch.cat([t for pair in out for t in pair], dim=1)
         return loss.double().sum(1) / n, flat
 
-    def hvp_rows(self, theta, u, X, y, k):
-        """H_data u (B, p) and d/dX[-k:] (g_data . u) (B, k, d), in X's dtype, from one
-        R-op pass (k = 0: no rows)."""
+    def hvp_rows(self, theta, u, X, y, k, want_grad=False):
+        """(g_data or None, H_data u (B, p), d/dX[-k:] (g_data . u) (B, k, d) or None
+        for k = 0), in X's dtype, from one R-op pass. g_data (want_grad: the reverse
+        sweep of reversible mode needs it at the same theta) comes from the same
+        calls as loss_grad's, so it has the same bits."""
         params, dirs = self.split(theta), self.split(u)
         n = X.shape[1]
         A, D, RA = [X], [], [None]
@@ -151,9 +153,11 @@ class Net:
         _, g, curv = self.head(z, b, y)
         delta = (g / n).unsqueeze(-1)
         rdelta = self.masked(rz, curv.unsqueeze(-1), c) / n
-        out = [None] * len(params)
+        out, grads = [None] * len(params), [None] * len(params)
         rows = None
         for l in range(len(params) - 1, -1, -1):
+            if want_grad:
+                grads[l] = (torch.bmm(A[l].transpose(1, 2), delta).flatten(1), delta.sum(1))
             hw = torch.bmm(A[l].transpose(1, 2), rdelta)
             if RA[l] is not None:
                 hw = torch.baddbmm(hw, RA[l].transpose(1, 2), delta)
@@ -166,7 +170,8 @@ class Net:
             elif k:
                 rows = torch.baddbmm(torch.bmm(rdelta[:, -k:], W.transpose(1, 2)),
                                      delta[:, -k:], V.transpose(1, 2))
-        return torch.cat([t for pair in out for t in pair], dim=1), rows
+        g = torch.cat([t for pair in grads for t in pair], dim=1) if want_grad else None
+        return g, torch.cat([t for pair in out for t in pair], dim=1), rows
 
 
 class _Problems:
@@ -223,16 +228,18 @@ class _Problems:
         value, g = self.net.loss_grad(theta.to(self.dtype), self.Xv, self.yv)
         return value, g.double()
 
-    def back(self, theta, tb, vb, dXp, dlam):
-        """The step back at theta_t (module docstring); returns the new (tb, vb)."""
+    def back(self, theta, tb, vb, dXp, dlam, want_grad=False):
+        """The step back at theta_t (module docstring): the new (tb, vb), and with
+        want_grad the training gradient at theta_t (grad's bits) from the same pass."""
         s = 1.0 - self.gamma
         u = vb + self.alpha * tb
-        hu, rows = self.net.hvp_rows(theta.to(self.dtype), u.to(self.dtype), self.X, self.y,
-                                     self.k)
+        g, hu, rows = self.net.hvp_rows(theta.to(self.dtype), u.to(self.dtype), self.X, self.y,
+                                        self.k, want_grad)
         if self.k:
             dXp -= s * rows.double()
         dlam -= s * ((self.reg * theta * u) @ self.G.T)
-        return tb - s * (hu.double() + self.reg * u), self.gamma * u
+        g = None if g is None else g.double() + self.reg * theta
+        return tb - s * (hu.double() + self.reg * u), self.gamma * u, g
 
     def result(self, value, dXp, dlam, theta_T, info):
         gX = None if dXp is None else dXp.to(self.dtype)
@@ -339,7 +346,7 @@ def _rmd(pb, sched, mode):
             value, tb = pb.outer(theta)
             vb, theta_T = torch.zeros_like(tb), theta
         else:
-            tb, vb = pb.back(theta, tb, vb, dXp, dlam)
+            tb, vb, _ = pb.back(theta, tb, vb, dXp, dlam)
     info = dict(mode=mode, backend="mlp_torch", T=pb.T,
                 state_bytes=pb.B * sched.state_bytes(pb.net.p), recomputed=sched.recomputed)
     return pb.result(value, dXp, dlam, theta_T, info)
@@ -354,9 +361,9 @@ def _forward(pb):
     dth = torch.zeros((B, L, p), dtype=torch.float64, device=theta.device)
     dv = torch.zeros_like(dth)
     for _ in range(pb.T):
-        g = pb.grad(theta)
         th = theta.to(pb.dtype).repeat_interleave(L, 0)
-        hd = pb.net.hvp_rows(th, dth.reshape(B * L, p).to(pb.dtype), X, y, 0)[0]
+        g, hd, _ = pb.net.hvp_rows(th, dth.reshape(B * L, p).to(pb.dtype), X, y, 0, True)
+        g = g.view(B, L, p)[:, 0].double() + pb.reg * theta  # the same pass's gradient
         dg = hd.double().view(B, L, p) + pb.reg[:, None] * dth + \
             (pb.reg * theta)[:, None] * pb.G[None]
         dth, dv = step(dth, dv, dg, pb.alpha, pb.gamma)
@@ -437,8 +444,8 @@ def _reversible(pb, ops, frac_bits, num, den, words):
     for t in range(T - 1, -1, -1):
         exact_reverse_theta(thq, vq, pb.alpha)
         theta = thq.double() * inv
-        exact_reverse(vq, buf, pb.grad(theta), scale, words[t + 1], num, den)
-        tb, vb = pb.back(theta, tb, vb, dXp, dlam)
+        tb, vb, g = pb.back(theta, tb, vb, dXp, dlam, want_grad=True)  # one pass at theta_t
+        exact_reverse(vq, buf, g, scale, words[t + 1], num, den)
     if not (torch.equal(thq, q0) and not vq.any() and not buf.any()):
         raise RuntimeError("mode='reversible': the reverse sweep did not recover theta_0, v_0 bit "
                            "for bit (a nondeterministic GEMM?), so the hypergradient is not "
