@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -133,6 +134,43 @@ def test_exact_step_matches_numba(p, gamma, gdtype):
         assert np.array_equal(got.cpu().numpy(), want), f"{name} not recovered"
 
 
+@settings(max_examples=40, deadline=None)
+@given(p=st.integers(1, 300), num=st.integers(1, 2**31 - 2), extra=st.integers(1, 2**31 - 1),
+       w=st.integers(1, 4), bits=st.integers(0, 62), frac=st.integers(1, 62),
+       alpha=st.floats(1e-3, 4.0), seed=st.integers(0, 2**32 - 1))
+def test_exact_step_property(p, num, extra, w, bits, frac, alpha, seed):
+    """Any gamma = num/den, buffer occupancy, state magnitude and scale: the same
+    bits and codes as numba, and, when the step is valid, the exact inverse."""
+    den = min(num + extra, 2**31 - 1)  # > num: gamma in (0, 1)
+    rng = np.random.default_rng(seed)
+    B, words = 2, w + 1
+    big = 2**bits
+    thq = rng.integers(-big, big, (B, p), endpoint=True)
+    vq = rng.integers(-big, big, (B, p), endpoint=True)
+    buf = np.zeros((B, words, p), np.uint32)
+    buf[:, :w - 1] = rng.integers(0, 2**32, (B, w - 1, p), dtype=np.uint32)
+    grad = rng.standard_normal((B, p)) * 10.0 ** rng.uniform(-3, 3, (B, p))
+    scale = -(1.0 - num / den) * 2.0**frac
+    state = [torch.from_numpy(a.copy()).to(DEVICE) for a in (thq, vq, buf.view(np.int32))]
+    g = torch.from_numpy(grad).to(DEVICE)
+    codes = K.exact_forward(*state, g, scale, w, num, den, alpha).cpu().numpy()
+    for b in range(B):
+        th, v, bu = thq[b].copy(), vq[b].copy(), buf[b].copy()
+        incr, c, rem, hi = (np.empty(p, np.int64) for _ in range(4))
+        hb.exact_increment(grad[b], scale, incr, c)
+        hb.exact_forward(th, v, bu, incr, c, w, num, den, alpha, rem, hi)
+        assert np.array_equal(codes[b], c)
+        if not c.any():
+            assert np.array_equal(state[0][b].cpu().numpy(), th)
+            assert np.array_equal(state[1][b].cpu().numpy(), v)
+            assert np.array_equal(state[2][b].cpu().numpy(), bu.view(np.int32))
+    if not codes.any():
+        K.exact_reverse_theta(state[0], state[1], alpha)
+        K.exact_reverse(state[1], state[2], g, scale, w, num, den)
+        for got, want in zip(state, (thq, vq, buf.view(np.int32))):
+            assert np.array_equal(got.cpu().numpy(), want)
+
+
 def test_exact_step_codes_match_numba():
     """Increments out of range or not finite, and sums leaving int64: the same
     per-element codes as heavy_ball.exact_forward."""
@@ -205,8 +243,8 @@ def unrolled(pb, b, T, alpha, gamma, layers=LAYERS):
     return A.detach(), dX, dlam, theta.detach()
 
 
-def run(pb, mode, T=6, alpha=0.3, gamma=0.0, **kw):
-    return mlp_torch.hypergrad(LAYERS, pb["Xc"], pb["yc"], pb["Xp"], pb["yp"], pb["Xv"], pb["yv"],
+def run(pb, mode, T=6, alpha=0.3, gamma=0.0, layers=LAYERS, **kw):
+    return mlp_torch.hypergrad(layers, pb["Xc"], pb["yc"], pb["Xp"], pb["yp"], pb["Xv"], pb["yv"],
                                pb["lam"], pb["theta0"], T=T, alpha=alpha, gamma=gamma, mode=mode,
                                **kw)
 
@@ -265,6 +303,26 @@ def test_unrolled_reference_matches_oracle(dtype):
                            ("theta_T", theta_T)):
             assert_verbose_allclose(getattr(res, name)[b], want, rtol, atol, name=name)
     assert res.grad_Xp.dtype == dtype
+
+
+@settings(max_examples=15, deadline=None)
+@given(layers=st.lists(st.integers(1, 6), min_size=1, max_size=3).map(lambda w: (*w, 1)),
+       n=st.integers(1, 6), k=st.integers(0, 3), T=st.integers(1, 4),
+       mode=st.sampled_from(["trajectory", "checkpoint", "reversible", "forward"]),
+       seed=st.integers(0, 2**16))
+def test_any_network_matches_unrolled_autograd(layers, n, k, T, mode, seed):
+    """Depth 1..3, widths 1..6, no poisoning rows or a few: every mode equals the
+    oracle (float64)."""
+    pb = make_problems(2, torch.float64, layers=layers, n=n, k=k, nv=3, seed=seed)
+    res = run(pb, mode, T=T, gamma=0.5, layers=layers)
+    for b in range(2):
+        value, dX, dlam, theta_T = unrolled(pb, b, T, 0.3, 0.5, layers)
+        assert_verbose_allclose(res.value[b], value, 1e-9, 1e-12, name="value")
+        assert_verbose_allclose(res.grad_lam[b], dlam, 1e-7, 1e-10, name="grad_lam")
+        assert_verbose_allclose(res.theta_T[b], theta_T, 1e-9, 1e-12, name="theta_T")
+        if mode != "forward":
+            assert res.grad_Xp.shape == (2, k, layers[0])
+            assert_verbose_allclose(res.grad_Xp[b], dX, 1e-7, 1e-10, name="grad_Xp")
 
 
 @pytest.mark.parametrize("mode, gamma", [("trajectory", 0.0), ("reversible", 0.5), ("forward", 0.0)])
