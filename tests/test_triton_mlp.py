@@ -5,7 +5,6 @@ through the unrolled heavy-ball loop (and the numpy MLP's generic engine once
 mithridate.models.MLP exists). Without a GPU the kernels run under
 TRITON_INTERPRET=1 (conftest.py), so shapes stay tiny.
 """
-import math
 import os
 
 import numpy as np
@@ -197,7 +196,7 @@ LAYERS = (5, 4, 3, 1)
 def make_problems(B, dtype, layers=LAYERS, n=9, k=3, nv=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     d = layers[0]
-    net = mlp_torch.Net(layers, ops="torch")
+    net = K.Net(layers, ops="torch")
     theta0 = torch.cat([torch.cat([randn(g, B, a * b, scale=a ** -0.5),
                                    torch.full((B, b), 1e-2, dtype=torch.float64, device=DEVICE)], 1)
                         for a, b in zip(layers[:-1], layers[1:])], 1)
@@ -358,13 +357,13 @@ def test_reversible_triton_and_numba_steps_agree():
                                    atol=1e-13)
 
 
-@pytest.mark.parametrize("ops", mlp_torch.OPS)
+@pytest.mark.parametrize("ops", K.OPS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_reverse_sweep_gradient_has_the_forward_bits(ops, dtype):
     """The gradient the reverse sweep takes from the R-op pass is loss_grad's, bit for
     bit, and two calls at the same theta agree bit for bit."""
     pb = make_problems(3, dtype, seed=9)
-    net = mlp_torch.Net(LAYERS, ops=ops)
+    net = K.Net(LAYERS, ops=ops)
     X = torch.cat([pb["Xc"].expand(3, -1, -1), pb["Xp"]], 1)
     y = torch.cat([pb["yc"].expand(3, -1), pb["yp"]], 1)
     theta, u = pb["theta0"].to(dtype), torch.randn_like(pb["theta0"]).to(dtype)
@@ -423,9 +422,9 @@ def test_bad_input():
                             torch.zeros(2, 6 * 4 + 4 + 4 * 3 + 3 + 3 + 1, dtype=torch.float64),
                             T=2, alpha=0.1)
     with pytest.raises(ValueError, match="layers"):
-        mlp_torch.Net((5, 0, 1))
+        K.Net((5, 0, 1))
     with pytest.raises(ValueError, match="output width"):
-        mlp_torch.Net((5, 2))
+        K.Net((5, 2))
     with pytest.raises(ValueError, match="lam"):
         run(dict(pb, lam=torch.zeros(2)), "trajectory")
     with pytest.raises(ValueError, match="gamma=0"):

@@ -1,8 +1,16 @@
-"""Fused elementwise kernels of the network (mithridate.models.MLP) on the GPU (triton).
+"""The network (mithridate.models.MLP's math) on torch tensors: fused elementwise
+kernels on the GPU (triton) and ``Net``, the network's passes for B problems
+(gradient, R-op Hessian-vector product with the mixed product wrt the
+poisoning rows) on cuBLAS batched GEMMs (torch.bmm) with these kernels between
+them; mithridate.hypergrad.mlp_torch runs its hypergradients on Net.
 
-The network's GEMMs are cuBLAS (torch.bmm, mithridate.hypergrad.mlp_torch);
-these kernels are the passes between them, for B problems per launch (a
-leading batch axis: grid axis 1 is the problem):
+Layout as models/mlp.py: h_l = f(h_{l-1} W_l + b_l), W_l (d_{l-1}, d_l)
+row-major in theta, groups W1, b1, W2, b2, ...; leaky ReLU f on the hidden
+layers, the logistic loss on the single output. f'' = 0 off the kink (a
+measure-zero set), so the R-op's mask is the forward's D.
+
+The kernels, for B problems per launch (a leading batch axis: grid axis 1 is
+the problem):
 
 - ``bias_act``: A = f(Z + b), D = f'(Z + b) for leaky ReLU f (slope 1 for
   z > 0, negative_slope otherwise: torch's derivative at exactly 0);
@@ -25,12 +33,14 @@ reference is the numba code itself (tests compare bit for bit). Float scalars
 reach the kernels as one-element tensors in the data's dtype (triton passes
 Python floats as float32, which would round negative_slope, scale and alpha).
 """
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from .linear import _curvature, _loss_terms
 
+OPS = ("triton", "torch")  # Net's elementwise passes: these kernels, or their references
 BLOCK = 1024          # elements per program of the elementwise kernels
 EXACT_BLOCK = 256     # parameters per program of the fixed-point kernels
 # kernels/cpu/fixed_point.py's status codes and heavy_ball.py's theta factor
@@ -131,6 +141,126 @@ def head_reference(z, b, y):
     z = z + b.reshape(-1, 1)
     s = torch.sigmoid(z)
     return torch.nn.functional.softplus(z) - y * z, s - y, s * (1 - s)
+
+
+# ---- the network's passes: cuBLAS GEMMs between the kernels above -----------
+
+class Net:
+    """The network's passes for B problems: theta (B, p), X (B, n, d), y (B, n)."""
+
+    def __init__(self, layers, negative_slope=0.1, penalize_bias=False, ops="triton"):
+        layers = tuple(layers)
+        if len(layers) < 2 or any(isinstance(w, bool) or not isinstance(w, (int, np.integer))
+                                  or w <= 0 for w in layers):
+            raise ValueError(f"layers={layers!r} must be >= 2 positive int widths (d, ..., 1).")
+        if layers[-1] != 1:
+            raise ValueError(f"layers={layers!r}: the output width must be 1 (logistic loss).")
+        if not negative_slope >= 0:
+            raise ValueError(f"negative_slope={negative_slope!r} must be >= 0.")
+        if ops not in OPS:
+            raise ValueError(f"ops={ops!r} is not one of {list(OPS)}.")
+        self.layers, self.slope, self.penalize_bias = layers, float(negative_slope), penalize_bias
+        self.n_lam = len(layers) - 1
+        self.bias_act, self.masked, self.head = (bias_act, masked, head) if ops == "triton" \
+            else (bias_act_reference, masked_reference, head_reference)
+        self.slices, start = [], 0  # (W slice, b slice) per layer, theta's layout
+        for a, b in zip(layers[:-1], layers[1:]):
+            self.slices.append((slice(start, start + a * b), slice(start + a * b, start + a * b + b)))
+            start += a * b + b
+        self.p = start
+
+    def split(self, theta):
+        """[(W (B, d_in, d_out), b (B, d_out))] views of theta (B, p)."""
+        B = theta.shape[0]
+        return [(theta[:, sw].view(B, a, b), theta[:, sb])
+                for (sw, sb), a, b in zip(self.slices, self.layers[:-1], self.layers[1:])]
+
+    def groups(self, device):
+        """(n_lam, p) float64 0/1: the entries each layer's lam penalises."""
+        G = torch.zeros((self.n_lam, self.p), dtype=torch.float64, device=device)
+        for j, (sw, sb) in enumerate(self.slices):
+            G[j, sw] = 1.0
+            if self.penalize_bias:
+                G[j, sb] = 1.0
+        return G
+
+    def mean_loss(self, theta, X, y):
+        """Mean logistic loss per problem (B,) in plain torch ops, differentiable
+        (mithridate.hypergrad.mlp_torch.unrolled's objective)."""
+        h = X
+        params = self.split(theta)
+        for l, (W, b) in enumerate(params):
+            h = torch.baddbmm(b.unsqueeze(1), h, W)
+            if l < len(params) - 1:
+                h = torch.nn.functional.leaky_relu(h, self.slope)
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            h.squeeze(-1), y, reduction="none").mean(1)
+
+    def _forward(self, params, X):
+        """Hidden activations [X, A_1, ...], masks [D_1, ...] and the output's
+        pre-bias logits (B, n)."""
+        A, D = [X], []
+        for W, b in params[:-1]:
+            a, dmask = self.bias_act(torch.bmm(A[-1], W), b, self.slope)
+            A.append(a)
+            D.append(dmask)
+        return A, D, torch.bmm(A[-1], params[-1][0]).squeeze(-1)
+
+    def loss_grad(self, theta, X, y):
+        """Mean loss (B,) float64 and its gradient (B, p) in X's dtype."""
+        params = self.split(theta)
+        A, D, z = self._forward(params, X)
+        loss, g, _ = self.head(z, params[-1][1], y)
+        n = X.shape[1]
+        delta = (g / n).unsqueeze(-1)
+        out = [None] * len(params)
+        for l in range(len(params) - 1, -1, -1):
+            out[l] = (torch.bmm(A[l].transpose(1, 2), delta).flatten(1), delta.sum(1))
+            if l:
+                delta = self.masked(torch.bmm(delta, params[l][0].transpose(1, 2)), D[l - 1])
+        flat = torch.cat([t for pair in out for t in pair], dim=1)
+        return loss.double().sum(1) / n, flat
+
+    def hvp_rows(self, theta, u, X, y, k, want_grad=False):
+        """(g_data or None, H_data u (B, p), d/dX[-k:] (g_data . u) (B, k, d) or None
+        for k = 0), in X's dtype, from one R-op pass. g_data (want_grad: the reverse
+        sweep of reversible mode needs it at the same theta) comes from the same
+        calls as loss_grad's, so it has the same bits."""
+        params, dirs = self.split(theta), self.split(u)
+        n = X.shape[1]
+        A, D, RA = [X], [], [None]
+        for (W, b), (V, c) in zip(params[:-1], dirs[:-1]):
+            a, dmask = self.bias_act(torch.bmm(A[-1], W), b, self.slope)
+            rz = torch.bmm(A[-1], V) if RA[-1] is None else \
+                torch.baddbmm(torch.bmm(A[-1], V), RA[-1], W)
+            RA.append(self.masked(rz, dmask, c))
+            A.append(a)
+            D.append(dmask)
+        (W, b), (V, c) = params[-1], dirs[-1]
+        z = torch.bmm(A[-1], W).squeeze(-1)
+        rz = torch.bmm(A[-1], V) if RA[-1] is None else torch.baddbmm(torch.bmm(A[-1], V), RA[-1], W)
+        _, g, curv = self.head(z, b, y)
+        delta = (g / n).unsqueeze(-1)
+        rdelta = self.masked(rz, curv.unsqueeze(-1), c) / n
+        out, grads = [None] * len(params), [None] * len(params)
+        rows = None
+        for l in range(len(params) - 1, -1, -1):
+            if want_grad:
+                grads[l] = (torch.bmm(A[l].transpose(1, 2), delta).flatten(1), delta.sum(1))
+            hw = torch.bmm(A[l].transpose(1, 2), rdelta)
+            if RA[l] is not None:
+                hw = torch.baddbmm(hw, RA[l].transpose(1, 2), delta)
+            out[l] = (hw.flatten(1), rdelta.sum(1))
+            W, V = params[l][0], dirs[l][0]
+            if l:
+                p_ = torch.bmm(delta, W.transpose(1, 2))
+                rp = torch.baddbmm(torch.bmm(rdelta, W.transpose(1, 2)), delta, V.transpose(1, 2))
+                delta, rdelta = self.masked(p_, D[l - 1]), self.masked(rp, D[l - 1])
+            elif k:
+                rows = torch.baddbmm(torch.bmm(rdelta[:, -k:], W.transpose(1, 2)),
+                                     delta[:, -k:], V.transpose(1, 2))
+        g = torch.cat([t for pair in grads for t in pair], dim=1) if want_grad else None
+        return g, torch.cat([t for pair in out for t in pair], dim=1), rows
 
 
 # ---- exact fixed-point heavy-ball step --------------------------------------

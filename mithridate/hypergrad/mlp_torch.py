@@ -1,13 +1,11 @@
 """Hypergradients of the network (mithridate.models.MLP's math) on torch
 tensors, for B problems at once (repetitions x lam settings): CUDA tensors in
-production (cuBLAS batched GEMMs + the Triton kernels of kernels/gpu/mlp.py),
-CPU tensors in tests (the same kernels under TRITON_INTERPRET=1, or their
-torch references with ``ops="torch"``).
+production, CPU tensors in tests. The network's passes are kernels/gpu/mlp.Net
+(cuBLAS batched GEMMs + its Triton kernels; under TRITON_INTERPRET=1 on the
+host, or their torch references with ``ops="torch"``).
 
-The network is models/mlp.py's: h_l = f(h_{l-1} W_l + b_l), W_l (d_{l-1}, d_l)
-row-major in theta, groups W1, b1, W2, b2, ...; leaky ReLU f on hidden layers,
-logistic loss on the single output; objective = mean loss + sum_l exp(lam_l)/2
-||W_l||^2 (and the layer's bias with penalize_bias). The inner loop is T
+Objective = mean logistic loss + sum_l exp(lam_l)/2 ||W_l||^2 (and the layer's
+bias with penalize_bias), models/mlp.py's. The inner loop is T
 heavy-ball steps from theta_0, v_0 = 0 on the rows [Xc; Xp] (poisoning rows
 last); the outer objective is the mean loss on (Xv, yv). Modes, as
 mithridate.hypergrad.generic's:
@@ -44,6 +42,7 @@ import numpy as np
 import torch
 
 from .. import fixed_point
+from ..kernels.gpu.mlp import Net
 from ..models.heavy_ball import step
 from . import reversible as rev, schedule as schedules
 from .schedule import ADVANCE, RESTORE, SAVE, VALUE
@@ -51,7 +50,6 @@ from .schedule import ADVANCE, RESTORE, SAVE, VALUE
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 MODES = ("trajectory", "checkpoint", "reversible", "forward")
-OPS = ("triton", "torch")
 
 
 class BatchHyperGrad(NamedTuple):
@@ -60,118 +58,6 @@ class BatchHyperGrad(NamedTuple):
     grad_lam: torch.Tensor           # (B, n_lam) float64
     theta_T: torch.Tensor            # (B, p) float64
     info: dict
-
-
-def _elementwise(ops):
-    from ..kernels.gpu import mlp as K
-    if ops == "triton":
-        return K.bias_act, K.masked, K.head
-    return K.bias_act_reference, K.masked_reference, K.head_reference
-
-
-class Net:
-    """The network's passes for B problems: theta (B, p), X (B, n, d), y (B, n)."""
-
-    def __init__(self, layers, negative_slope=0.1, penalize_bias=False, ops="triton"):
-        layers = tuple(layers)
-        if len(layers) < 2 or any(isinstance(w, bool) or not isinstance(w, (int, np.integer))
-                                  or w <= 0 for w in layers):
-            raise ValueError(f"layers={layers!r} must be >= 2 positive int widths (d, ..., 1).")
-        if layers[-1] != 1:
-            raise ValueError(f"layers={layers!r}: the output width must be 1 (logistic loss).")
-        if not negative_slope >= 0:
-            raise ValueError(f"negative_slope={negative_slope!r} must be >= 0.")
-        if ops not in OPS:
-            raise ValueError(f"ops={ops!r} is not one of {list(OPS)}.")
-        self.layers, self.slope, self.penalize_bias = layers, float(negative_slope), penalize_bias
-        self.n_lam = len(layers) - 1
-        self.bias_act, self.masked, self.head = _elementwise(ops)
-        self.slices, start = [], 0  # (W slice, b slice) per layer, theta's layout
-        for a, b in zip(layers[:-1], layers[1:]):
-            self.slices.append((slice(start, start + a * b), slice(start + a * b, start + a * b + b)))
-            start += a * b + b
-        self.p = start
-
-    def split(self, theta):
-        """[(W (B, d_in, d_out), b (B, d_out))] views of theta (B, p)."""
-        B = theta.shape[0]
-        return [(theta[:, sw].view(B, a, b), theta[:, sb])
-                for (sw, sb), a, b in zip(self.slices, self.layers[:-1], self.layers[1:])]
-
-    def groups(self, device):
-        """(n_lam, p) float64 0/1: the entries each layer's lam penalises."""
-        G = torch.zeros((self.n_lam, self.p), dtype=torch.float64, device=device)
-        for j, (sw, sb) in enumerate(self.slices):
-            G[j, sw] = 1.0
-            if self.penalize_bias:
-                G[j, sb] = 1.0
-        return G
-
-    def _forward(self, params, X):
-        """Hidden activations [X, A_1, ...], masks [D_1, ...] and the output's
-        pre-bias logits (B, n)."""
-        A, D = [X], []
-        for W, b in params[:-1]:
-            a, dmask = self.bias_act(torch.bmm(A[-1], W), b, self.slope)
-            A.append(a)
-            D.append(dmask)
-        return A, D, torch.bmm(A[-1], params[-1][0]).squeeze(-1)
-
-    def loss_grad(self, theta, X, y):
-        """Mean loss (B,) float64 and its gradient (B, p) in X's dtype."""
-        params = self.split(theta)
-        A, D, z = self._forward(params, X)
-        loss, g, _ = self.head(z, params[-1][1], y)
-        n = X.shape[1]
-        delta = (g / n).unsqueeze(-1)
-        out = [None] * len(params)
-        for l in range(len(params) - 1, -1, -1):
-            out[l] = (torch.bmm(A[l].transpose(1, 2), delta).flatten(1), delta.sum(1))
-            if l:
-                delta = self.masked(torch.bmm(delta, params[l][0].transpose(1, 2)), D[l - 1])
-        flat = torch.cat([t for pair in out for t in pair], dim=1)
-        return loss.double().sum(1) / n, flat
-
-    def hvp_rows(self, theta, u, X, y, k, want_grad=False):
-        """(g_data or None, H_data u (B, p), d/dX[-k:] (g_data . u) (B, k, d) or None
-        for k = 0), in X's dtype, from one R-op pass. g_data (want_grad: the reverse
-        sweep of reversible mode needs it at the same theta) comes from the same
-        calls as loss_grad's, so it has the same bits."""
-        params, dirs = self.split(theta), self.split(u)
-        n = X.shape[1]
-        A, D, RA = [X], [], [None]
-        for (W, b), (V, c) in zip(params[:-1], dirs[:-1]):
-            a, dmask = self.bias_act(torch.bmm(A[-1], W), b, self.slope)
-            rz = torch.bmm(A[-1], V) if RA[-1] is None else \
-                torch.baddbmm(torch.bmm(A[-1], V), RA[-1], W)
-            RA.append(self.masked(rz, dmask, c))
-            A.append(a)
-            D.append(dmask)
-        (W, b), (V, c) = params[-1], dirs[-1]
-        z = torch.bmm(A[-1], W).squeeze(-1)
-        rz = torch.bmm(A[-1], V) if RA[-1] is None else torch.baddbmm(torch.bmm(A[-1], V), RA[-1], W)
-        _, g, curv = self.head(z, b, y)
-        delta = (g / n).unsqueeze(-1)
-        rdelta = self.masked(rz, curv.unsqueeze(-1), c) / n
-        out, grads = [None] * len(params), [None] * len(params)
-        rows = None
-        for l in range(len(params) - 1, -1, -1):
-            if want_grad:
-                grads[l] = (torch.bmm(A[l].transpose(1, 2), delta).flatten(1), delta.sum(1))
-            hw = torch.bmm(A[l].transpose(1, 2), rdelta)
-            if RA[l] is not None:
-                hw = torch.baddbmm(hw, RA[l].transpose(1, 2), delta)
-            out[l] = (hw.flatten(1), rdelta.sum(1))
-            W, V = params[l][0], dirs[l][0]
-            if l:
-                p_ = torch.bmm(delta, W.transpose(1, 2))
-                rp = torch.baddbmm(torch.bmm(rdelta, W.transpose(1, 2)), delta, V.transpose(1, 2))
-                delta, rdelta = self.masked(p_, D[l - 1]), self.masked(rp, D[l - 1])
-            elif k:
-                rows = torch.baddbmm(torch.bmm(rdelta[:, -k:], W.transpose(1, 2)),
-                                     delta[:, -k:], V.transpose(1, 2))
-        g = torch.cat([t for pair in grads for t in pair], dim=1) if want_grad else None
-        return g, torch.cat([t for pair in out for t in pair], dim=1), rows
 
 
 class _Problems:
@@ -306,26 +192,14 @@ def unrolled(layers, Xc, yc, Xp, yp, Xv, yv, lam, theta0, *, T, alpha, gamma=0.0
         theta = pb.theta0.to(pb.dtype).requires_grad_()
         v = torch.zeros_like(theta)
         for _ in range(pb.T):
-            objective = _mean_loss(net, theta, X, pb.y) + 0.5 * (scale * theta * theta).sum(1)
+            objective = net.mean_loss(theta, X, pb.y) + 0.5 * (scale * theta * theta).sum(1)
             (g,) = torch.autograd.grad(objective.sum(), theta, create_graph=True)
             theta, v = step(theta, v, g, pb.alpha, pb.gamma)
-        value = _mean_loss(net, theta, pb.Xv, pb.yv)
+        value = net.mean_loss(theta, pb.Xv, pb.yv)
         dXp, dlam = torch.autograd.grad(value.sum(), (Xp, lam), allow_unused=True)
     info = dict(mode="unrolled", backend="torch autograd", T=pb.T)
     return BatchHyperGrad(value.detach().double(), torch.zeros_like(Xp) if dXp is None else dXp,
                           dlam, theta.detach().double(), info)
-
-
-def _mean_loss(net, theta, X, y):
-    """Mean logistic loss per problem (B,), plain torch ops (unrolled's objective)."""
-    h = X
-    params = net.split(theta)
-    for l, (W, b) in enumerate(params):
-        h = torch.baddbmm(b.unsqueeze(1), h, W)
-        if l < len(params) - 1:
-            h = torch.nn.functional.leaky_relu(h, net.slope)
-    return torch.nn.functional.binary_cross_entropy_with_logits(
-        h.squeeze(-1), y, reduction="none").mean(1)
 
 
 def _rmd(pb, sched, mode):
