@@ -73,7 +73,7 @@ def test_head(shape, dtype):
     g = torch.Generator().manual_seed(shape[1])
     B, n = shape
     z = randn(g, B, n, dtype=dtype, scale=3.0)
-    z[:, :5] = torch.tensor([-1e4, -40.0, 0.0, 40.0, 1e4], dtype=dtype)[:min(5, n)]
+    z[:, :5] = torch.tensor([-1e4, -40.0, 0.0, 40.0, 1e4], dtype=dtype, device=DEVICE)[:min(5, n)]
     b = randn(g, B, 1, dtype=dtype)
     b[0] = 0.0
     y = (torch.rand(B, n, generator=g) < 0.5).to(dtype).to(DEVICE)
@@ -439,6 +439,14 @@ def test_bad_input():
         run(pb, "checkpoint", checkpoints=0)
     with pytest.raises(fixed_point.FixedPointOverflow, match="frac_bits"):
         run(dict(pb, theta0=pb["theta0"] * 2.0**30), "reversible", gamma=0.9)
+    with pytest.raises(ValueError, match="max_buffer_bytes"):
+        run(pb, "reversible", gamma=0.9, max_buffer_bytes=100)
+    with pytest.raises(ValueError, match="max_buffer_bytes"):
+        run(pb, "trajectory", max_buffer_bytes=100)
+    with pytest.raises(ValueError, match="frac_bits"):
+        run(pb, "forward", frac_bits=30)
+    with pytest.raises(TypeError, match="Xc"):
+        run(dict(pb, Xc=pb["Xc"].cpu().numpy()), "trajectory")
     with pytest.raises(ValueError, match=r"\{0, 1\}"):
         run(dict(pb, yc=pb["yc"] * 2 - 1), "trajectory")
 

@@ -67,6 +67,8 @@ class _Problems:
         if not torch.is_tensor(theta0) or theta0.dim() != 2 or theta0.shape[1] != net.p:
             raise ValueError(f"theta0 must be a (B, p={net.p}) tensor for layers={net.layers}, got "
                              f"{getattr(theta0, 'shape', type(theta0).__name__)}.")
+        if not torch.is_tensor(Xc):
+            raise TypeError(f"Xc must be a torch tensor, got {type(Xc).__name__}.")
         B = theta0.shape[0]
         dev, dtype = theta0.device, Xc.dtype
         if dtype not in (torch.float32, torch.float64):
@@ -149,16 +151,22 @@ def _deterministic():
 
 def hypergrad(layers, Xc, yc, Xp, yp, Xv, yv, lam, theta0, *, T, alpha, gamma=0.0,
               mode="trajectory", negative_slope=0.1, penalize_bias=False, checkpoints="sqrt",
-              frac_bits=None, ops=None):
+              frac_bits=None, max_buffer_bytes=None, ops=None):
     """BatchHyperGrad of B problems (B = theta0.shape[0]). Xc (n, d) shared or
     (B, n, d); Xp (k, d) or (B, k, d); Xv likewise; y's (n,) or (B, n) in {0, 1};
     lam a scalar, (n_lam,) or (B, n_lam); checkpoints: schedule.plan's ("sqrt",
-    "binomial" or a count) for mode="checkpoint". ops: "triton" (default on CUDA or
-    under TRITON_INTERPRET=1) or "torch" (the kernels' torch references)."""
+    "binomial" or a count) for mode="checkpoint"; frac_bits and max_buffer_bytes
+    (per problem; default the trajectory's size) as mithridate.hypergrad's, for
+    mode="reversible". ops: "triton" (default on CUDA or under TRITON_INTERPRET=1)
+    or "torch" (the kernels' torch references). Every check runs before any work;
+    no divergence watch (a diverged run shows as non-finite values, or as
+    FixedPointOverflow in reversible mode)."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {list(MODES)}.")
-    if frac_bits is not None and mode != "reversible":
-        raise ValueError(f"frac_bits applies to mode='reversible' only; leave it None for {mode!r}.")
+    for name, value in (("frac_bits", frac_bits), ("max_buffer_bytes", max_buffer_bytes)):
+        if value is not None and mode != "reversible":
+            raise ValueError(f"{name}={value!r} applies to mode='reversible' only; leave it None "
+                             f"for mode={mode!r}.")
     if checkpoints != "sqrt" and mode != "checkpoint":
         raise ValueError(f"checkpoints applies to mode='checkpoint' only; leave it for {mode!r}.")
     if ops is None:
@@ -166,7 +174,7 @@ def hypergrad(layers, Xc, yc, Xp, yp, Xv, yv, lam, theta0, *, T, alpha, gamma=0.
     net = Net(layers, negative_slope, penalize_bias, ops)
     pb = _Problems(net, Xc, yc, Xp, yp, Xv, yv, lam, theta0, T, alpha, gamma)
     if mode == "reversible":
-        plan = _fixed_point_plan(pb, frac_bits, ops)
+        plan = _fixed_point_plan(pb, frac_bits, max_buffer_bytes, ops)
     elif mode in ("trajectory", "checkpoint"):
         sched = schedules.plan(pb.T, pb.T if mode == "trajectory" else checkpoints)
     with _deterministic(), torch.no_grad():
@@ -247,14 +255,24 @@ def _forward(pb):
     return pb.result(value, None, torch.einsum("blp,bp->bl", dth, gv), theta, info)
 
 
-def _fixed_point_plan(pb, frac_bits, ops):
+def _fixed_point_plan(pb, frac_bits, max_buffer_bytes, ops):
     """Every check of reversible mode before any work: (frac_bits, num, den, words)."""
     if ops == "torch" and pb.theta0.is_cuda:
         raise ValueError("mode='reversible' on CUDA tensors needs ops='triton' (the exact step "
                          "with ops='torch' is the host's numba code).")
     frac_bits = rev.check_frac_bits(frac_bits)
+    rev.check_max_buffer_bytes(max_buffer_bytes)
     num, den = rev.gamma_fraction(pb.gamma)
     words = [fixed_point.required_words(t, num, den) for t in range(pb.T + 1)]
+    buffer_bytes, p = pb.net.p * words[pb.T] * 4, pb.net.p
+    cap = (pb.T + 1) * p * 8 if max_buffer_bytes is None else max_buffer_bytes
+    if buffer_bytes > cap:  # generic.py's rule and message, per problem
+        raise ValueError(
+            f"mode='reversible' with T={pb.T} and gamma={pb.gamma!r} (= {num}/{den}) needs a "
+            f"{buffer_bytes}-byte bit buffer per problem ({words[pb.T]} words per parameter), "
+            f"over max_buffer_bytes={cap}"
+            f"{' (the trajectory it replaces)' if max_buffer_bytes is None else ''}; use "
+            "mode='checkpoint', a larger gamma, or raise max_buffer_bytes.")
     for w0 in pb.theta0.cpu().numpy():
         rev.check_w0_fits(w0, frac_bits)
     return frac_bits, num, den, words
