@@ -360,11 +360,11 @@ def test_small_steps_run_on_one_thread_with_the_same_bits():
     from mithridate.models import training
     X, y = paper_data(70, 6, seed=6)
     before = numba.get_num_threads()
-    small = sgd(LinearModel(), X, y, -3.0, lr=0.1, batch_size=16, epochs=3, random_state=0)
+    small = gradient_descent(LinearModel(), X, y, -3.0, T=20, alpha=0.1, gamma=0.5)
     assert numba.get_num_threads() == before  # restored
     old, training.SERIAL_WORK = training.SERIAL_WORK, 0  # every step on all threads
     try:
-        full = sgd(LinearModel(), X, y, -3.0, lr=0.1, batch_size=16, epochs=3, random_state=0)
+        full = gradient_descent(LinearModel(), X, y, -3.0, T=20, alpha=0.1, gamma=0.5)
     finally:
         training.SERIAL_WORK = old
     np.testing.assert_array_equal(small, full)

@@ -106,17 +106,22 @@ def gradient_descent(model, X, y, lam, *, T, alpha, gamma=0.0, theta0=None, prox
     return theta[0] if single else theta
 
 
-def sgd(model, X, y, lam, *, lr, batch_size, epochs, random_state=None):
-    """Mini-batch SGD from zeros (paper 002, Table 3's victim): each epoch visits the rows
-    in a fresh random order (numpy default_rng(random_state)), one step of size lr
-    per batch on the batch's mean loss + the regulariser. Returns theta (p,) in X's dtype."""
+def sgd(model, X, y, lam, *, lr, batch_size, epochs, random_state=None, theta0=None):
+    """Mini-batch SGD (paper 002, Table 3's victim) from theta0 (zeros by default; a network
+    needs a non-zero start): each epoch visits the rows in a fresh random order (numpy
+    default_rng(random_state).permutation(n)), one step of size lr per batch on the
+    batch's mean loss + the regulariser. Returns theta (p,) in X's dtype.
+
+    A LinearModel without sample weights on numba runs every epoch in one compiled
+    call (kernels.cpu.sgd: the same steps, equal to float tolerance); any other model
+    steps through model.loss_grad_batch."""
     if getattr(model, "sample_weight", None) is not None:
         raise ValueError("sgd does not weight mini-batches; pass a model without sample weights.")
     lr = as_number("lr", lr, "it is the step size")
     batch_size = as_int("batch_size", batch_size, 1, "rows per step")
     epochs = as_int("epochs", epochs, 1, "passes over the data")
     check_array("X", X, (2,))
-    reg, lam, theta, _ = _problems(model, X, y, lam, None)
+    reg, lam, theta, _ = _problems(model, X, y, lam, theta0)
     if lam.shape[0] != 1:
         raise ValueError(f"sgd trains one problem; lam has shape {lam.shape}.")
     if lr <= 0:
@@ -124,14 +129,33 @@ def sgd(model, X, y, lam, *, lr, batch_size, epochs, random_state=None):
     if lr * math.exp(lam.max(initial=-math.inf)) >= 2:
         raise ValueError(f"lr * exp(lam) = {lr * math.exp(lam.max()):.3g} >= 2: the regulariser's "
                          "SGD steps diverge; lower lr or lam.")
-    n = X.shape[0]
     rng = np.random.default_rng(random_state)
+    orders = np.stack([rng.permutation(X.shape[0]) for _ in range(epochs)])
+    if _compiled_sgd(model, X):
+        from ..kernels.cpu import sgd as kernel
+        theta = theta[0]
+        kernel.epochs(X, y, theta, reg.diagonal(lam[0]), orders, lr, batch_size,
+                      model.fit_intercept, model.loss_code)
+    else:
+        theta = _sgd_steps(model, X, y, reg, lam, theta, orders, lr, batch_size)[0]
+    _check_finite(theta, "sgd", "lr")
+    return theta
+
+
+def _compiled_sgd(model, X):
+    from .. import backends
+    from .linear import LinearModel
+    return isinstance(model, LinearModel) and model.sample_weight is None and \
+        backends.select("linear", model.backend, X) == "numba"
+
+
+def _sgd_steps(model, X, y, reg, lam, theta, orders, lr, batch_size):
+    """The generic loop: one model.loss_grad_batch call per batch; theta (1, p)."""
+    n = X.shape[0]
     with _threads_for(min(batch_size, n) * X.shape[1]):
-        for _ in range(epochs):
-            order = rng.permutation(n)
+        for order in orders:
             Xe, ye = X[order], y[order]  # one copy per epoch: the batches are contiguous slices
             for i in range(0, n, batch_size):
                 g = model.loss_grad_batch(theta, Xe[i:i + batch_size], ye[i:i + batch_size])[1]
                 theta = theta - lr * (g + reg.grad(theta, lam))
-    _check_finite(theta, "sgd", "lr")
-    return theta[0]
+    return theta
