@@ -396,11 +396,12 @@ def test_matches_generic_engine_of_numpy_mlp(mode, gamma, dtype):
         pytest.skip("mithridate.models.MLP is not in the tree yet (the MLP helper's file)")
     from mithridate.hypergrad import hypergrad
     pb = make_problems(1, dtype, seed=5)
+    pb["theta0"] = pb["theta0"].to(dtype).double()  # w0 in X's dtype for the public API: same values
     res = run(pb, mode, gamma=gamma)
     a = {k: v[0].cpu().numpy() if k in ("Xp", "yp", "lam", "theta0") else v.cpu().numpy()
          for k, v in pb.items()}
     want = hypergrad(a["Xc"], a["yc"], a["Xp"], a["yp"], a["Xv"], a["yv"], lam=a["lam"],
-                     w0=a["theta0"], T=6, alpha=0.3, gamma=gamma, model=models.MLP(layers=LAYERS),
+                     w0=a["theta0"].astype(a["Xc"].dtype), T=6, alpha=0.3, gamma=gamma, model=models.MLP(layers=LAYERS),
                      mode=mode)
     rtol, atol = GRAD_TOL[dtype]
     assert_verbose_allclose(res.value[0], torch.as_tensor(float(want.value), dtype=torch.float64),
