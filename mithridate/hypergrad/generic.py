@@ -62,8 +62,9 @@ def run(model, problems, mode, *, schedule=None, frac_bits=None, max_buffer_byte
         frac_bits = reversible.check_frac_bits(frac_bits)
         reversible.check_max_buffer_bytes(max_buffer_bytes)
         plans = [_fixed_point_plan(inner, frac_bits, max_buffer_bytes) for inner in inners]
-        return [_reversible(inner, frac_bits, *plan, _where(i, problems))
-                for i, (inner, plan) in enumerate(zip(inners, plans))]
+        with _pinned_blas():
+            return [_reversible(inner, frac_bits, *plan, _where(i, problems))
+                    for i, (inner, plan) in enumerate(zip(inners, plans))]
     if mode in ("forward", "value"):
         return [_forward(inner, mode == "forward") for inner in inners]
     scheds = [_schedule(mode, schedule, inner.T) for inner in inners]
@@ -120,9 +121,12 @@ class _Inner:
         u = np.empty(self.p)
         direction(tb, vb, self.alpha, u)
         th, ux = self._x(theta), self._x(u)
-        hu = np.asarray(self.model.hvp(th, ux, self.X, self.y, self.lam), np.float64)
         if self.k:
-            dXp -= s * self.model.mixed_rows(th, ux, self.X, self.y, self.rows)
+            hu, mixed = self.model.back(th, ux, self.X, self.y, self.lam, self.rows)
+            dXp -= s * mixed
+        else:
+            hu = self.model.hvp(th, ux, self.X, self.y, self.lam)
+        hu = np.asarray(hu, np.float64)
         dlam -= s * np.asarray(self.model.mixed_lam(theta, u, self.lam), np.float64)
         adjoint(tb, vb, u, hu, self.gamma)
 
@@ -139,6 +143,15 @@ class _Inner:
         glam = float(dlam[0]) if dlam is not None and self.n_lam == 1 else dlam
         gX = None if dXp is None else divergence.to_dtype(dXp, self.dtype, f"generic{where}")
         return HyperGrad(value, gX, glam, theta_T.astype(self.dtype), info)
+
+
+def _pinned_blas():
+    """The BLAS thread count in effect now, held for the whole call: the reverse sweep's
+    gradients must repeat the forward's bits, and a GEMM's partition (hence its rounding)
+    may depend on the thread count."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return threadpool_limits(limits=min(counts) if counts else 1, user_api="blas")
 
 
 def _where(i, problems):

@@ -3,6 +3,7 @@ hypergradient engine and the trainers (see base.Model for the interface)."""
 from .base import Model
 from .layout import Layout
 from .linear import LinearModel
+from .mlp import MLP
 from .regularizers import L2
 
-__all__ = ["Model", "Layout", "L2", "LinearModel"]
+__all__ = ["Model", "Layout", "L2", "LinearModel", "MLP"]

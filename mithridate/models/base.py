@@ -24,7 +24,9 @@ needs, per problem:
 - attribute ``fused``: "linear" when the compiled linear loops run this model
   exactly, else None (the engine then drives these primitives).
 
-Optional: ``loss_factor(theta, X, y)``, R with loss Hessian R^T R / n (None
+Optional: ``back(theta, u, X, y, lam, rows) -> (hvp, mixed_rows)`` (both
+from one pass where the model can; the default calls the two), and
+``loss_factor(theta, X, y)``, R with loss Hessian R^T R / n (None
 by default), for implicit mode's n x n (Woodbury) solve.
 
 Everything else is derived here from those primitives and the L2 component.
@@ -100,6 +102,11 @@ class Model:
         """d/dlam (grad . u), shape (n_lam,)."""
         reg = self.regularizer(self.features(theta.shape[-1]))
         return reg.mixed_lam(theta, u, reg.check_lam(lam))
+
+    def back(self, theta, u, X, y, lam, rows):
+        """(hvp(theta, u), mixed_rows(theta, u, rows)): the engine's step back; a model
+        that shares one pass for both (the network's R-op) overrides it."""
+        return self.hvp(theta, u, X, y, lam), self.mixed_rows(theta, u, X, y, rows)
 
     def hessian(self, theta, X, y, lam):
         """The training objective's (p, p) Hessian in float64."""
