@@ -413,6 +413,26 @@ def test_matches_generic_engine_of_numpy_mlp(mode, gamma, dtype):
                                 name="grad_Xp")
 
 
+def test_matches_reference_mlp_unrolled():
+    """The MLP oracle of mithridate.reference.mlp (autograd through the loop of
+    models.MLP's torch_objective), float64, trajectory and reversible."""
+    models = pytest.importorskip("mithridate.models")
+    ref = pytest.importorskip("mithridate.reference.mlp")
+    if not hasattr(models, "MLP"):
+        pytest.skip("mithridate.models.MLP is not in the tree yet (the MLP helper's file)")
+    pb = {k: v.cpu() for k, v in make_problems(1, torch.float64, seed=10).items()}
+    X, y = torch.cat([pb["Xc"], pb["Xp"][0]]), torch.cat([pb["yc"], pb["yp"][0]])
+    n, k = pb["Xc"].shape[0], pb["Xp"].shape[1]
+    value, gX, glam = ref.unrolled(models.MLP(layers=LAYERS), X, y, pb["Xv"], pb["yv"],
+                                   pb["lam"][0].numpy(), pb["theta0"][0], 6, 0.3, 0.5,
+                                   np.arange(n, n + k))
+    for mode in ("trajectory", "reversible"):
+        res = run({kk: v.to(DEVICE) for kk, v in pb.items()}, mode, gamma=0.5)
+        assert_verbose_allclose(res.value[0].cpu(), value, 1e-10, 1e-13, name="value")
+        assert_verbose_allclose(res.grad_Xp[0].cpu(), gX, 1e-8, 1e-11, name="grad_Xp")
+        assert_verbose_allclose(res.grad_lam[0].cpu(), glam, 1e-8, 1e-11, name="grad_lam")
+
+
 # ---- bad input --------------------------------------------------------------
 
 def test_bad_input():

@@ -140,7 +140,8 @@ def masked_reference(Z, D, b=None):
 def head_reference(z, b, y):
     z = z + b.reshape(-1, 1)
     s = torch.sigmoid(z)
-    return torch.nn.functional.softplus(z) - y * z, s - y, s * (1 - s)
+    # -logsigmoid(-z) = softplus(z) exactly (torch's softplus is linear above 20)
+    return -torch.nn.functional.logsigmoid(-z) - y * z, s - y, s * (1 - s)
 
 
 # ---- the network's passes: cuBLAS GEMMs between the kernels above -----------
