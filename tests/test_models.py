@@ -93,6 +93,39 @@ def test_primitives_match_torch_autograd(name, shape, dtype):
         assert out.dtype == X.dtype and out.shape == theta.shape
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_direct_kernel_calls_equal_the_checked_path(name, dtype):
+    """On numba the primitives call the kernel past ops' checks; ops' checked path (forced
+    here through backend="numba" on ops itself) gives the same bits, and a torch-backend
+    model (ops' path) agrees to tolerance."""
+    from mithridate import ops
+    n, d = 19, 7
+    model, X, y, theta, u, lam = make(name, n, d, dtype, seed=2)
+    rows = np.array([2, 17, 18])
+    opts = model._options(X, True)
+    v, g = ops.loss_grad(theta, X, y, **dict(opts, backend="numba"))
+    assert model.loss_grad(theta, X, y)[0] == float(v)
+    np.testing.assert_array_equal(model.loss_grad(theta, X, y)[1], g)
+    np.testing.assert_array_equal(model.loss_hvp(theta, u, X, y),
+                                  ops.hvp(theta, u, X, y, **dict(opts, backend="numba")))
+    np.testing.assert_array_equal(model.mixed_rows(theta, u, X, y, rows),
+                                  ops.mixed(theta, u, X, y, rows, **dict(opts, backend="numba"))[0])
+    v0, g0 = ops.loss_grad(theta, X, y, **dict(model._options(X, False), backend="numba"))
+    assert model.data_loss_grad(theta, X, y)[0] == float(v0)
+    np.testing.assert_array_equal(model.data_loss_grad(theta, X, y)[1], g0)
+    other = LinearModel(model.loss, model.fit_intercept, model.penalize_intercept, "torch")
+    if model.sample_weight is not None:
+        other = other.with_weights(model.sample_weight)
+    rtol, atol = TOLERANCES[dtype]
+    for a, b, what in ((model.loss_grad(theta, X, y)[1], other.loss_grad(theta, X, y)[1], "grad"),
+                       (model.loss_hvp(theta, u, X, y), other.loss_hvp(theta, u, X, y), "hvp"),
+                       (model.mixed_rows(theta, u, X, y, rows),
+                        other.mixed_rows(theta, u, X, y, rows), "mixed_rows")):
+        assert a.dtype == X.dtype
+        assert_verbose_allclose(a, b, rtol, atol * 10, name=what)
+
+
 @pytest.mark.parametrize("name", ["logistic_weighted", "squared_weighted_pen_b"])
 def test_outer_objective_is_unweighted_mean_loss(name):
     model, X, y, theta, _, lam = make(name, 9, 4, "float64")

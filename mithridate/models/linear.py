@@ -14,6 +14,7 @@ from .._validation import (LOSSES, as_bool, check_array, check_choice, check_lab
 from .base import Model
 from .layout import Layout
 
+_KERNEL = None  # kernels.cpu.linear, looked up once (LinearModel._numba)
 
 
 class LinearModel(Model):
@@ -68,32 +69,52 @@ class LinearModel(Model):
         except (TypeError, ValueError) as err:
             raise type(err)(f"{name} data: {err}") from None
 
+    # The primitives run inside trusted loops (trainers, the generic engine: thousands of
+    # calls on data checked once by check_data), so on numba they call the kernel past
+    # ops' per-call checks and the caller checks its results (the engine's divergence
+    # watch, the trainers' finite check); any other backend takes ops' checked path.
     def loss_grad(self, theta, X, y):
-        value, g = ops.loss_grad(theta, X, y, **self._options(X, True))
-        return float(value), g
+        kernel = self._numba(X)
+        if kernel is None:
+            value, g = ops.loss_grad(theta, X, y, **self._options(X, True))
+            return float(value), g
+        value, g = kernel.loss_grad(*self._kernel_args(theta, X, y, True), None,
+                                    **self._kernel_options())
+        return float(value[0]), g[0]
 
     def loss_grad_batch(self, theta, X, y):
-        """One kernel call (for X shared: one matrix-matrix product over the B thetas).
-        The trainers' inner loop: its data were checked once (check_data), so on numba
-        the kernel runs without ops' per-call checks; the trainer checks its result."""
+        """One kernel call (for X shared: one matrix-matrix product over the B thetas)."""
         if X.ndim == 3 and y.ndim == 1:
             y = np.ascontiguousarray(np.broadcast_to(y, X.shape[:2]))
-        opts = self._options(X, True)
-        if backends.select("linear", opts.pop("backend"), X) != "numba":
+        kernel = self._numba(X)
+        if kernel is None:
             return ops.loss_grad(theta, X, y, **self._options(X, True))
-        kernel = backends.implementation("linear", "numba")
-        return kernel.loss_grad(theta, X, y, opts.pop("sample_weight"), opts.pop("lam"),
-                                penalize_intercept=False, **opts)
+        return kernel.loss_grad(theta, X, y, self._options(X, True)["sample_weight"], None,
+                                **self._kernel_options())
 
     def loss_hvp(self, theta, u, X, y):
-        return ops.hvp(theta, u, X, y, **self._options(X, True))
+        kernel = self._numba(X)
+        if kernel is None:
+            return ops.hvp(theta, u, X, y, **self._options(X, True))
+        th, X, y, s = self._kernel_args(theta, X, y, True)
+        return kernel.hvp(th, u[None], X, y, s, None, **self._kernel_options())[0]
 
     def mixed_rows(self, theta, u, X, y, rows):
-        return ops.mixed(theta, u, X, y, np.asarray(rows), **self._options(X, True))[0]
+        kernel = self._numba(X)
+        if kernel is None:
+            return ops.mixed(theta, u, X, y, np.asarray(rows), **self._options(X, True))[0]
+        th, X, y, s = self._kernel_args(theta, X, y, True)
+        return kernel.mixed(th, u[None], X, y, s, None, np.asarray(rows, np.int64),
+                            **self._kernel_options())[0][0]
 
     def data_loss_grad(self, theta, X, y):
-        value, g = ops.loss_grad(theta, X, y, **self._options(X, False))
-        return float(value), g
+        kernel = self._numba(X)
+        if kernel is None:
+            value, g = ops.loss_grad(theta, X, y, **self._options(X, False))
+            return float(value), g
+        value, g = kernel.loss_grad(*self._kernel_args(theta, X, y, False), None,
+                                    **self._kernel_options())
+        return float(value[0]), g[0]
 
     def loss_factor(self, theta, X, y):
         """R (n, p) float64 with loss Hessian R^T R / n: R = sqrt(c) [X 1], c_i = s_i l''(z_i)
@@ -135,11 +156,29 @@ class LinearModel(Model):
         layout = self.layout(X.shape[-1])
         return data + ref.l2(theta, lam, [layout.slice(g) for g in layout.penalised])
 
+    def _numba(self, X):
+        """kernels.cpu.linear when this model's backend resolves to numba for X, else None."""
+        global _KERNEL
+        if backends.select("linear", self.backend, X) != "numba":
+            return None
+        if _KERNEL is None:  # the registry's lookup costs ~13 us a call
+            _KERNEL = backends.implementation("linear", "numba")
+        return _KERNEL
+
+    def _kernel_args(self, theta, X, y, weighted):
+        """(theta (1, p), X, y, sample weights or None) for one problem's kernel call."""
+        return theta[None], X, y, self._options(X, weighted)["sample_weight"]
+
+    def _kernel_options(self):
+        return dict(loss=self.loss, fit_intercept=self.fit_intercept, penalize_intercept=False)
+
     def _options(self, X, weighted):
         """ops keywords: the data term alone (the L2 component adds the regulariser),
         weighted by the sample weights when ``weighted`` (broadcast for a 3-D X)."""
         s = self.sample_weight if weighted else None
         if s is not None:
-            s = np.ascontiguousarray(np.broadcast_to(s.astype(X.dtype, copy=False), X.shape[:-1]))
+            s = s.astype(X.dtype, copy=False)
+            if X.ndim == 3:  # a read-only view: torch warns on those, so only when needed
+                s = np.ascontiguousarray(np.broadcast_to(s, X.shape[:-1]))
         return dict(loss=self.loss, lam=None, sample_weight=s, fit_intercept=self.fit_intercept,
                     backend=self.backend)
