@@ -36,6 +36,9 @@ REGISTRY = {
     ("fixed_point", "numba"): "mithridate.kernels.cpu.fixed_point",
     ("fixed_point", "cpp"): "mithridate._C",
     ("fixed_point", "cuda"): "mithridate._C_cuda",
+    ("mlp", "numba"): "mithridate.kernels.cpu.mlp",
+    ("mlp", "triton"): "mithridate.kernels.gpu.mlp",
+    ("mlp", "torch"): "mithridate.reference.mlp",
 }
 NAMES = ("numba", "cpp", "cuda", "triton", "torch")
 BACKENDS = NAMES + ("auto",)
@@ -47,6 +50,7 @@ AUTO = {
     "lipschitz": (("numba", "torch"), ("triton", "torch")),
     "hypergrad": (("numba", "cpp", "torch"), ("cuda", "torch")),
     "fixed_point": (("cpp", "numba"), ("cuda",)),
+    "mlp": (("numba", "torch"), ("triton", "torch")),
 }
 # Compiled extensions: the backend needs this module to import.
 _EXTENSION = {"cpp": "mithridate._C", "cuda": "mithridate._C_cuda"}

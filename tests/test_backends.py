@@ -9,8 +9,9 @@ import pytest
 
 from mithridate import backends, ops
 
-PATHS = ("linear", "lipschitz", "hypergrad", "fixed_point")
-HOST_AUTO = {"linear": "numba", "lipschitz": "numba", "hypergrad": "numba", "fixed_point": "cpp"}
+PATHS = ("linear", "lipschitz", "hypergrad", "fixed_point", "mlp")
+HOST_AUTO = {"linear": "numba", "lipschitz": "numba", "hypergrad": "numba", "fixed_point": "cpp",
+             "mlp": "numba"}
 
 
 class FakeCudaTensor:
@@ -37,6 +38,7 @@ def test_the_table():
     assert backends.implemented("lipschitz") == ("numba", "triton", "torch")
     assert backends.implemented("hypergrad") == ("numba", "cpp", "cuda", "torch")
     assert backends.implemented("fixed_point") == ("numba", "cpp", "cuda")
+    assert backends.implemented("mlp") == ("numba", "triton", "torch")
     assert backends.REGISTRY["hypergrad", "cpp"] == backends.REGISTRY["hypergrad", "cuda"] \
         == "mithridate.hypergrad.native"
     for path, (host, gpu) in backends.AUTO.items():  # auto only ever picks what exists
@@ -62,7 +64,7 @@ def test_explicit_choices(path):
 
 @pytest.mark.parametrize("path,env", [("linear", "torch"), ("lipschitz", "torch"),
                                       ("hypergrad", "torch"), ("hypergrad", "cpp"),
-                                      ("fixed_point", "numba")])
+                                      ("fixed_point", "numba"), ("mlp", "torch")])
 def test_environment_overrides_auto(monkeypatch, path, env):
     monkeypatch.setenv("MITHRIDATE_BACKEND", env)
     assert backends.select(path, "auto", np.zeros(3)) == env
@@ -118,7 +120,8 @@ def test_unknown_backend_and_path():
 
 @pytest.mark.parametrize("path,name", [("hypergrad", "triton"), ("fixed_point", "torch"),
                                        ("fixed_point", "triton"), ("linear", "cpp"),
-                                       ("linear", "cuda"), ("lipschitz", "cpp")])
+                                       ("linear", "cuda"), ("lipschitz", "cpp"), ("mlp", "cpp"),
+                                       ("mlp", "cuda")])
 def test_backend_without_the_path(path, name):
     listed = ", ".join(backends.implemented(path))
     message = f"backend='{name}': {path} has no {name} implementation; implemented: {listed}."
@@ -143,12 +146,13 @@ def test_available_follows_availability(monkeypatch):
     only(monkeypatch, "numba", "cpp")
     assert {p: backends.available(p) for p in PATHS} == {
         "linear": ("numba",), "lipschitz": ("numba",), "hypergrad": ("numba", "cpp"),
-        "fixed_point": ("numba", "cpp")}
+        "fixed_point": ("numba", "cpp"), "mlp": ("numba",)}
 
 
 @pytest.mark.parametrize("path,first,then", [("linear", "numba", "torch"),
                                              ("hypergrad", "numba", "cpp"),
-                                             ("fixed_point", "cpp", "numba")])
+                                             ("fixed_point", "cpp", "numba"),
+                                             ("mlp", "numba", "torch")])
 def test_auto_falls_back_and_logs_why(monkeypatch, caplog, path, first, then):
     names = set(backends.NAMES) - {first}
     only(monkeypatch, *names)
@@ -170,7 +174,8 @@ def test_auto_with_nothing_available(monkeypatch):
 def test_auto_on_gpu_data(monkeypatch, caplog):
     only(monkeypatch, *backends.NAMES)
     assert {p: backends.select(p, "auto", FakeCudaTensor()) for p in PATHS} == {
-        "linear": "triton", "lipschitz": "triton", "hypergrad": "cuda", "fixed_point": "cuda"}
+        "linear": "triton", "lipschitz": "triton", "hypergrad": "cuda", "fixed_point": "cuda",
+        "mlp": "triton"}
     only(monkeypatch, "numba", "torch")
     with caplog.at_level(logging.DEBUG, logger=backends.__name__):
         assert backends.select("lipschitz", "auto", np.zeros(3), FakeCudaTensor()) == "torch"
@@ -196,6 +201,7 @@ def test_explicit_triton_runs_under_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert backends.select("linear", "triton", np.zeros(3)) == "triton"
     assert backends.select("linear", "auto", FakeCudaTensor()) == "triton"
+    assert backends.select("mlp", "triton", np.zeros(3)) == "triton"
 
 
 def test_cuda_needs_the_extension_and_a_gpu(monkeypatch):
@@ -220,9 +226,27 @@ def test_explicit_missing_package_raises(monkeypatch):
 def test_import_stays_light(tmp_path):
     code = ("import sys, mithridate; from mithridate import backends\n"
             "assert [backends.select(p) for p in backends.PATHS] == "
-            "['numba', 'numba', 'numba', 'cpp']\n"
+            "['numba', 'numba', 'numba', 'cpp', 'numba']\n"
             "assert not {'torch', 'triton'} & set(sys.modules), 'imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)  # the installed package
+
+
+def test_mlp_on_gpu_data_falls_back_to_torch(monkeypatch, caplog):
+    only(monkeypatch, "numba", "torch")
+    with caplog.at_level(logging.DEBUG, logger=backends.__name__):
+        assert backends.select("mlp", "auto", FakeCudaTensor()) == "torch"
+    assert "backend auto for mlp: triton unavailable" in caplog.text
+
+
+def test_mlp_triton_module_holds_the_network_kernels(monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    mod = backends.implementation("mlp", "triton")
+    assert mod is importlib.import_module("mithridate.kernels.gpu.mlp")
+    for name in ("bias_act", "masked", "head", "bias_act_reference", "masked_reference",
+                 "head_reference", "exact_forward", "exact_reverse_theta", "exact_reverse"):
+        assert callable(getattr(mod, name)), name
 
 
 ENTRY_POINTS = {"linear": ("loss_grad", "hvp", "mixed"), "lipschitz": ("lipschitz", "data_bounds"),
