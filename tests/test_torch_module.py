@@ -441,3 +441,21 @@ def test_bad_data():
         big.loss_hessian(big.init(HESSIAN_MAX), Xb, np.zeros(2))
     with pytest.raises(ValueError, match="y must hold labels in"):
         m64.check_data(a["Xc"], a["yc"] + 2, "train")
+
+
+def test_the_docstring_example_runs():
+    """The usage example of the module docstring (the README's API tour) as written."""
+    import textwrap
+    from mithridate.models import torch_module
+    doc = torch_module.__doc__
+    block = doc[doc.index("::\n") + 3:]
+    lines = []
+    for line in block.splitlines():
+        if line.strip() and not line.startswith("    "):
+            break
+        lines.append(line)
+    namespace = {}
+    exec(textwrap.dedent("\n".join(lines)), namespace)
+    r = namespace["r"]
+    assert r.grad_Xp.shape == (4, 10) and r.grad_lam.shape == (2,) and r.info["w0_recovered"]
+    assert np.isfinite(r.grad_Xp).all() and np.isfinite(r.grad_lam).all()
