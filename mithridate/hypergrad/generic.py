@@ -79,7 +79,13 @@ def state_bytes(model, pb, mode, schedule=None, frac_bits=None, max_buffer_bytes
         return 8 * p * 2 * (1 + (mode == "forward") * inner.n_lam)
     if mode == "reversible":
         return _fixed_point_plan(inner, reversible.check_frac_bits(frac_bits), max_buffer_bytes)[3]
-    return _schedule(mode, schedule, inner.T).state_bytes(p)
+    sched = _schedule(mode, schedule, inner.T)
+    return sched.state_bytes(p) + _cache_size(sched) * inner.pass_bytes
+
+
+def _cache_size(sched):
+    """At most this many model pass states are kept by _rmd (module docstring)."""
+    return sched.n_slots
 
 
 class _Inner:
@@ -100,35 +106,47 @@ class _Inner:
             raise ValueError(f"theta0 has shape {self.theta0.shape} but the model's layout "
                              f"{self.layout.groups} has p={self.p} parameters.")
         self.T, self.alpha, self.gamma = pb.T, pb.alpha, pb.gamma
+        self.pass_bytes = model.pass_bytes(self.X)
         self._terms = None
 
     def _x(self, a):
         return a.astype(self.dtype, copy=False)
 
-    def grad(self, theta):
-        """The training objective's gradient at theta (float64)."""
-        return np.asarray(self.model.grad(self._x(theta), self.X, self.y, self.lam), np.float64)
+    def grad_pass(self, theta):
+        """(the training objective's gradient at theta (float64), the model's pass state
+        for back at theta). Every gradient of every mode comes from here: the reverse
+        sweep of reversible repeats the forward's calls, hence its bits."""
+        g, state = self.model.grad_pass(self._x(theta), self.X, self.y, self.lam)
+        return np.asarray(g, np.float64), state
 
     def outer(self, theta):
         """(value, gradient) of the outer objective at theta_T."""
         value, g = self.model.data_loss_grad(self._x(theta), self.pb.Xv, self.pb.yv)
         return float(value), np.array(g, np.float64)  # a copy: the reverse updates it in place
 
-    def back(self, theta, tb, vb, dXp, dlam):
-        """The step back at theta_t, in place (module docstring)."""
+    def back(self, theta, tb, vb, dXp, dlam, state=None):
+        """The step back at theta_t, in place (module docstring); ``state``: the model's
+        grad_pass state at theta_t, reused where given."""
         from ..kernels.cpu.heavy_ball import adjoint, direction
         s = 1.0 - self.gamma
         u = np.empty(self.p)
         direction(tb, vb, self.alpha, u)
         th, ux = self._x(theta), self._x(u)
-        if self.k:
-            hu, mixed = self.model.back(th, ux, self.X, self.y, self.lam, self.rows)
+        if self.k or state is not None:
+            hu, mixed = self.model.back(th, ux, self.X, self.y, self.lam, self.rows, state)
             dXp -= s * mixed
         else:
             hu = self.model.hvp(th, ux, self.X, self.y, self.lam)
         hu = np.asarray(hu, np.float64)
         dlam -= s * np.asarray(self.model.mixed_lam(theta, u, self.lam), np.float64)
         adjoint(tb, vb, u, hu, self.gamma)
+
+    def hvp(self, theta, u, state):
+        """H u at theta (X's dtype), from the pass ``state`` where the model keeps one."""
+        th, ux = self._x(theta), self._x(u)
+        if state is None:
+            return self.model.hvp(th, ux, self.X, self.y, self.lam)
+        return self.model.back(th, ux, self.X, self.y, self.lam, self.rows[:0], state)[0]
 
     def lam_tangent(self, theta):
         """(n_lam, p): d grad / d lam_j = the gradient of group j's exp(lam_j)-scaled term."""
@@ -181,18 +199,27 @@ def _watcher(gamma):
 
 
 def _rmd(inner, sched, mode):
-    """Trajectory or checkpoint RMD: walk the schedule (schedule.py's cursor)."""
+    """Trajectory or checkpoint RMD: walk the schedule (schedule.py's cursor). The
+    model's pass state of a gradient at theta_t (a network's activations) is kept for
+    the REVERSE at t: every step's in trajectory mode, in checkpoint mode those of
+    the recomputations (at most sched.n_slots, the lowest t dropped first)."""
     theta, v, t = inner.theta0.copy(), np.zeros(inner.p), 0
     slots = [None] * sched.n_slots
     watch = _watcher(inner.gamma)
     first = True  # before VALUE: the one forward pass, watched
+    keep = inner.pass_bytes > 0  # the default Model keeps no state
+    cache, size = {}, _cache_size(sched)
     dXp, dlam = np.zeros((inner.k, inner.d)), np.zeros(inner.n_lam)
     for op, arg in sched.actions:
         if op == ADVANCE:
             for _ in range(arg):
-                g = inner.grad(theta)
+                g, state = inner.grad_pass(theta)
                 if first:
                     watch(g, t)
+                if keep and (not first or mode == "trajectory"):
+                    cache[t] = state
+                    if len(cache) > size:
+                        del cache[min(cache)]
                 theta, v = step(theta, v, g, inner.alpha, inner.gamma)
                 t += 1
         elif op == SAVE:  # step returns new arrays: references are copies
@@ -203,9 +230,12 @@ def _rmd(inner, sched, mode):
             value, tb = inner.outer(theta)
             vb, theta_T, first = np.zeros(inner.p), theta, False
         else:
-            inner.back(theta, tb, vb, dXp, dlam)
+            inner.back(theta, tb, vb, dXp, dlam, cache.pop(arg, None))
+            for stale in [s for s in cache if s > arg]:  # the reverse has passed them
+                del cache[stale]
     info = dict(mode=mode, backend="generic", T=inner.T, diverged_at=watch.step(),
-                state_bytes=sched.state_bytes(inner.p), recomputed=sched.recomputed)
+                state_bytes=sched.state_bytes(inner.p) + size * inner.pass_bytes,
+                recomputed=sched.recomputed)
     return inner.result(value, dXp, dlam, theta_T, info)
 
 
@@ -217,13 +247,12 @@ def _forward(inner, tangents):
     dth, dv = np.zeros((n, inner.p)), np.zeros((n, inner.p))
     watch = _watcher(inner.gamma)
     for t in range(inner.T):
-        g = inner.grad(theta)
+        g, state = inner.grad_pass(theta)
         watch(g, t)
         if tangents:
-            th = inner._x(theta)
             dg = inner.lam_tangent(theta)
             for j in range(n):
-                dg[j] += inner.model.hvp(th, inner._x(dth[j]), inner.X, inner.y, inner.lam)
+                dg[j] += inner.hvp(theta, dth[j], state)
             dth, dv = step(dth, dv, dg, inner.alpha, inner.gamma)
         theta, v = step(theta, v, g, inner.alpha, inner.gamma)
     value, gv = inner.outer(theta)
@@ -267,7 +296,7 @@ def _reversible(inner, frac_bits, num, den, words, state, where):
     watch = _watcher(inner.gamma)
     for t in range(T):
         theta = thq * inv
-        g = inner.grad(theta)
+        g = inner.grad_pass(theta)[0]
         watch(g, t)
         hb.exact_increment(g, scale, incr, codes)
         status, which, j = hb.exact_forward(thq, vq, buf, incr, codes, w[t + 1], num, den,
@@ -288,9 +317,10 @@ def _reversible(inner, frac_bits, num, den, words, state, where):
     for t in range(T - 1, -1, -1):
         hb.exact_reverse_theta(thq, vq, inner.alpha)
         theta = thq * inv
-        hb.exact_increment(inner.grad(theta), scale, incr, codes)  # the forward's integers
+        g, state = inner.grad_pass(theta)
+        hb.exact_increment(g, scale, incr, codes)  # the forward's integers
         hb.exact_reverse(vq, buf, incr, w[t + 1], num, den, rem, hi)
-        inner.back(theta, tb, vb, dXp, dlam)
+        inner.back(theta, tb, vb, dXp, dlam, state)
     if not ((thq == q0).all() and not vq.any() and not buf.any()):
         raise RuntimeError(f"mode='reversible'{where}: the reverse sweep did not recover w0 bit "
                            "for bit (the model's gradient is not a deterministic function of "

@@ -24,8 +24,11 @@ needs, per problem:
 - attribute ``fused``: "linear" when the compiled linear loops run this model
   exactly, else None (the engine then drives these primitives).
 
-Optional: ``back(theta, u, X, y, lam, rows) -> (hvp, mixed_rows)`` (both
-from one pass where the model can; the default calls the two), and
+Optional: ``grad_pass(theta, X, y, lam) -> (grad, state)`` and
+``back(theta, u, X, y, lam, rows, state=None) -> (hvp, mixed_rows)``: the
+engine's step back, both products from one pass where the model can, reusing
+the state of the gradient's pass at the same theta (a network's activations;
+``pass_bytes(X)`` its size, 0 by default: the defaults keep none); and
 ``loss_factor(theta, X, y)``, R with loss Hessian R^T R / n (None
 by default), for implicit mode's n x n (Woodbury) solve.
 
@@ -103,7 +106,15 @@ class Model:
         reg = self.regularizer(self.features(theta.shape[-1]))
         return reg.mixed_lam(theta, u, reg.check_lam(lam))
 
-    def back(self, theta, u, X, y, lam, rows):
+    def grad_pass(self, theta, X, y, lam):
+        """(grad(theta), state): state is what ``back`` at this theta may reuse (None here)."""
+        return self.grad(theta, X, y, lam), None
+
+    def pass_bytes(self, X):
+        """Bytes of one grad_pass state on X (the engine's memory accounting)."""
+        return 0
+
+    def back(self, theta, u, X, y, lam, rows, state=None):
         """(hvp(theta, u), mixed_rows(theta, u, rows)): the engine's step back; a model
         that shares one pass for both (the network's R-op) overrides it."""
         return self.hvp(theta, u, X, y, lam), self.mixed_rows(theta, u, X, y, rows)

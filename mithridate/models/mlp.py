@@ -158,9 +158,28 @@ class MLP(Model):
             b[...] = dl.sum(axis=0)
         return g
 
+    def _pass(self, theta, X, y):
+        """The forward and backprop pass at theta: (value, (h, D, delta, ddz)), the tuple
+        what the R-op pass at the same theta reuses (grad_pass's state)."""
+        h, D, value, dz, ddz = self._head(theta, X, y)
+        return value, (h, D, self._deltas(theta, D, dz), ddz)
+
     def loss_grad(self, theta, X, y):
-        h, D, value, dz, _ = self._head(theta, X, y)
-        return float(value), self._grad_into(np.empty_like(theta), h, self._deltas(theta, D, dz))
+        value, (h, _, delta, _) = self._pass(theta, X, y)
+        return float(value), self._grad_into(np.empty_like(theta), h, delta)
+
+    def grad_pass(self, theta, X, y, lam):
+        """(the training objective's gradient, the pass state ``back`` reuses at this theta)."""
+        value, state = self._pass(theta, X, y)
+        reg = self.regularizer(X.shape[-1])
+        g = self._grad_into(np.empty_like(theta), state[0], state[2])
+        return g + reg.grad(theta, reg.check_lam(lam)), state
+
+    def pass_bytes(self, X):
+        """Bytes of one grad_pass state on X: h, D, delta of every hidden layer, delta and
+        l'' of the output (X itself is shared, not copied)."""
+        hidden = sum(self.layers[1:-1])
+        return X.shape[0] * (3 * hidden + 2) * X.dtype.itemsize
 
     def data_loss_grad(self, theta, X, y):
         return self.loss_grad(theta, X, y)
@@ -170,11 +189,11 @@ class MLP(Model):
         theta = np.asarray(theta).astype(X.dtype, copy=False)
         return self._forward(theta, X)[2] + theta[-1]
 
-    def _rop(self, theta, u, X, y, rows):
-        """The R-op pass in direction u: (H u in X's dtype, d/dX[rows] (grad . u) or None)."""
+    def _rop(self, theta, u, X, y, rows, state=None):
+        """The R-op pass in direction u, reusing ``state`` (grad_pass's at this theta) when
+        given: (H u in X's dtype, d/dX[rows] (grad . u) or None)."""
         from ..kernels.cpu.mlp import masked
-        h, D, _, dz, ddz = self._head(theta, X, y)
-        delta = self._deltas(theta, D, dz)
+        h, D, delta, ddz = self._pass(theta, X, y)[1] if state is None else state
         params, V = self._params(theta), self._params(u)
         Rh = [None]  # R(h_0) = R(X) = 0
         for l in range(self.n_layers):
@@ -213,9 +232,10 @@ class MLP(Model):
     def mixed_rows(self, theta, u, X, y, rows):
         return self._rop(theta, u, X, y, np.asarray(rows))[1]
 
-    def back(self, theta, u, X, y, lam, rows):
-        """(hvp, mixed_rows) from one forward and R-op pass."""
-        Hu, mixed = self._rop(theta, u, X, y, np.asarray(rows))
+    def back(self, theta, u, X, y, lam, rows, state=None):
+        """(hvp, mixed_rows) from one forward and R-op pass (the forward reused from
+        ``state``, grad_pass's at this theta, when given)."""
+        Hu, mixed = self._rop(theta, u, X, y, np.asarray(rows), state)
         reg = self.regularizer(X.shape[-1])
         return Hu + reg.hvp(u, reg.check_lam(lam)), mixed
 
