@@ -5,31 +5,42 @@ import numpy as np
 import torch
 
 from ..models.heavy_ball import step
-from .linear import l2
 
 
-def logits(model, theta, X):
+def layers(model, theta):
+    """[(W_l (d_{l-1}, d_l), b_l (d_l,))] of flat theta, by one torch.split (its backward
+    is one concatenation: slicing every group would add a zero-padded p-vector per
+    group to the graph of each gradient)."""
+    sizes = [n for a, b in zip(model.layers[:-1], model.layers[1:]) for n in (a * b, b)]
+    parts = torch.split(theta, sizes)
+    return [(parts[2 * l].reshape(a, b), parts[2 * l + 1])
+            for l, (a, b) in enumerate(zip(model.layers[:-1], model.layers[1:]))]
+
+
+def logits(model, theta, X, params=None):
     """(n,) logits of MLP ``model`` for flat theta (its layout) on X."""
-    h, k = X, 0
-    for l, (a, b) in enumerate(zip(model.layers[:-1], model.layers[1:])):
-        W, bias = theta[k:k + a * b].reshape(a, b), theta[k + a * b:k + a * b + b]
-        k += a * b + b
-        h = h @ W + bias
+    h = X
+    for l, (W, b) in enumerate(layers(model, theta) if params is None else params):
+        h = h @ W + b
         if l < model.n_layers - 1:
             h = torch.nn.functional.leaky_relu(h, model.negative_slope)
     return h[:, 0]
 
 
-def loss(model, theta, X, y):
+def loss(model, theta, X, y, params=None):
     """Mean logistic loss softplus(z) - y z (as -logsigmoid(-z): torch's softplus is
     linear above its threshold 20, logsigmoid is exact for every z)."""
-    z = logits(model, theta, X)
+    z = logits(model, theta, X, params)
     return (-torch.nn.functional.logsigmoid(-z) - y * z).mean()
 
 
 def objective(model, theta, X, y, lam):
-    layout = model.layout(X.shape[-1])
-    return loss(model, theta, X, y) + l2(theta, lam, [layout.slice(g) for g in layout.penalised])
+    """loss + sum_l exp(lam_l)/2 ||W_l||^2 (with penalize_bias, + ||b_l||^2 in layer l's term)."""
+    params = layers(model, theta)
+    reg = sum(0.5 * torch.exp(lam[l]).to(theta.dtype)
+              * ((W ** 2).sum() + ((b ** 2).sum() if model.penalize_bias else 0))
+              for l, (W, b) in enumerate(params))
+    return loss(model, theta, X, y, params) + reg
 
 
 def unrolled(model, X, y, Xv, yv, lam, theta0, T, alpha, gamma, rows):
