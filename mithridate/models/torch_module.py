@@ -244,10 +244,8 @@ class TorchModule(Model):
             else:
                 raise TypeError(f"random_state must be None, an int seed or a numpy Generator, "
                                 f"got {type(random_state).__name__}.")
-            module = copy.deepcopy(self.module)
-            owners = [(m, [n for n, _ in m.named_parameters(recurse=False)])
-                      for m in module.modules()]
-            fixed = [f"{prefix}{'.' if prefix else ''}{n}" for prefix, m in module.named_modules()
+            fixed = [f"{prefix}{'.' if prefix else ''}{n}"
+                     for prefix, m in self.module.named_modules()
                      if not hasattr(m, "reset_parameters")
                      for n, _ in m.named_parameters(recurse=False)]
             if fixed:
@@ -255,10 +253,11 @@ class TorchModule(Model):
                                  f"submodule's reset_parameters(), but {fixed} belong to modules "
                                  "without one; pass random_state=None (the module's current "
                                  "parameters) or give those modules reset_parameters().")
+            module = copy.deepcopy(self.module)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                for m, names in owners:
-                    if names:
+                for m in module.modules():
+                    if next(m.parameters(recurse=False), None) is not None:
                         m.reset_parameters()
         params = dict(module.named_parameters())
         return np.concatenate([params[n].detach().reshape(-1).double().numpy()
