@@ -44,13 +44,14 @@ per row, (n,) or (n, 1): 2-D feature rows only for now (other input shapes are
 refused). It must be a deterministic function of its parameters and X (put it
 in eval() mode for dropout or batch norm: training-mode ones are refused).
 
-Every call runs by torch.func on the module's own dtype (theta and the data are
-cast to nothing: the data's dtype must be the parameters'), on CPU tensors
-shared with the numpy arrays: ``functional_call`` for the loss, ``grad``,
+Every call runs by torch.func in the module's own dtype (theta is cast to it;
+the data must already be in it: refused otherwise), on CPU tensors sharing the
+numpy arrays' memory: ``functional_call`` for the loss, ``grad``,
 the HVP and the mixed rows as the ``vjp`` of ``grad`` (wrt theta, wrt the
 input rows: reverse-over-reverse), ``loss_hessian`` by
-``torch.func.hessian`` for p <= HESSIAN_MAX. Determinism: each call pins
-torch's intra-op threads to ``num_threads`` (restored after) and enables
+``torch.func.hessian`` for p <= HESSIAN_MAX; ``logits(theta, X)`` predicts.
+Determinism: each call pins torch's intra-op threads to ``num_threads``
+(default 1; the caller's setting is restored after) and enables
 torch.use_deterministic_algorithms, so the same theta gives the same bits
 (reversible mode recomputes the gradient in its reverse sweep and asserts w0).
 
