@@ -474,17 +474,18 @@ def test_bad_input():
 
 # ---- the GPU benchmark's dry run --------------------------------------------
 
-def test_gpu_benchmark_dry_run():
+def test_gpu_benchmark_dry_run(monkeypatch, capsys):
     """benchmarks/gpu_mlp.py --tiny: the script a GPU session runs as is, on tiny
-    shapes under the interpreter; every mode of both batch sizes agrees with the
-    unrolled reference."""
-    import subprocess
+    shapes under the interpreter (in this process); every mode of both batch sizes
+    agrees with the unrolled reference."""
+    import runpy
     import sys
     from pathlib import Path
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_mlp.py"
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, str(script), "--tiny", "--skip-tests", "--repeats", "1"],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(sys, "argv", [str(script), "--tiny", "--skip-tests", "--repeats", "1"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
     cells = {(r[0].strip(), r[1].strip()): r for r in rows[1:]}
     for B in ("1", "3"):
