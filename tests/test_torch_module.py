@@ -459,3 +459,17 @@ def test_the_docstring_example_runs():
     r = namespace["r"]
     assert r.grad_Xp.shape == (4, 10) and r.grad_lam.shape == (2,) and r.info["w0_recovered"]
     assert np.isfinite(r.grad_Xp).all() and np.isfinite(r.grad_lam).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("make", [CASES["sequential"][0], CASES["custom"][0]])
+def test_back_is_hvp_and_mixed_rows_from_one_pass(make, dtype):
+    model, X, y, theta, u = primitives_setup(dtype, make)
+    lam = np.linspace(-1.5, -0.5, model.layout(D).n_lam)
+    rows = np.array([NC + 1, 0])
+    hu, mixed = model.back(theta, u, X, y, lam, rows)
+    assert hu.dtype == dtype and mixed.dtype == dtype and mixed.shape == (2, D)
+    close(hu, model.hvp(theta, u, X, y, lam), dtype, "hvp")
+    close(mixed, model.mixed_rows(theta, u, X, y, rows), dtype, "mixed")
+    again = model.back(theta.copy(), u.copy(), X.copy(), y, lam, rows)
+    assert again[0].tobytes() == hu.tobytes() and again[1].tobytes() == mixed.tobytes()

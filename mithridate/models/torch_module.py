@@ -48,7 +48,8 @@ Every call runs by torch.func in the module's own dtype (theta is cast to it;
 the data must already be in it: refused otherwise), on CPU tensors sharing the
 numpy arrays' memory: ``functional_call`` for the loss, ``grad``,
 the HVP and the mixed rows as the ``vjp`` of ``grad`` (wrt theta, wrt the
-input rows: reverse-over-reverse), ``loss_hessian`` by
+input rows: reverse-over-reverse; ``back``, the engine's step back, takes both
+from one vjp), ``loss_hessian`` by
 ``torch.func.hessian`` for p <= HESSIAN_MAX; ``logits(theta, X)`` predicts.
 Determinism: each call pins torch's intra-op threads to ``num_threads``
 (default 1; the caller's setting is restored after) and enables
@@ -194,15 +195,17 @@ class TorchModule(Model):
 
     def mixed_rows(self, theta, u, X, y, rows):
         """d/dX[rows] (grad . u): the vjp of the gradient wrt those input rows, cotangent u."""
-        import torch
-        from torch.func import grad, vjp
         with self._pinned():
-            th, Xt, yt = self._tensors(theta, X, y)
-            ut = self._vector(u, "u")
-            idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
-            _, back = vjp(lambda Xr: grad(self._mean_loss)(th, Xt.index_copy(0, idx, Xr), yt),
-                          Xt[idx])
-            return back(ut)[0].numpy()
+            return self._pullback(theta, u, X, y, rows, False)[0].numpy()
+
+    def back(self, theta, u, X, y, lam, rows, state=None):
+        """(hvp, mixed_rows) from ONE vjp of the gradient wrt (theta, X[rows]), cotangent u:
+        7.0 ms instead of 4.1 + 6.1 for the two calls (784 x 64 x 1 net, 529 rows). No pass
+        state is kept (pass_bytes 0: a graph per step would outweigh the stored thetas)."""
+        with self._pinned():
+            hu, mixed = self._pullback(theta, u, X, y, rows, True)
+        reg = self.regularizer(None)
+        return hu.numpy() + reg.hvp(u, reg.check_lam(lam)), mixed.numpy()
 
     def loss_hessian(self, theta, X, y):
         """(p, p) float64 by torch.func.hessian: for p <= HESSIAN_MAX only."""
@@ -325,6 +328,19 @@ class TorchModule(Model):
         self._check_X(X)
         return (self._vector(theta, "theta"), self._tensor(X),
                 None if y is None else self._tensor(np.asarray(y).astype(self.np_dtype, copy=False)))
+
+    def _pullback(self, theta, u, X, y, rows, with_theta):
+        """The vjp of grad(theta, X with X[rows] replaced) at the given rows, cotangent u:
+        (d/dtheta, d/dX[rows]) of grad . u when with_theta, else (d/dX[rows],)."""
+        import torch
+        from torch.func import grad, vjp
+        th, Xt, yt = self._tensors(theta, X, y)
+        ut = self._vector(u, "u")
+        idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        g = lambda t, Xr: grad(self._mean_loss)(t, Xt.index_copy(0, idx, Xr), yt)
+        if with_theta:
+            return vjp(g, th, Xt[idx])[1](ut)
+        return vjp(lambda Xr: g(th, Xr), Xt[idx])[1](ut)
 
     def _probe(self, d):
         """Run the module on zero rows (n, d): it must take them and give (n,) or (n, 1),
