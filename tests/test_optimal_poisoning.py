@@ -257,3 +257,135 @@ def test_lockstep_divergence_is_per_attack():
     np.testing.assert_array_equal(got[1].Xp, got[1].Xp_init)  # every update skipped
     with pytest.raises(DivergenceError, match="the value on the clean training set: .* lam=8 and the n=40"):
         run_lockstep([calm, OptimalPoisoning(lam=8.0, **kw)], train, val)
+
+
+# ---- the network victim (issue 10): mithridate.models.MLP, one lam per layer ----------
+
+NET = dict(n_points=4, batch_size=2, T=25, T_outer=4, T_lam=2, alpha=0.5, beta=0.5, eta=0.5,
+           box=(0.0, 1.0), lam_range=(-8.0, 3.0))
+
+
+def _mlp(d=4, seeds=None):
+    """A tiny MLP; with ``seeds`` a list, every model.init records its random_state."""
+    from mithridate.models import MLP
+
+    class Recording(MLP):
+        def init(self, d, random_state=None):
+            seeds.append(random_state)
+            return super().init(d, random_state=random_state)
+    return (MLP if seeds is None else Recording)(layers=(d, 6, 3, 1))
+
+
+def _net_val_loss(model, X, y, lam, Xv, yv, inits):
+    """Mean validation loss of the attack's inner training (full-batch GD, lam - log n per
+    layer) over several random initial weights: numpy's trainer, not the engine."""
+    from mithridate.models.training import gradient_descent
+    lam = np.asarray(lam, float) - math.log(len(y))
+    out = []
+    for s in inits:
+        th = gradient_descent(model, X, y, lam, T=NET["T"], alpha=NET["eta"],
+                              theta0=model.init(X.shape[1], random_state=s))
+        out.append(model.data_loss(th, Xv, yv))
+    return float(np.mean(out))
+
+
+def test_network_attack_raises_the_validation_loss():
+    train, val = _data(10)
+    model = _mlp()
+    res = OptimalPoisoning(model=model, lam=-8.0, random_state=0, **NET).run(train, val)
+    assert res.lam_batches.shape == (3, 3) and (res.lam_batches == -8.0).all()
+    inits = range(100, 106)  # not the attack's: the points generalise across initialisations
+    clean = _net_val_loss(model, *train, [-8.0] * 3, *val, inits)
+    pois = _net_val_loss(model, *res.training_set(), [-8.0] * 3, *val, inits)
+    assert pois > clean + 0.05
+    assert res.values[-1] > res.values[0]
+    assert np.abs(res.Xp - res.Xp_init).max() > 0.1
+    assert res.Xp.min() >= 0 and res.Xp.max() <= 1
+
+
+def test_network_per_layer_lam_is_learned_and_projected():
+    train, val = _data(11)
+    lo, hi = 1.0, 2.0
+    res = OptimalPoisoning(model=_mlp(), lam="learned", lam_init=[1.5, 1.6, 1.7], random_state=0,
+                           **{**NET, "beta": 50.0, "lam_range": (lo, hi)}).run(train, val)
+    h = res.history
+    assert h["lam"].shape == (len(h["value"]), 3) and h["grad_lam"].shape == h["lam"].shape
+    assert np.isfinite(h["grad_lam"]).all() and (h["lam"] >= lo).all() and (h["lam"] <= hi).all()
+    before = np.vstack([[1.5, 1.6, 1.7], h["lam"][:-1]])
+    # projected descent per layer: each layer's step is -beta * its own gradient, clipped
+    np.testing.assert_allclose(h["lam"], np.clip(before - 50.0 * h["grad_lam"], lo, hi),
+                               rtol=1e-12, atol=1e-12)
+    assert (np.abs(h["lam"][-1] - [1.5, 1.6, 1.7]) > 1e-3).all()  # every layer's lam moved
+    assert len(set(np.round(h["grad_lam"][0], 12))) == 3  # one gradient per layer
+    assert isinstance(res.lam, np.ndarray) and res.lam.shape == (3,)
+
+
+def test_network_fixed_lam_vector_stays_put():
+    train, val = _data(12)
+    res = OptimalPoisoning(model=_mlp(), lam=[-8.0, 0.0, 1.0], random_state=0,
+                           **NET).run(train, val)
+    assert (res.lam_batches == [-8.0, 0.0, 1.0]).all()
+    assert np.isnan(res.history["grad_lam"]).all()
+
+
+def test_network_new_initial_weights_for_every_update_seeded():
+    train, val = _data(13)
+    runs = []
+    for state in (3, 3, 4):
+        seeds = []
+        res = OptimalPoisoning(model=_mlp(seeds=seeds), lam="learned", random_state=state,
+                               **NET).run(train, val)
+        runs.append((seeds, res))
+    (s1, a), (s2, b), (s3, c) = runs
+    # one init per hyperiteration: T_lam clean-set steps + the clean value, then per batch
+    # T_outer updates (each: the points' step and the lam step at one init) + its value
+    assert len(s1) == NET["T_lam"] + 1 + 2 * (NET["T_outer"] + 1)
+    assert len(set(s1)) == len(s1)  # a fresh seed every time
+    assert s1 == s2 and s1 != s3  # drawn from the attack's random_state
+    np.testing.assert_array_equal(a.Xp, b.Xp)
+    np.testing.assert_array_equal(a.lam_batches, b.lam_batches)
+    assert not np.array_equal(a.Xp, c.Xp)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lam=[0.0, 1.0]), r"lam has shape \(2,\).*3 lam"),
+    (dict(lam="learned", lam_init=[0.0, 1.0, 2.0, 3.0]), r"lam_init has shape \(4,\)"),
+    (dict(lam="learned", lam_init=[0.0, 1.0, 9.0]), r"lam_init=.*lam_range"),
+    (dict(lam=[0.0, np.nan, 1.0]), "finite"),
+    (dict(backend="torch"), "generic engine"),
+    (dict(mode="reversible", gamma=0.0), "gamma > 0"),
+])
+def test_network_bad_input_is_refused_before_any_work(kw, match):
+    train, val = _data(14)
+    seeds = []
+    with pytest.raises(ValueError, match=match):
+        OptimalPoisoning(model=_mlp(seeds=seeds), **{**NET, **kw}).run(train, val)
+    assert seeds == []  # no inner training started
+
+
+def test_network_width_must_match_the_data():
+    train, val = _data(15)
+    seeds = []
+    with pytest.raises(ValueError, match=r"takes 5 inputs.*4 features.*layers=\(4, 6, 3, 1\)"):
+        OptimalPoisoning(model=_mlp(d=5, seeds=seeds), **NET).run(train, val)
+    assert seeds == []
+    with pytest.raises(ValueError, match="takes 5 inputs"):
+        train_sgd(*train, -8.0, model=_mlp(d=5), lr=0.1, epochs=1)
+
+
+def test_network_victim_training_and_metrics():
+    train, val = _data(16)
+    model = _mlp()
+    kw = dict(model=model, lr=0.1, batch_size=8, epochs=30)
+    a = train_sgd(*train, [-8.0, -8.0, -8.0], random_state=1, **kw)
+    np.testing.assert_array_equal(a, train_sgd(*train, -8.0, random_state=1, **kw))
+    assert not np.array_equal(a, train_sgd(*train, -8.0, random_state=2, **kw))
+    m = evaluate(a, *val, model=model)
+    layout = model.layout(4)
+    W = [a[layout.slice(g)] for g in layout.penalised]
+    np.testing.assert_allclose(m["layer_norms"], [w @ w / w.size for w in W])
+    assert np.isclose(m["w_norm2"], sum(w @ w for w in W))
+    pred = model.logits(a, val[0]) > 0
+    assert m["error"] == np.mean(pred != (val[1] > 0.5)) < 0.3  # it learned the task
+    with pytest.raises(ValueError, match=r"lam has shape \(2,\)"):
+        train_sgd(*train, [0.0, 1.0], **kw)

@@ -265,3 +265,13 @@ def test_prepared_engine_batch_equals_single_problems(model, kind, dtype):
     np.testing.assert_allclose(lam_only.grad_lam, hg.grad_lam, rtol=TOL[dtype], atol=1e-9)
     np.testing.assert_allclose(lam_only.value, hg.value, rtol=TOL[dtype])
     np.testing.assert_allclose(value.value, hg.value, rtol=TOL[dtype])
+
+
+def test_model_victims():
+    from mithridate.models import MLP, LinearModel
+    v = as_victim(MLP(layers=(4, 6, 3, 1)))
+    assert v.model is not None and v.loss == "logistic" and v.n_lam(4) == 3
+    assert v.theta0(4, np.random.default_rng(0), np.float32).dtype == np.float32
+    assert as_victim("logistic").theta0(4, np.random.default_rng(0), np.float64) is None
+    with pytest.raises(ValueError, match="init"):  # a Model that cannot start a network
+        as_victim(LinearModel())
