@@ -24,6 +24,13 @@ Xv, yv). Modes:
   step back above there; theta_0 and v_0 = 0 must come back bit for bit.
 - ``value``: the training and the outer value only (grad_Xp, grad_lam None).
 
+A model may return, with each gradient, the state of its pass at theta
+(Model.grad_pass; the network's activations and deltas): the step back at the
+same theta then reuses it (Model.back) instead of a second forward pass. _rmd
+keeps them as its docstring says (counted in state_bytes); forward mode's
+tangent HVPs and reversible's reverse step use the state of the same step's
+gradient.
+
 Model calls take theta (and u) in X's dtype, as the fused loops' row passes;
 the state, adjoints and sums are float64. Divergence: the growth watch of
 kernels/cpu/hypergrad.py on each first-pass step, returned as
@@ -172,6 +179,15 @@ def _pinned_blas():
     return threadpool_limits(limits=min(counts) if counts else 1, user_api="blas")
 
 
+def _step(theta, v, g, alpha, gamma):
+    """The heavy-ball step into new arrays (the walker keeps references to the old ones),
+    one fused pass (kernels/cpu/heavy_ball.step)."""
+    from ..kernels.cpu.heavy_ball import step as fused_step
+    theta, v = theta.copy(), v.copy()
+    fused_step(theta, v, g, alpha, gamma)
+    return theta, v
+
+
 def _where(i, problems):
     return f" (problem {i})" if len(problems) > 1 else ""
 
@@ -220,7 +236,7 @@ def _rmd(inner, sched, mode):
                     cache[t] = state
                     if len(cache) > size:
                         del cache[min(cache)]
-                theta, v = step(theta, v, g, inner.alpha, inner.gamma)
+                theta, v = _step(theta, v, g, inner.alpha, inner.gamma)
                 t += 1
         elif op == SAVE:  # step returns new arrays: references are copies
             slots[arg] = (theta, None if sched.theta_only[arg] else v, t)
@@ -254,7 +270,7 @@ def _forward(inner, tangents):
             for j in range(n):
                 dg[j] += inner.hvp(theta, dth[j], state)
             dth, dv = step(dth, dv, dg, inner.alpha, inner.gamma)
-        theta, v = step(theta, v, g, inner.alpha, inner.gamma)
+        theta, v = _step(theta, v, g, inner.alpha, inner.gamma)
     value, gv = inner.outer(theta)
     mode = "forward" if tangents else "value"
     info = dict(mode=mode, backend="generic", T=inner.T, diverged_at=watch.step(),
