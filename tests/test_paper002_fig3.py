@@ -73,7 +73,7 @@ def _fake(err, lam, norms, seeds=(0, 1)):
                            fraction=n / 512, test_error=err[s][j] + 1e-3 * seed, fpr=0.1, fnr=0.1,
                            w_norm2=1.0, val_loss=0.5, attack_seconds=2.0, train_seconds=1.0,
                            n_features=784, hidden1=128, hidden2=32, preset="cpu", T=60, T_dp=4,
-                           T_mul=6, T_lam=4, eta=0.05, lr=0.01, epochs=100)
+                           T_mul=6, T_lam=4, eta=0.05, beta=10.0, lr=0.01, epochs=100)
                 for l in range(3):
                     row[f"lam_{l + 1}"] = lam[l][j] if s == "rmd" else {"-8": -8.0,
                                                                         "large": 3.7}[s]
