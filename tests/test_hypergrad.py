@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mithridate.hypergrad import hypergrad
+from mithridate.hypergrad import hypergrad, schedule
 from mithridate.testing import bilevel_data as data, hypergrad_fd as finite_diff
 
 CASES = [(loss, fi, gamma) for loss in ("logistic", "squared") for fi in (True, False)
@@ -128,6 +128,9 @@ BAD = [
     (dict(mode="checkpoint", checkpoints=0), "checkpoints"),
     (dict(mode="checkpoint", checkpoints="log"), "checkpoints"),
     (dict(frac_bits=40), "frac_bits"),
+    (dict(max_states=4), "max_states=4 applies to mode='checkpoint' only"),
+    (dict(mode="checkpoint", max_states=2), "max_states=2 is too small"),
+    (dict(mode="checkpoint", checkpoints="binomial", max_states=0), "max_states=0"),
 ]
 
 
@@ -160,15 +163,38 @@ def test_bad_arrays_name_the_argument():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("T,checkpoints", [(17, "sqrt"), (17, 1), (17, 3), (17, 16), (17, 40), (1, "sqrt")])
-def test_checkpoint_equals_trajectory_bitwise(T, checkpoints, dtype):
+@pytest.mark.parametrize("T,checkpoints,max_states", [
+    (17, "sqrt", None), (17, 1, None), (17, 3, None), (17, 16, None), (17, 40, None),
+    (1, "sqrt", None), (17, "sqrt", 7), (17, "binomial", None), (17, "binomial", 1),
+    (17, "binomial", 4), (1, "binomial", 3)])
+def test_checkpoint_equals_trajectory_bitwise(T, checkpoints, max_states, dtype):
     D = tuple(a.astype(dtype) for a in data(n=31, k=3, d=7, seed=7))
     opts = dict(kw("logistic", True, 0.7, T=T), w0=np.linspace(-0.2, 0.3, 8).astype(dtype))
     traj = hypergrad(*D, **opts)
-    ck = hypergrad(*D, mode="checkpoint", checkpoints=checkpoints, **opts)
+    ck = hypergrad(*D, mode="checkpoint", checkpoints=checkpoints, max_states=max_states, **opts)
     assert ck.value == traj.value and ck.grad_lam == traj.grad_lam
     np.testing.assert_array_equal(ck.grad_Xp, traj.grad_Xp)
     np.testing.assert_array_equal(ck.theta_T, traj.theta_T)
+    sched = schedule.plan(T, checkpoints, max_states)
+    assert ck.info["state_bytes"] == sched.state_bytes(8)
+    assert ck.info["recomputed"] == sched.recomputed
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batched_binomial_equals_trajectory_bitwise(dtype):
+    """B = 3 problems (at least the thread count: the batched kernel) walking
+    revolve with 3 stored states give trajectory's bits."""
+    Xc, yc, _, _, Xv, yv = (a.astype(dtype) for a in data(n=23, k=2, d=6, seed=3))
+    rng = np.random.default_rng(4)
+    Xp = rng.normal(size=(3, 2, 6)).astype(dtype)
+    yp = (rng.random((3, 2)) > 0.5).astype(dtype)
+    opts = dict(kw("squared", True, 0.6, T=19), lam=np.array([-2.0, -1.0, 0.5]))
+    traj = hypergrad(Xc, yc, Xp, yp, Xv, yv, **opts)
+    ck = hypergrad(Xc, yc, Xp, yp, Xv, yv, mode="checkpoint", checkpoints="binomial",
+                   max_states=3, **opts)
+    for name in ("value", "grad_Xp", "grad_lam", "theta_T"):
+        assert getattr(ck, name).tobytes() == getattr(traj, name).tobytes(), name
+    assert ck.info["recomputed"] == schedule.plan(19, "binomial", 3).recomputed > 0
 
 
 def test_checkpoint_state_memory_is_sqrt_T():
@@ -178,7 +204,9 @@ def test_checkpoint_state_memory_is_sqrt_T():
     ck = hypergrad(*D, mode="checkpoint", **opts)
     p = 10
     assert traj.info["state_bytes"] == 8 * p * 100  # theta_0 .. theta_{T-1}
-    assert ck.info["state_bytes"] == 8 * p * (2 * 10 + 10)  # 10 (theta, v) + one segment
+    # 10 (theta, v) checkpoints + one segment's 8 recomputed thetas
+    assert ck.info["state_bytes"] == 8 * p * (2 * 10 + 8) == schedule.plan(100).state_bytes(p)
+    assert ck.info["recomputed"] == 100 - 10 and traj.info["recomputed"] == 0
     ref = hypergrad(*D, backend="torch", mode="checkpoint", **opts)
     close(ck.grad_Xp, ref.grad_Xp, 1e-8)
     assert ck.grad_lam == pytest.approx(ref.grad_lam, rel=1e-8)

@@ -147,6 +147,29 @@ def test_batch_equals_single_runs_bit_for_bit():
                 np.testing.assert_array_equal(b.grad_Xp, one.grad_Xp)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss,fi,gamma", [("logistic", True, 0.9), ("squared", False, 0.0)])
+def test_value_mode_is_trajectory_without_the_sweep(dtype, loss, fi, gamma):
+    """Mode value (csrc kValue, the engine's need="value"): trajectory's value
+    and theta_T bit for bit, no gradients; single problems and a batch."""
+    pbs = [problem(data(n=n, k=k, nv=9, d=d, dtype=dtype, seed=n), loss, fi, gamma, T=23)
+           for n, k, d in ((37, 3, 13), (70, 1, 13), (41, 4, 13))]
+    traj = native.run(pbs, "trajectory", "cpp")
+    for got in (native.run(pbs, "value", "cpp"), [native.run([pb], "value", "cpp")[0] for pb in pbs]):
+        for g, t in zip(got, traj):
+            assert g.value == t.value and g.theta_T.tobytes() == t.theta_T.tobytes()
+            assert g.grad_Xp is None and g.grad_lam is None and g.info["mode"] == "value"
+            assert g.info["diverged_at"] == -1 and "state_bytes" not in g.info
+
+
+def test_unknown_mode_code_is_refused_by_the_binding():
+    pb = native._pack(problem(data()), "trajectory", 40, None)[0]
+    with pytest.raises(ValueError, match="mode must be 0"):
+        _C.hypergrad.run(4, [pb])
+    with pytest.raises(ValueError, match="mode='value2'"):
+        native.run([problem(data())], "value2", "cpp")
+
+
 THREADS_SCRIPT = """
 import hashlib, numpy as np
 from mithridate.hypergrad import native

@@ -6,6 +6,7 @@ poisoning rows' gradients when dXp has kg < k rows."""
 import numpy as np
 import pytest
 
+from mithridate.hypergrad.schedule import plan
 from mithridate.kernels.cpu import hypergrad as single
 from mithridate.kernels.cpu.hypergrad_shared import shared_parts
 from mithridate.kernels.cpu.linear import LOSS_CODES
@@ -53,7 +54,9 @@ def run_single(reverse, D, b, code, fit_b, gamma):
             *single.layout(Xv.shape[1], d, X.itemsize), 1)
     if reverse:
         dXp = np.empty((k, d))
-        value, dlam, theta, bad = single.reverse(X, y, k, Xv[p], yv[p], *args, 1, dXp)
+        traj = plan(T, T)  # trajectory: every theta stored
+        value, dlam, theta, bad = single.reverse(X, y, k, Xv[p], yv[p], *args, traj.actions,
+                                                 traj.theta_only, dXp)
         return value, dlam, theta, dXp, bad
     value, dlam, theta, bad = single.forward(X, y, Xv[p], yv[p], *args)
     return value, dlam, theta, None, bad

@@ -102,7 +102,7 @@ def test_segments_any(T, c):
     assert sched.recomputed == (0 if seg == 1 else T - n_seg)
     assert sched.n_slots == n_seg + max(seg - 2, 0) and peak <= sched.n_slots
     assert (sched.theta_only == theta_only_reference(sched)).all()
-    # bytes: no more than kernels/cpu/hypergrad.py state_bytes (2 per checkpoint + seg)
+    # bytes: no more than the old segment loop stored (2 per checkpoint + seg)
     p = 3
     today = 8 * p * (n_seg * (1 if seg == 1 else 2) + (seg if seg > 1 else 0))
     assert sched.state_bytes(p) <= today

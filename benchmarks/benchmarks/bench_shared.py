@@ -6,6 +6,7 @@ Xc read once per pass for all G) against G single-problem kernel calls on
 """
 import numpy as np
 
+from mithridate.hypergrad.schedule import plan
 from mithridate.kernels.cpu import hypergrad as single
 from mithridate.kernels.cpu.hypergrad_shared import shared_parts
 
@@ -44,12 +45,14 @@ class SharedCleanRows:
             ys = [np.concatenate([yc, yp[b]]) for b in range(G)]
             x_layout = single.layout(NC + K, D, Xc.itemsize)
             dXp = np.empty((K, D))
+            traj = plan(T, T)  # trajectory: every theta stored
 
             def run():
                 for b in range(G):
                     common = (0, True, theta0[b], ALPHA, GAMMA, e[b], T, *x_layout, *v_layout, nt)
                     if rev:
-                        single.reverse(Xs[b], ys[b], K, Xv[0], yv[0], *common, 1, dXp)
+                        single.reverse(Xs[b], ys[b], K, Xv[0], yv[0], *common, traj.actions,
+                                       traj.theta_only, dXp)
                     else:
                         single.forward(Xs[b], ys[b], Xv[0], yv[0], *common)
             self.run = run

@@ -343,6 +343,29 @@ Status forward(const Problem<T>& P, bool par) {
   return watch.step < 0 ? Status{fp::kOk, -1, -1} : Status{kDiverged, watch.step, -1};
 }
 
+// The training steps of trajectory without storing them, then the validation
+// value: trajectory's theta_T and value, bit for bit.
+template <class T>
+Status value_only(const Problem<T>& P, bool par) {
+  Loop<T> L(P, par);
+  const int64_t p = L.p, d = L.d;
+  std::vector<double> theta(P.theta0, P.theta0 + p), v(p, 0.0), g(p);
+  Watch watch;
+  for (int64_t t = 0; t < P.steps; ++t) {
+    L.template train_pass<true, false, false>(theta.data(), nullptr, g.data(), nullptr, nullptr);
+    double gg = 0.0;
+    for (int64_t j = 0; j < p; ++j) {
+      const double gj = grad_j(g[j], L.n, P.e, theta[j], j < d);
+      gg += gj * gj;
+      step_j(&theta[j], &v[j], gj, P.alpha, P.gamma);
+    }
+    watch.check(gg, P.gamma, t);
+  }
+  const double value = L.validation(theta.data(), g.data());
+  L.finish(theta.data(), value, 0.0, 0.0);
+  return watch.step < 0 ? Status{fp::kOk, -1, -1} : Status{kDiverged, watch.step, -1};
+}
+
 template <class T>
 Status reversible(const Problem<T>& P, bool par) {
   Loop<T> L(P, par);
@@ -403,6 +426,7 @@ Status run_one(int mode, const Problem<T>& P, bool par) {
     switch (mode) {
       case kTrajectory: return trajectory(P, par);
       case kForward: return forward(P, par);
+      case kValue: return value_only(P, par);
       default: return reversible(P, par);
     }
   } catch (const std::bad_alloc&) {

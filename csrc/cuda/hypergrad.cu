@@ -210,6 +210,32 @@ __device__ void forward(const Problem<T>& P, const Work& W, double* shm) {
          watch.step < 0 ? Status{fp::kOk, -1, -1} : Status{kDiverged, watch.step, -1});
 }
 
+// The training steps of trajectory without storing them, then the validation value.
+template <class T>
+__device__ void value_only(const Problem<T>& P, const Work& W, double* shm) {
+  const int64_t d = P.d, p = d + 1, n = P.n();
+  const Rows<T> R = training_rows(P);
+  for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {
+    W.th[j] = P.theta0[j];
+    W.v[j] = 0.0;
+  }
+  __syncthreads();
+  Watch watch;
+  for (int64_t t = 0; t < P.steps; ++t) {
+    pass<T, true, false, false>(R, P.loss, P.fit_b, W.th, nullptr, W.g, nullptr, nullptr, P.gamma, W, shm);
+    double gg = 0.0;
+    for (int64_t j = threadIdx.x; j < p; j += blockDim.x) {
+      const double gj = grad_j(W.g[j], n, P.e, W.th[j], j < d);
+      gg += gj * gj;
+      step_j(&W.th[j], &W.v[j], gj, P.alpha, P.gamma);
+    }
+    watch.check(block_sum(gg, shm), P.gamma, t);  // block_sum synchronises
+  }
+  const double value = validation(P, W, W.th, W.g, shm);
+  finish(P, W, W.th, value, 0.0, 0.0,
+         watch.step < 0 ? Status{fp::kOk, -1, -1} : Status{kDiverged, watch.step, -1});
+}
+
 // The first failure of the block (code, step, coordinate), in shared memory.
 struct Failure {
   int code;
@@ -302,6 +328,8 @@ __global__ void __launch_bounds__(kThreads) hypergrad_kernel(int mode, const Pro
     trajectory(P, W, shm);
   } else if (mode == kForward) {
     forward(P, W, shm);
+  } else if (mode == kValue) {
+    value_only(P, W, shm);
   } else {
     reversible(P, W, shm, &err);
     if (err.code && threadIdx.x == 0) *W.status = {err.code, err.step, err.index};

@@ -23,7 +23,8 @@
 namespace mithridate {
 namespace hypergrad {
 
-enum Mode : int { kTrajectory = 0, kForward = 1, kReversible = 2 };
+// kValue: training and the validation value only (theta_T, scalars[0]; no tangent, no sweep)
+enum Mode : int { kTrajectory = 0, kForward = 1, kReversible = 2, kValue = 3 };
 enum Loss : int { kLogistic = 0, kSquared = 1 };
 
 // Status codes: fixed_point's (kCapacity, kInt64, kNotFinite, kRange), then:
@@ -54,7 +55,7 @@ struct Problem {
   // outputs
   double* theta_T;  // (d + 1,)
   double* dXp;      // (k, d); trajectory and reversible
-  double* scalars;  // [value, grad_lam, w0_recovered]
+  double* scalars;  // [value, grad_lam, w0_recovered] (kValue: grad_lam 0)
 
   MITHRIDATE_HD int64_t n() const { return nc + k; }
 };

@@ -101,8 +101,8 @@ Problem<T> parse(py::handle f, int mode) {
 
 template <class T>
 std::vector<Problem<T>> parse_all(const py::list& problems, int mode) {
-  if (mode != kTrajectory && mode != kForward && mode != kReversible)
-    throw py::value_error("mode must be 0 (trajectory), 1 (forward) or 2 (reversible)");
+  if (mode != kTrajectory && mode != kForward && mode != kReversible && mode != kValue)
+    throw py::value_error("mode must be 0 (trajectory), 1 (forward), 2 (reversible) or 3 (value)");
   std::vector<Problem<T>> out;
   for (auto item : problems) out.push_back(parse<T>(item, mode));
   return out;

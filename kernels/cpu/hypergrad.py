@@ -276,40 +276,11 @@ def value(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block, 
     return val, theta, bad
 
 
-def segment_length(T, n_states):
-    """Steps per checkpoint segment: 1 (store every theta) when n_states > T.
-    (The old `reverse` call only, until mithridate.hypergrad passes a schedule.)"""
-    return 1 if n_states > T else -(-T // n_states)
-
-
-def state_bytes(T, d, n_states):
-    """float64 bytes the old segments stored (until mithridate.hypergrad uses
-    Schedule.state_bytes(d + 1), the bytes of `reverse`'s slots)."""
-    seg = segment_length(T, n_states)
-    n_ckpt = -(-T // seg)
-    return 8 * (d + 1) * (n_ckpt * (1 if seg == 1 else 2) + (seg if seg > 1 else 0))
-
-
-def reverse(*args):
-    """_reverse (its docstring), and during the switch the old call with a
-    segment length seg in place of (actions, theta_only)."""
-    if len(args) == 19:
-        args = args[:17] + _segments(args[11], args[17]) + args[18:]
-    return _reverse(*args)
-
-
-def _segments(T, seg):
-    """(actions, theta_only) of fixed segments of seg steps (the old `reverse`)."""
-    from mithridate.hypergrad.schedule import plan
-    sched = plan(T, -(-T // seg))
-    return sched.actions, sched.theta_only
-
-
 ADVANCE, SAVE, RESTORE, REVERSE, VALUE = 0, 1, 2, 3, 4  # = mithridate/hypergrad/schedule.py
 
 
 @njit(**JIT)
-def _reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
+def reverse(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
              v_groups, v_block, n_threads, actions, theta_only, dXp):
     """Exact RMD walking a checkpoint schedule (mithridate/hypergrad/schedule.py:
     actions (m, 2) int64 rows (op, arg); theta_only (n_slots,) bool, the slots
@@ -449,16 +420,8 @@ def forward(X, y, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block
     return value, (grad * dth).sum(), theta, np.int64(watch[1])
 
 
-def reverse_batch(*args):
-    """_reverse_batch, and during the switch the old call with seg in place of
-    (actions, theta_only)."""
-    if len(args) == 20:
-        args = args[:16] + _segments(args[11], args[16]) + args[17:]
-    return _reverse_batch(*args)
-
-
 @njit(parallel=True, **JIT)
-def _reverse_batch(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
+def reverse_batch(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, groups, block,
                    v_groups, v_block, actions, theta_only, dXp, out, theta_T):
     """`reverse` for B problems, one schedule: X (B, n, d), y (B, n); Xv, yv
     with 1 (shared) or B leading; theta0 (B, d + 1), e (B,). Writes dXp (B, k,
@@ -466,7 +429,7 @@ def _reverse_batch(X, y, k, Xv, yv, code, fit_b, theta0, alpha, gamma, e, T, gro
     B = X.shape[0]
     for b in prange(B):
         p = 0 if Xv.shape[0] == 1 else np.int64(b)
-        value, dlam, theta, bad = _reverse(X[b], y[b], k, Xv[p], yv[p], code, fit_b, theta0[b],
+        value, dlam, theta, bad = reverse(X[b], y[b], k, Xv[p], yv[p], code, fit_b, theta0[b],
                                            alpha, gamma, e[b], T, groups, block, v_groups,
                                            v_block, _1, actions, theta_only, dXp[b])
         out[b, 0] = value

@@ -11,15 +11,20 @@ __all__ = ["hypergrad", "HyperGrad"]
 
 def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss="logistic",
               fit_intercept=True, model=None, mode="trajectory", backend="auto", tol=1e-6,
-              checkpoints="sqrt", frac_bits=None, max_buffer_bytes=None, on_divergence="raise"):
+              checkpoints="sqrt", max_states=None, frac_bits=None, max_buffer_bytes=None,
+              on_divergence="raise"):
     """Hypergradients of A(theta_T) = mean validation loss wrt Xp and lam.
 
     Inner: T steps of heavy-ball GD (``gamma``; 0 = plain GD) with step
     ``alpha`` from ``w0`` (zeros by default; (d + fit_intercept,)) on
     1/n sum l over [Xc; Xp] + exp(lam)/2 ||w||^2 (labels yp fixed). Modes:
     ``trajectory`` (exact RMD storing theta_0..theta_T), ``checkpoint`` (exact
-    RMD storing ``checkpoints`` states ("sqrt": ceil(sqrt(T)), or an int) and
-    recomputing each segment; equal to trajectory bit for bit on numba),
+    RMD walking the checkpoint schedule mithridate.hypergrad.schedule.plan(T,
+    checkpoints, max_states): ``checkpoints`` "sqrt" (ceil(sqrt(T)) stored
+    states, fixed segments), an int (that many), or "binomial" (revolve: the
+    fewest recomputed steps for ``max_states`` stored states); equal to
+    trajectory bit for bit on numba and generic; ``info["recomputed"]`` counts
+    the recomputed steps),
     ``reversible`` (exact reversal in fixed point with ``frac_bits`` fractional
     bits; the bit buffer may not exceed ``max_buffer_bytes`` per problem,
     default the size of the trajectory it replaces),
@@ -57,6 +62,7 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
         check_choice("loss", loss, LOSSES)
         model = LinearModel(loss, fit_intercept)
     engine = Engine(Xc, yc, Xv, yv, model=model, T=T, alpha=alpha, gamma=gamma, mode=mode,
-                    backend=backend, checkpoints=checkpoints, frac_bits=frac_bits,
+                    backend=backend, checkpoints=checkpoints, max_states=max_states,
+                    frac_bits=frac_bits,
                     max_buffer_bytes=max_buffer_bytes, tol=tol, on_divergence=on_divergence)
     return engine.run(Xp, yp, lam, w0)

@@ -31,8 +31,8 @@ class Engine:
     """
 
     def __init__(self, Xc, yc, Xv, yv, *, model=None, T, alpha, gamma=0.0, mode="trajectory",
-                 backend="auto", checkpoints="sqrt", frac_bits=None, max_buffer_bytes=None,
-                 tol=1e-6, on_divergence="raise"):
+                 backend="auto", checkpoints="sqrt", max_states=None, frac_bits=None,
+                 max_buffer_bytes=None, tol=1e-6, on_divergence="raise"):
         if model is None:
             from ..models import LinearModel
             model = LinearModel()
@@ -55,11 +55,13 @@ class Engine:
         self._fixed = check_fixed(Xc, yc, Xv, yv, loss)
         layout = model.layout(self._fixed.d)
         self._p, self._n_lam = layout.size, layout.n_lam
-        if self.backend == "generic":
-            from .schedule import plan
-            self._schedule = plan(self.T, checkpoints)  # checks checkpoints in every mode
-        else:
-            self._n_ckpt = _n_checkpoints(checkpoints, self.T)
+        if max_states is not None and mode != "checkpoint":
+            raise ValueError(f"max_states={max_states!r} applies to mode='checkpoint' only; "
+                             f"leave it None for mode={mode!r}.")
+        from .schedule import plan
+        sched = plan(self.T, checkpoints, max_states)  # checks checkpoints in every mode
+        # the reverse sweep's one schedule (trajectory: every theta stored)
+        self._schedule = plan(self.T, self.T) if mode == "trajectory" else sched
         for name, value in (("frac_bits", frac_bits), ("max_buffer_bytes", max_buffer_bytes)):
             if value is not None and mode != "reversible":
                 raise ValueError(f"{name}={value!r} applies to mode='reversible' only; "
@@ -122,12 +124,8 @@ class Engine:
         if name in NATIVE:
             from . import native
             reversible = mode == "reversible"
-            out = native.run(pbs, "forward" if mode == "value" else mode, name,
-                             self.frac_bits if reversible else None,
-                             self.max_buffer_bytes if reversible else None)
-            for r in out if mode == "value" else ():
-                r.grad_lam, r.info["mode"] = None, "value"
-            return out
+            return native.run(pbs, mode, name, self.frac_bits if reversible else None,
+                              self.max_buffer_bytes if reversible else None)
         if mode == "reversible":
             from .reversible import run
             return run(pbs, self.frac_bits, self.max_buffer_bytes)
@@ -136,7 +134,7 @@ class Engine:
             return reference.value(pbs, info) if mode == "value" else reference.run(pbs, mode, info)
         if mode == "value":
             return fused.value(pbs, info)
-        return fused.run(pbs, mode, self._n_ckpt, info, self._shared_groups(len(pbs)), rows)
+        return fused.run(pbs, mode, self._schedule, info, self._shared_groups(len(pbs)), rows)
 
     def _generic(self, pbs, mode):
         from . import generic
@@ -180,7 +178,7 @@ class Engine:
                                         self.frac_bits, self.max_buffer_bytes)
             need, what = len(pbs) * state, f"the stored states of T={self.T} steps ({mode})"
         else:
-            need, what = _memory(pbs, mode, self.backend, self._n_ckpt, self.frac_bits,
+            need, what = _memory(pbs, mode, self.backend, self._schedule, self.frac_bits,
                                  self.max_buffer_bytes)
         fix = {"trajectory": "use mode='checkpoint' or 'reversible' (less memory per step), "
                              "fewer steps T, or smaller batches",
@@ -192,9 +190,10 @@ class Engine:
         self._memory_checked.add(key)
 
 
-def _memory(pbs, mode, backend, n_ckpt, frac_bits, max_buffer_bytes):
+def _memory(pbs, mode, backend, sched, frac_bits, max_buffer_bytes):
     """Bytes a call allocates, about (every problem's states at once: the
-    shared-Xc route holds them together), and what those bytes are."""
+    shared-Xc route holds them together), and what those bytes are; sched:
+    the reverse sweep's schedule (trajectory or checkpoint)."""
     pb = pbs[0]
     B, T, d, p = len(pbs), pb.T, pb.d, pb.d + 1
     n = pb.Xc.shape[0] + pb.Xp.shape[0]
@@ -211,9 +210,7 @@ def _memory(pbs, mode, backend, n_ckpt, frac_bits, max_buffer_bytes):
         return copies + solve, "the float64 Hessian and design matrix"
     if mode in ("forward", "value"):
         return copies, "the training rows"
-    from ..kernels.cpu.hypergrad import state_bytes
-    states = state_bytes(T, d, T + 1 if mode == "trajectory" else n_ckpt)
-    return copies + B * states, f"the stored states of T={T} steps ({mode})"
+    return copies + B * sched.state_bytes(p), f"the stored states of T={T} steps ({mode})"
 
 
 def _diverged_at(pb, result):
@@ -239,17 +236,6 @@ def _diagnose_overflow(pbs, err):
                 divergence.report(pbs, steps, "raise")
             except DivergenceError as div:
                 raise div from err
-
-
-def _n_checkpoints(checkpoints, T):
-    """Number of stored (theta, v) states for mode='checkpoint', in [1, T]."""
-    if checkpoints == "sqrt":
-        return math.isqrt(T - 1) + 1  # ceil(sqrt(T))
-    if isinstance(checkpoints, bool) or not isinstance(checkpoints, (int, np.integer)) \
-            or checkpoints < 1:
-        raise ValueError(f"checkpoints={checkpoints!r} must be 'sqrt' or a positive integer "
-                         "(the number of stored states).")
-    return int(min(checkpoints, T))
 
 
 def _stack(results):

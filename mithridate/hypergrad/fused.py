@@ -30,14 +30,16 @@ class Packed:
         return self.X, self.y
 
 
-def run(problems, mode, n_ckpt, info, groups=(), rows=None):
+def run(problems, mode, sched, info, groups=(), rows=None):
     """Modes trajectory, checkpoint, forward of a list of Problems, one
-    HyperGrad each. groups: index lists of problems sharing their clean rows
-    (``shared_groups``); rows: the packed (X, y) of a batch, (B, n, d)."""
+    HyperGrad each. sched: the reverse sweep's schedule.Schedule (the
+    engine's plan; trajectory: plan(T, T); None for forward); groups: index
+    lists of problems sharing their clean rows (``shared_groups``); rows: the
+    packed (X, y) of a batch, (B, n, d)."""
     import numba
     if len(problems) > 1 and len(problems) >= numba.get_num_threads():
-        return batch(problems, mode, n_ckpt, info, groups, rows)
-    return [single(pb, mode, n_ckpt, info(pb)) for pb in problems]
+        return batch(problems, mode, sched, info, groups, rows)
+    return [single(pb, mode, sched, info(pb)) for pb in problems]
 
 
 def value(problems, info):
@@ -45,16 +47,19 @@ def value(problems, info):
     from ..kernels.cpu import hypergrad as kernel
     out = []
     for pb in problems:
-        X, y, Xv, yv, code, fit_b, *rest, v_groups, v_block, n_threads = numba_args(pb)
-        theta, _, step = kernel.train(X, y, code, fit_b, *rest, n_threads)
-        val = kernel._validation(Xv, yv, code, fit_b, theta, v_groups, v_block, n_threads,
-                                 np.empty(theta.shape[0]))
+        val, theta, step = kernel.value(*numba_args(pb))
         out.append(HyperGrad(float(val), None, None, theta_out(pb, theta),
                              dict(info(pb), diverged_at=int(step))))
     return out
 
 
-def single(pb, mode, n_ckpt, info):
+def _schedule_info(info, sched, p):
+    """The stored states of a reverse sweep walking `sched` for p-vectors."""
+    info["state_bytes"] = sched.state_bytes(p)
+    info["recomputed"] = sched.recomputed
+
+
+def single(pb, mode, sched, info):
     from ..kernels.cpu import hypergrad as kernel
     args = numba_args(pb)
     dt = pb.Xc.dtype
@@ -64,14 +69,13 @@ def single(pb, mode, n_ckpt, info):
     k = pb.Xp.shape[0]
     gX = np.empty((k, pb.d))
     X, y, Xv, yv, *rest = args
-    n_states = pb.T + 1 if mode == "trajectory" else n_ckpt
-    info["state_bytes"] = kernel.state_bytes(pb.T, pb.d, n_states)
+    _schedule_info(info, sched, pb.d + 1)
     value, glam, theta, info["diverged_at"] = kernel.reverse(
-        X, y, k, Xv, yv, *rest, kernel.segment_length(pb.T, n_states), gX)
+        X, y, k, Xv, yv, *rest, sched.actions, sched.theta_only, gX)
     return HyperGrad(float(value), gX.astype(dt), float(glam), theta_out(pb, theta), info)
 
 
-def batch(problems, mode, n_ckpt, info, groups=(), rows=None):
+def batch(problems, mode, sched, info, groups=(), rows=None):
     """All problems in one compiled call, parallel over problems (same bits
     as single calls); in trajectory and forward modes, the `groups` sharing
     their clean rows take the matrix-matrix route instead (same values to
@@ -80,7 +84,7 @@ def batch(problems, mode, n_ckpt, info, groups=(), rows=None):
     from ..kernels.cpu.linear import LOSS_CODES
     results = [None] * len(problems)
     for idx in (groups if mode in ("trajectory", "forward") else []):
-        for i, r in zip(idx, shared([problems[i] for i in idx], mode, info)):
+        for i, r in zip(idx, shared([problems[i] for i in idx], mode, sched, info)):
             results[i] = r
     rest = [i for i, r in enumerate(results) if r is None]
     if not rest:
@@ -104,12 +108,11 @@ def batch(problems, mode, n_ckpt, info, groups=(), rows=None):
         kernel.forward_batch(X, y, Xv, yv, *common, out, theta_T)
         gX = [None] * B
     else:
-        n_states = pb0.T + 1 if mode == "trajectory" else n_ckpt
         for i in infos:
-            i["state_bytes"] = kernel.state_bytes(pb0.T, d, n_states)
+            _schedule_info(i, sched, d + 1)
         dXp = np.empty((B, k, d))
-        kernel.reverse_batch(X, y, k, Xv, yv, *common, kernel.segment_length(pb0.T, n_states), dXp,
-                          out, theta_T)
+        kernel.reverse_batch(X, y, k, Xv, yv, *common, sched.actions, sched.theta_only, dXp, out,
+                             theta_T)
         gX = dXp.astype(dt)
     for j, (i, pb) in enumerate(zip(rest, problems)):
         infos[j]["diverged_at"] = int(out[j, 2])
@@ -152,9 +155,10 @@ def shared_groups(Xc, yc, B):
     return [r for r in runs if len(r) >= route.SHARED_MIN_GROUP]
 
 
-def shared(problems, mode, info):
+def shared(problems, mode, sched, info):
     """Trajectory RMD or forward mode for problems sharing Xc, yc:
-    hypergrad_shared.shared_parts, one part of the problems per numba thread."""
+    hypergrad_shared.shared_parts, one part of the problems per numba thread
+    (trajectory: every theta stored, as sched = plan(T, T) counts)."""
     import numba
     from ..kernels.cpu import hypergrad as kernel, hypergrad_shared
     from ..kernels.cpu.linear import _one_blas_thread
@@ -173,7 +177,7 @@ def shared(problems, mode, info):
     gX = [None] * G if mode == "forward" else dXp.astype(pb0.Xc.dtype)
     infos = [info(pb) for pb in problems]
     for i in infos if mode != "forward" else []:
-        i["state_bytes"] = kernel.state_bytes(pb0.T, d, pb0.T + 1)
+        _schedule_info(i, sched, d + 1)
     for i, bad in zip(infos, out[:, 2]):
         i["diverged_at"] = int(bad)
     return [HyperGrad(float(out[b, 0]), gX[b], float(out[b, 1]), theta_out(pb, theta_T[b]),

@@ -2,8 +2,9 @@
 the host, ``"cuda"`` on a GPU): every inner step, the reverse sweep and the
 validation pass of a problem in one call, a batch of problems per call.
 
-Modes: ``trajectory`` (RMD storing theta_0..theta_T), ``forward`` (lam only)
-and ``reversible``: Maclaurin, Duvenaud & Adams (2015) with the exact int64
+Modes: ``trajectory`` (RMD storing theta_0..theta_T), ``forward`` (lam only),
+``value`` (the engine's need="value": training and the validation value,
+trajectory's bits, no tangent or sweep) and ``reversible``: Maclaurin, Duvenaud & Adams (2015) with the exact int64
 fixed point of :mod:`mithridate.fixed_point`. theta and v are kept as
 ``round(x * 2**frac_bits)``; gamma is the simplest fraction num/den within
 1e-12 of it, and each multiplication by gamma moves its lost digit into a
@@ -33,7 +34,8 @@ from . import divergence
 from .problem import Problem
 from .reversible import check_frac_bits, check_max_buffer_bytes, plan
 
-MODES = ("trajectory", "forward", "reversible")
+MODES = ("trajectory", "forward", "reversible")  # the modes hypergrad(mode=...) runs here
+CODES = {"trajectory": 0, "forward": 1, "reversible": 2, "value": 3}  # Mode of csrc/include/hypergrad.h
 BACKENDS = ("cpp", "cuda")
 _LOSS = {"logistic": 0, "squared": 1}
 # Status codes of csrc/include/hypergrad.h (0 is success). _DIVERGED: the objective
@@ -45,8 +47,8 @@ def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
     """Hypergradients of a batch of Problems with the compiled loops; one HyperGrad each."""
     from .result import HyperGrad
 
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not one of {MODES} for the compiled backends.")
+    if mode not in CODES:
+        raise ValueError(f"mode={mode!r} is not one of {tuple(CODES)} for the compiled backends.")
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}.")
     problems = list(problems)
@@ -63,7 +65,7 @@ def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
         groups.setdefault(pb.Xc.dtype.name, []).append(i)
     diverged = [-1] * len(problems)
     for idx in groups.values():
-        statuses = module.hypergrad.run(MODES.index(mode), [packed[i][0] for i in idx])
+        statuses = module.hypergrad.run(CODES[mode], [packed[i][0] for i in idx])
         for i, (code, step, j) in zip(idx, statuses):
             if code == _DIVERGED:
                 diverged[i] = step
@@ -76,8 +78,8 @@ def run(problems, mode, backend, frac_bits=None, max_buffer_bytes=None):
         info = dict(mode=mode, backend=backend, T=pb.T, **info, diverged_at=bad)
         if mode == "reversible":
             info["w0_recovered"] = bool(recovered)
-        gX = None if mode == "forward" else divergence.to_dtype(dXp, dt, f"problem {i}")
-        out.append(HyperGrad(float(value), gX, float(glam),
+        gX = None if mode in ("forward", "value") else divergence.to_dtype(dXp, dt, f"problem {i}")
+        out.append(HyperGrad(float(value), gX, None if mode == "value" else float(glam),
                              theta[:pb.d + pb.fit_intercept].astype(dt), info))
     return out
 
