@@ -84,7 +84,9 @@ def batch(problems, mode, sched, info, groups=(), rows=None):
     from ..kernels.cpu.linear import LOSS_CODES
     results = [None] * len(problems)
     for idx in (groups if mode in ("trajectory", "forward") else []):
-        for i, r in zip(idx, shared([problems[i] for i in idx], mode, sched, info)):
+        for i, r in zip(idx, shared([problems[i] for i in idx], mode, info)):
+            if mode == "trajectory":  # every theta stored, as sched = plan(T, T) counts
+                _schedule_info(r.info, sched, problems[i].d + 1)
             results[i] = r
     rest = [i for i, r in enumerate(results) if r is None]
     if not rest:
@@ -155,10 +157,9 @@ def shared_groups(Xc, yc, B):
     return [r for r in runs if len(r) >= route.SHARED_MIN_GROUP]
 
 
-def shared(problems, mode, sched, info):
+def shared(problems, mode, info):
     """Trajectory RMD or forward mode for problems sharing Xc, yc:
-    hypergrad_shared.shared_parts, one part of the problems per numba thread
-    (trajectory: every theta stored, as sched = plan(T, T) counts)."""
+    hypergrad_shared.shared_parts, one part of the problems per numba thread."""
     import numba
     from ..kernels.cpu import hypergrad as kernel, hypergrad_shared
     from ..kernels.cpu.linear import _one_blas_thread
@@ -176,8 +177,6 @@ def shared(problems, mode, sched, info):
                          min(G, numba.get_num_threads()), dXp, out, theta_T)
     gX = [None] * G if mode == "forward" else dXp.astype(pb0.Xc.dtype)
     infos = [info(pb) for pb in problems]
-    for i in infos if mode != "forward" else []:
-        _schedule_info(i, sched, d + 1)
     for i, bad in zip(infos, out[:, 2]):
         i["diverged_at"] = int(bad)
     return [HyperGrad(float(out[b, 0]), gX[b], float(out[b, 1]), theta_out(pb, theta_T[b]),
