@@ -223,7 +223,8 @@ class MLP(Model):
         mixed = None
         if rows is not None:
             W1, V1 = params[0][0], V[0][0]
-            mixed = np.ascontiguousarray((W1 @ Rd[rows].T + V1 @ delta[0][rows].T).T)  # (d, k): faster
+            # as (d, k) products (BLAS's faster side for few rows), then row-major
+            mixed = np.ascontiguousarray((W1 @ Rd[rows].T + V1 @ delta[0][rows].T).T)
         return Hu, mixed
 
     def loss_hvp(self, theta, u, X, y):
