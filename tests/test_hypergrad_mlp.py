@@ -223,3 +223,21 @@ def test_bad_input():
         generic.run(model, [pb], "reversible", max_buffer_bytes=64)
     with pytest.raises(ValueError, match="theta0 has shape"):
         generic.run(model, [Problem(arrays, pb.lam, np.zeros(3))], "trajectory")
+
+
+def test_oracle_against_finite_differences():
+    """reference.mlp.unrolled's own gradients (the oracle above) by central differences."""
+    model, pb = setup((3, 4, 1), np.float64, seed=6)
+    value, gX, glam = oracle(model, pb)
+    h = 1e-6
+    for j in range(2):
+        e = np.eye(2)[j] * h
+        fd = (oracle(model, Problem(data(3, np.float64, 6), pb.lam + e, pb.theta0))[0]
+              - oracle(model, Problem(data(3, np.float64, 6), pb.lam - e, pb.theta0))[0]) / (2 * h)
+        assert abs(fd - glam[j]) <= 1e-7 * max(1, abs(fd))
+    arrays = [data(3, np.float64, 6) for _ in range(2)]
+    arrays[0]["Xp"][1, 2] += h
+    arrays[1]["Xp"][1, 2] -= h
+    fd = (oracle(model, Problem(arrays[0], pb.lam, pb.theta0))[0]
+          - oracle(model, Problem(arrays[1], pb.lam, pb.theta0))[0]) / (2 * h)
+    assert abs(fd - gX[1, 2]) <= 1e-7 * max(1, abs(fd))
