@@ -4,14 +4,15 @@ validation pass of a problem in one call, a batch of problems per call.
 
 Modes: ``trajectory`` (RMD storing theta_0..theta_T), ``forward`` (lam only),
 ``value`` (the engine's need="value": training and the validation value,
-trajectory's bits, no tangent or sweep) and ``reversible``: Maclaurin, Duvenaud & Adams (2015) with the exact int64
-fixed point of :mod:`mithridate.fixed_point`. theta and v are kept as
-``round(x * 2**frac_bits)``; gamma is the simplest fraction num/den within
-1e-12 of it, and each multiplication by gamma moves its lost digit into a
-per-coordinate buffer of ``required_words(T, num, den)`` words, so the reverse
-sweep recomputes theta_t and v_t bit for bit from theta_T and v_T instead of
-storing them: memory O(d) instead of O(T d). It must end at encode(w0) with
-v = 0 and an empty buffer (checked: ``info["w0_recovered"]``).
+trajectory's bits, no tangent or sweep) and ``reversible``: Maclaurin,
+Duvenaud & Adams (2015) with the exact int64 fixed point of
+:mod:`mithridate.fixed_point`. theta and v are kept as ``round(x *
+2**frac_bits)``; gamma is the simplest fraction num/den within 1e-12 of it,
+and each multiplication by gamma moves its lost digit into a per-coordinate
+buffer of ``required_words(T, num, den)`` words, so the reverse sweep
+recomputes theta_t and v_t bit for bit from theta_T and v_T instead of storing
+them: memory O(d) instead of O(T d). It must end at encode(w0) with v = 0 and
+an empty buffer (checked: ``info["w0_recovered"]``).
 
 Default ``frac_bits = 40``: steps of 2**-40 ~ 1e-12 (far below the float64
 rounding of the trajectory modes relative to O(1) weights) and room for
