@@ -5,5 +5,6 @@ from .layout import Layout
 from .linear import LinearModel
 from .mlp import MLP
 from .regularizers import L2
+from .torch_module import TorchModule
 
-__all__ = ["Model", "Layout", "L2", "LinearModel", "MLP"]
+__all__ = ["Model", "Layout", "L2", "LinearModel", "MLP", "TorchModule"]
