@@ -25,7 +25,7 @@ GPU_BACKENDS = ("triton", "cuda")  # their data lives on the GPU, and so does th
 OP_PATH = {"loss_grad": "linear", "hvp": "linear", "loss_grad_batched": "linear",
            "lipschitz_batched": "lipschitz", "hypergrad": "hypergrad",
            "hypergrad_batched": "hypergrad", "torch_train": "linear",
-           "fixed_point_encode": "fixed_point", "fixed_point_step": "fixed_point"}
+           "fixed_point_encode": "fixed_point", "fixed_point_step": "fixed_point", "mlp": "mlp"}
 OPS = tuple(OP_PATH)
 BATCHED = ("loss_grad_batched", "lipschitz_batched")  # B thetas against one X
 # Hypergradients (mithridate.hypergrad) against the torch unrolled loop: one
@@ -41,6 +41,16 @@ HYPERGRAD_GAMMA = 0.5  # momentum: reversible needs some, the others cost the sa
 # float multiply and divide it replaces.
 FIXED_POINT = ("fixed_point_encode", "fixed_point_step")
 FIXED_POINT_BITS, FIXED_POINT_GAMMA = 40, (9, 10)
+# The network (issue 10): hypergradients of models.MLP on the generic engine,
+# every mode, against reference.mlp.unrolled (torch autograd through the
+# unrolled loop), one record per (mode, T) each in a fresh subprocess so that
+# its peak memory is its own (see mlp_measure).
+MLP = "mlp"
+MLP_MODES = {"trajectory": {}, "checkpoint": dict(checkpoints="sqrt"),
+             "binomial": dict(mode="checkpoint", checkpoints="binomial"),
+             "reversible": {}, "forward": {}, "implicit": {}}
+MLP_GAMMA, MLP_ALPHA, MLP_LAM = 0.9, 0.05, -2.0  # reversible needs gamma > 0; lam per layer
+MLP_DTYPES = ("float32",)
 # A torch training loop (mithridate.torch): `steps` of SGD on L2-regularised
 # logistic regression, the fused objective against autograd on torch ops.
 TORCH_TRAIN = "torch_train"
@@ -55,12 +65,17 @@ FULL = dict(shapes=((100_000, 1000), (1_000_000, 100), (48_842, 14), (512, 784))
             batched_shape=(100_000, 1000), budget_s=2.0, max_repeats=20,
             hypergrad=dict(n=512, k=17, nv=171, d=784, T=150, reps=10, lams=4),
             torch_train=dict(shape=(100_000, 100), steps=200),
-            fixed_point=dict(n=1 << 22, steps=1000))
+            fixed_point=dict(n=1 << 22, steps=1000),
+            mlp=dict(layers=(2048, 128, 32, 1), n=512, k=17, nv=171, Ts=(100, 300, 600),
+                     repeats={100: 3, 300: 2, 600: 1}, binomial_states=10, tracemalloc=True,
+                     timeout_s=3600))
 QUICK = dict(shapes=((20_000, 100), (512, 784)),
              batched_shape=(20_000, 100), budget_s=0.2, max_repeats=10,
              hypergrad=dict(n=200, k=5, nv=50, d=64, T=20, reps=2, lams=2),
             torch_train=dict(shape=(4_000, 32), steps=50),
-            fixed_point=dict(n=1 << 16, steps=100))
+            fixed_point=dict(n=1 << 16, steps=100),
+            mlp=dict(layers=(24, 8, 4, 1), n=40, k=3, nv=20, Ts=(4, 8), repeats={4: 2, 8: 2},
+                     binomial_states=2, tracemalloc=True, timeout_s=120))
 DTYPES = ("float32", "float64")
 CACHE_BYTES = 64 << 20  # above this X streams from memory (twice a 32 MiB L3)
 MIN_REPEATS = 3
@@ -247,6 +262,222 @@ def _fixed_point_record(op, cfg, backend, probe):
     return rec
 
 
+def mlp_data(layers, n, k, nv, dtype, seed=0):
+    """Seeded random standardised rows for the network: (Xc, yc, Xp, yp, Xv, yv),
+    features centred and scaled by the clean rows' mean and standard deviation."""
+    rng = np.random.default_rng(seed)
+    d = layers[0]
+    X = rng.standard_normal((n + k + nv, d))
+    X = (X - X[:n].mean(0)) / X[:n].std(0)
+    y = (rng.random(n + k + nv) < 0.5).astype(np.float64)
+    X, y = X.astype(dtype), y.astype(dtype)
+    return X[:n], y[:n], X[n:n + k], y[n:n + k], X[n + k:], y[n + k:]
+
+
+def mlp_call(mode, cfg, T, dtype):
+    """The zero-argument call of one mlp record: ours (models.MLP on the
+    generic engine, `mode` a key of MLP_MODES) or, mode "reference", the torch
+    unrolled loop (reference.mlp.unrolled) on the same data, theta0 and lam."""
+    from .models import MLP as Network
+    model = Network(layers=tuple(cfg["layers"]))
+    Xc, yc, Xp, yp, Xv, yv = mlp_data(cfg["layers"], cfg["n"], cfg["k"], cfg["nv"], dtype)
+    theta0 = model.init(cfg["layers"][0], random_state=0)
+    lam = np.full(model.n_layers, MLP_LAM)
+    if mode == "reference":
+        import torch
+        from .reference.mlp import unrolled
+        X, y = torch.from_numpy(np.concatenate([Xc, Xp])), torch.from_numpy(np.concatenate([yc, yp]))
+        Xv, yv = torch.from_numpy(Xv), torch.from_numpy(yv)
+        rows = np.arange(cfg["n"], cfg["n"] + cfg["k"])
+        return lambda: unrolled(model, X, y, Xv, yv, lam, theta0, T, MLP_ALPHA, MLP_GAMMA, rows)
+    import warnings
+    from .hypergrad import hypergrad
+    kw = dict(dict(mode=mode), **MLP_MODES[mode])
+    if mode == "binomial":
+        kw["max_states"] = cfg["binomial_states"]
+
+    def call():
+        with warnings.catch_warnings():  # implicit after T steps: not stationary, said in info
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return hypergrad(Xc, yc, Xp, yp, Xv, yv, lam=lam, w0=theta0.astype(dtype), T=T,
+                             alpha=MLP_ALPHA, gamma=MLP_GAMMA, model=model, **kw)
+    return call
+
+
+def _rss_kib(field):
+    """VmRSS or VmHWM (the peak since the last reset) of this process, KiB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _reset_peak():
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def mlp_measure(spec):
+    """One mlp record, measured in this process (a fresh one: see mlp_records).
+
+    A warm-up call at T = 2 first (numba kernels, BLAS and torch buffers), then
+    peak extra memory = VmHWM after the first timed call minus VmRSS before it,
+    VmHWM reset just before (/proc/self/clear_refs; where that is refused,
+    getrusage's ru_maxrss, which then includes the warm-up's peak: said in
+    memory_method); time = best of spec["repeats"] calls; for our modes, with
+    spec["tracemalloc"], one more call under tracemalloc (numpy's allocations
+    and Python's heap)."""
+    import gc
+    import resource
+    import tracemalloc
+    mode, T, dtype, cfg = spec["mode"], spec["T"], spec["dtype"], spec["cfg"]
+    try:
+        mlp_call(mode, cfg, min(T, 2), dtype)()
+        call = mlp_call(mode, cfg, T, dtype)
+        gc.collect()
+        rss0 = _rss_kib("VmRSS")
+        method = "VmHWM-VmRSS" if _reset_peak() else "ru_maxrss-VmRSS"
+        t0 = time.perf_counter()
+        out = call()
+        times = [time.perf_counter() - t0]
+        peak = _rss_kib("VmHWM") if method.startswith("VmHWM") else \
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        info = {} if mode == "reference" else out.info
+        del out
+        for _ in range(spec["repeats"] - 1):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        traced = None
+        if spec["tracemalloc"] and mode != "reference":
+            gc.collect()
+            tracemalloc.start()
+            call()
+            traced = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    except Exception as e:  # the record says why (implicit: CG on an indefinite Hessian)
+        return dict(error=f"{type(e).__name__}: {e}")
+    return dict(best_s=min(times), times_s=times, load=os.getloadavg()[0], peak_extra_bytes=max(peak - rss0, 0) * 1024,
+                memory_method=method, tracemalloc_peak_bytes=traced,
+                recomputed=info.get("recomputed"), grad_norm=info.get("grad_norm"))
+
+
+def _mlp_child():
+    """Entry of the measuring subprocess: spec JSON on stdin, result JSON on stdout."""
+    import json
+    print(json.dumps(mlp_measure(json.load(sys.stdin))))
+
+
+def mlp_subprocess(spec, timeout_s):
+    """mlp_measure(spec) in a fresh Python process (result dict, or error)."""
+    import json
+    import subprocess
+    code = "from mithridate.bench import _mlp_child; _mlp_child()"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec),
+                             capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timed out after {timeout_s} s")
+    if out.returncode != 0:
+        return dict(error=f"exit {out.returncode}: {out.stderr.strip()[-400:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fit(Ts, ys):
+    """(intercept, slope) of the least-squares line y = a + b T (None with < 2 points)."""
+    if len(Ts) < 2:
+        return None, None
+    b, a = np.polyfit(np.asarray(Ts, float), np.asarray(ys, float), 1)
+    return float(a), float(b)
+
+
+def mlp_records(cfg, backend, dtypes=MLP_DTYPES, modes=tuple(MLP_MODES), on_result=None):
+    """(records, notes) of the network: one record per (mode, T, dtype) with
+    the reference's time and peak extra memory at the same T (ratios
+    ours / reference), and per (mode, dtype) the growth with T (least-squares
+    lines of time and peak memory against T, slopes per step). `on_result`,
+    if given, is called with each subprocess's (spec, result) as it comes."""
+    records, notes = [], []
+    d = cfg["layers"][0]
+    for dt in dtypes:
+        results = {}
+        for mode in ("reference",) + tuple(modes):
+            for T in cfg["Ts"]:
+                spec = dict(mode=mode, T=T, dtype=dt, repeats=cfg["repeats"][T],
+                            tracemalloc=cfg["tracemalloc"],
+                            cfg={k: cfg[k] for k in ("layers", "n", "k", "nv", "binomial_states")})
+                results[mode, T] = r = mlp_subprocess(spec, cfg["timeout_s"])
+                if on_result:
+                    on_result(spec, r)
+                if "error" in r:
+                    notes.append(f"mlp {mode} T={T} {dt}: no record: {r['error']}")
+        fits = {}
+        for mode in ("reference",) + tuple(modes):
+            ok = [T for T in cfg["Ts"] if "error" not in results[mode, T]]
+            fits[mode] = (_fit(ok, [results[mode, T]["best_s"] for T in ok])[1],
+                          _fit(ok, [results[mode, T]["peak_extra_bytes"] for T in ok])[1])
+        for mode in modes:
+            for T in cfg["Ts"]:
+                r, ref = results[mode, T], results["reference", T]
+                if "error" in r or "error" in ref:
+                    continue
+                records.append(dict(
+                    op=MLP, path=MLP, backend=backend, reference=REFERENCE,
+                    reference_mode="unrolled", shape=[cfg["n"] + cfg["k"], d],
+                    layers=list(cfg["layers"]), dtype=dt, batch=None,
+                    mode=MLP_MODES[mode].get("mode", mode), schedule=(
+                        MLP_MODES[mode].get("checkpoints")), T=T, gamma=MLP_GAMMA,
+                    max_states=cfg["binomial_states"] if mode == "binomial" else None,
+                    best_s=r["best_s"], reference_best_s=ref["best_s"],
+                    speedup=ref["best_s"] / r["best_s"], repeats=len(r["times_s"]),
+                    peak_extra_bytes=r["peak_extra_bytes"],
+                    reference_peak_extra_bytes=ref["peak_extra_bytes"],
+                    memory_ratio=r["peak_extra_bytes"] / max(ref["peak_extra_bytes"], 1),
+                    memory_method=r["memory_method"],
+                    tracemalloc_peak_bytes=r["tracemalloc_peak_bytes"],
+                    time_per_step_s=fits[mode][0], memory_per_step_bytes=fits[mode][1],
+                    reference_time_per_step_s=fits["reference"][0],
+                    reference_memory_per_step_bytes=fits["reference"][1],
+                    recomputed=r["recomputed"], grad_norm=r["grad_norm"], load=r["load"],
+                    reference_load=ref["load"]))
+    return records, notes
+
+
+def _fmt_bytes(b):
+    if b is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(b) >= scale:
+            return f"{b / scale:.3g} {unit}"
+    return f"{b:.3g} B"
+
+
+def format_mlp_table(records):
+    """Aligned text table of the mlp records: time and peak extra memory vs the
+    reference, and the growth per step (slopes of the fits against T)."""
+    head = ("mode", "T", "dtype", "best", "reference", "speedup", "peak mem", "ref peak",
+            "mem ratio", "tracemalloc", "time/step", "mem/step", "ref mem/step")
+    rows = [head]
+    for r in records:
+        mode = r["mode"] + (f" {r['schedule']}" if r["schedule"] else "") + \
+            (f" ({r['max_states']} states)" if r["max_states"] else "")
+        rows.append((mode, str(r["T"]), r["dtype"], _fmt_time(r["best_s"]),
+                     _fmt_time(r["reference_best_s"]), f"{r['speedup']:.2f}x",
+                     _fmt_bytes(r["peak_extra_bytes"]), _fmt_bytes(r["reference_peak_extra_bytes"]),
+                     f"{r['memory_ratio']:.3g}", _fmt_bytes(r["tracemalloc_peak_bytes"]),
+                     "-" if r["time_per_step_s"] is None else _fmt_time(r["time_per_step_s"]),
+                     _fmt_bytes(r["memory_per_step_bytes"]),
+                     _fmt_bytes(r["reference_memory_per_step_bytes"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
 def to_device(arrays, backend):
     """Place numpy `arrays` where `backend` reads them (CUDA tensors for GPU backends)."""
     if backend not in GPU_BACKENDS:
@@ -343,11 +574,12 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
     notes.append(f"load average {load:.2f} on {os.cpu_count()} CPUs at start")
     # The roof is timed in every measurement, interleaved with the calls, so
     # that a drift in the machine's bandwidth moves both sides of the ratio.
-    probes = {dev: roof_probe(dev) for dev in {_device(b) for bs in on.values() for b in bs}}
+    probes = {dev: roof_probe(dev) for dev in {_device(b) for op, bs in on.items() if op != MLP
+                                               for b in bs}}
     notes.append("roof: read bandwidth of a streaming sum over 512 MiB (CPU, numba) or 1 GiB "
                  "(GPU, torch), timed interleaved with each row whose data exceed the cache")
 
-    single = [op for op in on if op not in BATCHED + HYPERGRAD + FIXED_POINT + (TORCH_TRAIN,)]
+    single = [op for op in on if op not in BATCHED + HYPERGRAD + FIXED_POINT + (TORCH_TRAIN, MLP)]
     jobs = [(shape, dt, op, b) for shape in cfg["shapes"] for dt in DTYPES
             for op in single for b in on[op]]
     jobs += [(cfg["batched_shape"], dt, op, b) for op in on if op in BATCHED
@@ -355,11 +587,25 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
     jobs += [(None, dt, op, b) for op in on if op in HYPERGRAD + (TORCH_TRAIN,)
              for dt in DTYPES for b in on[op]]
     jobs += [(None, "float64", op, b) for op in on if op in FIXED_POINT for b in on[op]]
+    for b in on.get(MLP, []):  # the network's engine runs on the CPU (numpy, numba kernels)
+        if b in GPU_BACKENDS:
+            notes.append(f"skipped mlp on {b}: the network's hypergradients run on the CPU "
+                         "engine (mithridate.hypergrad.generic) only")
+        else:
+            jobs.append((None, None, MLP, b))
 
     from tqdm import tqdm
     records, data, key = [], {}, None
     for shape, dt, op, b in tqdm(jobs, desc="mithridate bench", file=sys.stderr,
                                  disable=not progress, leave=False):
+        if op == MLP:  # its own timing and memory, one subprocess per record
+            notes.append("mlp: one subprocess per record; time = best of the repeats; peak "
+                         "extra memory = peak RSS during the first timed call above the RSS "
+                         "before it (memory_method); tracemalloc: numpy's peak, ours only")
+            recs, mlp_notes = mlp_records(cfg["mlp"], b)
+            records += recs
+            notes += mlp_notes
+            continue
         probe = probes[_device(b)]
         if op in HYPERGRAD:
             records += _hypergrad_records(op, cfg, dt, b, probe)
@@ -413,7 +659,14 @@ def _fmt_time(s):
 
 
 def format_table(records):
-    """Aligned text table of `records`."""
+    """Aligned text table of `records` (the mlp records in their own table)."""
+    net = [r for r in records if r["op"] == MLP]
+    rest = [r for r in records if r["op"] != MLP]
+    return "\n\n".join(([_format_kernels(rest)] if rest else []) +
+                        ([format_mlp_table(net)] if net else []))
+
+
+def _format_kernels(records):
     head = ("op", "backend", "shape", "dtype", "median", "reference", "speedup", "roof", "other")
     rows = [head]
     for r in records:

@@ -14,9 +14,32 @@ KEYS = {"op", "backend", "shape", "dtype", "median_s", "reference_median_s",
         "speedup", "roof_fraction", "roof_gbps"}
 
 
+MLP_KEYS = {"op", "backend", "shape", "layers", "dtype", "mode", "schedule", "T", "best_s",
+            "reference_best_s", "speedup", "peak_extra_bytes", "reference_peak_extra_bytes",
+            "memory_ratio", "memory_method", "time_per_step_s", "memory_per_step_bytes"}
+
+
+def check_mlp_record(r):
+    assert MLP_KEYS <= set(r), f"missing keys {MLP_KEYS - set(r)} in {r}"
+    assert r["path"] == "mlp" and (r["path"], r["backend"]) in backends.REGISTRY
+    assert r["reference"] == "torch" and r["reference_mode"] == "unrolled"
+    for k in ("best_s", "reference_best_s", "speedup"):
+        assert math.isfinite(r[k]) and r[k] > 0, (k, r)
+    assert r["speedup"] == pytest.approx(r["reference_best_s"] / r["best_s"])
+    assert r["peak_extra_bytes"] >= 0 and r["reference_peak_extra_bytes"] >= 0
+    assert r["memory_ratio"] == pytest.approx(r["peak_extra_bytes"]
+                                              / max(r["reference_peak_extra_bytes"], 1))
+    assert r["memory_method"] in ("VmHWM-VmRSS", "ru_maxrss-VmRSS")
+    assert r["layers"][0] == r["shape"][1] and r["layers"][-1] == 1
+    assert r["mode"] in backends.implementation("hypergrad", "numba").MODES + ("implicit",)
+
+
 def check_records(records):
     assert isinstance(records, list) and records
     for r in records:
+        if r["op"] == "mlp":
+            check_mlp_record(r)
+            continue
         assert KEYS <= set(r), f"missing keys {KEYS - set(r)} in {r}"
         for k in ("median_s", "reference_median_s", "speedup", "roof_fraction", "roof_gbps"):
             assert math.isfinite(r[k]) and r[k] > 0, (k, r)
@@ -106,6 +129,46 @@ def test_bench_table(capsys):
     out = capsys.readouterr().out
     assert "roof: read bandwidth" in out
     assert "speedup" in out and "numba" in out
+
+
+def test_bench_mlp_quick(capsys):
+    """Every mode of the network, each T of the quick preset, against the torch
+    reference in the same run; a mode without a record says why in the notes."""
+    assert main(["bench", "--quick", "--json", "--ops", "mlp"]) == 0
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    check_records(records)
+    cfg = bench.QUICK["mlp"]
+    got = {(r["mode"], r["schedule"], r["T"]) for r in records}
+    for name, opts in bench.MLP_MODES.items():
+        key = (opts.get("mode", name), opts.get("checkpoints"))
+        for T in cfg["Ts"]:
+            assert key + (T,) in got or f"mlp {name} T={T} float32: no record: " in captured.err
+    assert {(r["mode"], r["schedule"]) for r in records} >= {
+        ("trajectory", None), ("checkpoint", "sqrt"), ("checkpoint", "binomial"),
+        ("reversible", None), ("forward", None)}
+    for r in records:  # the growth fits: every mode ran at both Ts
+        assert math.isfinite(r["time_per_step_s"]) and math.isfinite(r["memory_per_step_bytes"])
+        assert r["repeats"] == cfg["repeats"][r["T"]] and r["tracemalloc_peak_bytes"] > 0
+    table = bench.format_table(records)
+    assert "mem ratio" in table and "checkpoint binomial (2 states)" in table
+
+
+def test_peak_memory_probe():
+    """The per-record memory measure sees a 64 MiB allocation made after the reset."""
+    import numpy as np
+    rss0 = bench._rss_kib("VmRSS")
+    if not bench._reset_peak():
+        pytest.skip("/proc/self/clear_refs not writable here (bench falls back to ru_maxrss)")
+    a = np.ones(8 << 20)  # 64 MiB, touched
+    extra = (bench._rss_kib("VmHWM") - rss0) * 1024
+    del a
+    assert 60 << 20 <= extra <= 200 << 20
+
+
+def test_fit_lines():
+    assert bench._fit([100, 300, 600], [1.0, 3.0, 6.0]) == pytest.approx((0.0, 0.01), abs=1e-12)
+    assert bench._fit([100], [1.0]) == (None, None)
 
 
 def test_version(capsys):
