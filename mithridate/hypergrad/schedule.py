@@ -27,14 +27,13 @@ for its theta: an executor may store theta alone there (``state_bytes``).
 
 Plans (``plan``):
 
-- ``"sqrt"`` or an int c: the fixed segments of kernels/cpu/hypergrad.py
-  ``reverse``: c = ceil(sqrt(T)) (or the given c, at most T) checkpoints
-  (theta, v) at t = 0, seg, 2 seg, ... with seg = ceil(T / c), and each
-  segment's thetas recomputed from its checkpoint into seg - 2 buffer slots
-  (theta only). seg = 1 (c >= T) stores theta_0..theta_{T-1}: the trajectory
-  mode, nothing recomputed. Recomputed steps: T - c' (c' = ceil(T / seg)
-  segments), one per segment fewer than that loop, whose last step per segment
-  computes a theta it never uses (same bits: a REVERSE depends on theta_t alone).
+- ``"sqrt"`` or an int c: fixed segments: c = ceil(sqrt(T)) (or the given c, at
+  most T) checkpoints (theta, v) at t = 0, seg, 2 seg, ... with seg = ceil(T / c),
+  and each segment's thetas recomputed from its checkpoint into seg - 2 buffer
+  slots (theta only). seg = 1 (c >= T) stores theta_0..theta_{T-1}: the
+  trajectory mode, nothing recomputed. Recomputed steps: T - c' (c' = ceil(T / seg)
+  segments): a segment's last theta is never recomputed, since its REVERSE
+  step needs theta_t alone (the same bits as trajectory).
 - ``"binomial"``: Griewank and Walther's revolve (binomial checkpointing,
   ACM TOMS 26, 2000): the fewest steps for n_slots = max_states. The outer
   value is the last "step" (VALUE at T), so this is revolve on T + 1 steps:
