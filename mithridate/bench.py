@@ -10,6 +10,11 @@ neighbour or a drift in bandwidth moves all three alike, and reports medians,
 speedup = reference / ours and roof fraction = bytes moved / median / (probe
 bytes / probe median). Ops map to the registry's hot paths (``OP_PATH``);
 a (path, backend) that cannot run here is listed as skipped with the reason.
+
+The network (op ``mlp``, issue 10) is measured differently: whole
+hypergradients of models.MLP in every mode against the torch unrolled
+reference, each (mode, T) record in a fresh subprocess for its peak extra
+memory (mlp_measure), time the best of a few calls, and the growth with T.
 """
 import os
 import sys
@@ -51,6 +56,7 @@ MLP_MODES = {"trajectory": {}, "checkpoint": dict(checkpoints="sqrt"),
              "reversible": {}, "forward": {}, "implicit": {}}
 MLP_GAMMA, MLP_ALPHA, MLP_LAM = 0.9, 0.05, -2.0  # reversible needs gamma > 0; lam per layer
 MLP_DTYPES = ("float32",)
+MLP_MMAP_THRESHOLD = 128 << 10  # glibc's default before it adapts
 # A torch training loop (mithridate.torch): `steps` of SGD on L2-regularised
 # logistic regression, the fused objective against autograd on torch ops.
 TORCH_TRAIN = "torch_train"
@@ -372,18 +378,23 @@ def _mlp_child():
 
 
 def mlp_subprocess(spec, timeout_s):
-    """mlp_measure(spec) in a fresh Python process (result dict, or error)."""
+    """mlp_measure(spec) in a fresh Python process (result dict, or error), with
+    glibc's mmap threshold fixed (MLP_MMAP_THRESHOLD): arrays above it are mapped
+    and unmapped, so memory freed by the warm-up is not reused unseen (glibc's
+    dynamic threshold would move them to the heap, kept there after a free)."""
     import json
     import subprocess
     code = "from mithridate.bench import _mlp_child; _mlp_child()"
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MLP_MMAP_THRESHOLD))
     try:
         out = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec),
-                             capture_output=True, text=True, timeout=timeout_s)
+                             capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return dict(error=f"timed out after {timeout_s} s")
     if out.returncode != 0:
         return dict(error=f"exit {out.returncode}: {out.stderr.strip()[-400:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]),
+                mmap_threshold_bytes=MLP_MMAP_THRESHOLD)
 
 
 def _fit(Ts, ys):
@@ -437,6 +448,7 @@ def mlp_records(cfg, backend, dtypes=MLP_DTYPES, modes=tuple(MLP_MODES), on_resu
                     reference_peak_extra_bytes=ref["peak_extra_bytes"],
                     memory_ratio=r["peak_extra_bytes"] / max(ref["peak_extra_bytes"], 1),
                     memory_method=r["memory_method"],
+                    mmap_threshold_bytes=r["mmap_threshold_bytes"],
                     tracemalloc_peak_bytes=r["tracemalloc_peak_bytes"],
                     time_per_step_s=fits[mode][0], memory_per_step_bytes=fits[mode][1],
                     reference_time_per_step_s=fits["reference"][0],
