@@ -17,6 +17,12 @@ from .result import HyperGrad
 
 NEEDS = ("all", "lam", "value")
 NATIVE = ("cpp", "cuda")
+# what to change when a mode's memory does not fit
+FIXES = {"trajectory": "use mode='checkpoint' or 'reversible' (less memory per step), fewer "
+                       "steps T, or smaller batches",
+         "checkpoint": "use mode='reversible', fewer checkpoints, or smaller batches",
+         "reversible": "use a larger gamma (a shorter bit buffer), fewer steps T, or smaller "
+                       "batches"}
 
 
 class Engine:
@@ -59,9 +65,16 @@ class Engine:
             raise ValueError(f"max_states={max_states!r} applies to mode='checkpoint' only; "
                              f"leave it None for mode={mode!r}.")
         from .schedule import plan
-        sched = plan(self.T, checkpoints, max_states)  # checks checkpoints in every mode
-        # the reverse sweep's one schedule (trajectory: every theta stored)
-        self._schedule = plan(self.T, self.T) if mode == "trajectory" else sched
+        plan(min(self.T, 2), checkpoints, max_states)  # checks checkpoints in every mode
+        self._schedule = None  # the reverse sweep's one schedule (trajectory: every theta stored)
+        if mode in ("trajectory", "checkpoint"):
+            # a plan holds >= 3 action rows per step (and trajectory every state): refuse a T
+            # beyond the machine before building it
+            states = self.T * self._p * 8 if mode == "trajectory" else 0
+            check_memory(self.T * 48 + states, f"mode={mode!r}: the schedule of T={self.T} steps",
+                         FIXES[mode])
+            self._schedule = plan(self.T, self.T if mode == "trajectory" else checkpoints,
+                                  max_states)
         for name, value in (("frac_bits", frac_bits), ("max_buffer_bytes", max_buffer_bytes)):
             if value is not None and mode != "reversible":
                 raise ValueError(f"{name}={value!r} applies to mode='reversible' only; "
@@ -180,11 +193,7 @@ class Engine:
         else:
             need, what = _memory(pbs, mode, self.backend, self._schedule, self.frac_bits,
                                  self.max_buffer_bytes)
-        fix = {"trajectory": "use mode='checkpoint' or 'reversible' (less memory per step), "
-                             "fewer steps T, or smaller batches",
-               "checkpoint": "use mode='reversible', fewer checkpoints, or smaller batches",
-               "reversible": "use a larger gamma (a shorter bit buffer), fewer steps T, or "
-                             "smaller batches"}.get(mode, "use smaller batches or fewer rows")
+        fix = FIXES.get(mode, "use smaller batches or fewer rows")
         batch = f" for {len(pbs)} problems" if len(pbs) > 1 else ""
         check_memory(need, f"mode={mode!r} on backend={self.backend!r}{batch}: {what}", fix)
         self._memory_checked.add(key)
