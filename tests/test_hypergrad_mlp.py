@@ -159,6 +159,7 @@ def test_reversible_is_exact():
 
     r = generic.run(Watched(layers=model.layers), [pb], "reversible")[0]
     assert r.info["w0_recovered"] and len(set(seen)) == 1 and len(seen) == 2 * T
+    assert r.info["state_bytes"] == generic.state_bytes(model, pb, "reversible")  # bytes, an int
 
 
 def test_reversible_refuses_a_nondeterministic_gradient():

@@ -294,7 +294,7 @@ def _fixed_point_plan(inner, frac_bits, max_buffer_bytes):
     return num, den, words, inner.p * 16 + buffer_bytes
 
 
-def _reversible(inner, frac_bits, num, den, words, state, where):
+def _reversible(inner, frac_bits, num, den, words, state_bytes, where):
     """Exact fixed-point forward and reverse (module docstring); raises
     FixedPointOverflow when the state leaves int64, RuntimeError if theta_0,
     v_0 do not come back bit for bit."""
@@ -344,5 +344,5 @@ def _reversible(inner, frac_bits, num, den, words, state, where):
                            "mode='checkpoint'.")
     info = dict(mode="reversible", backend="generic", T=T, w0_recovered=True,
                 frac_bits=frac_bits, gamma_fraction=(num, den), buffer_words=words,
-                state_bytes=state, diverged_at=watch.step())
+                state_bytes=state_bytes, diverged_at=watch.step())
     return inner.result(value, dXp, dlam, theta_T, info, where)
