@@ -377,6 +377,11 @@ def _mlp_child():
     print(json.dumps(mlp_measure(json.load(sys.stdin))))
 
 
+# The child's working directory: "-c" puts it first on sys.path, so from a source checkout
+# the child would import the checkout's mithridate (no kernels inside) instead of the parent's.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def mlp_subprocess(spec, timeout_s):
     """mlp_measure(spec) in a fresh Python process (result dict, or error), with
     glibc's mmap threshold fixed (MLP_MMAP_THRESHOLD): arrays above it are mapped
@@ -388,7 +393,8 @@ def mlp_subprocess(spec, timeout_s):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MLP_MMAP_THRESHOLD))
     try:
         out = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec),
-                             capture_output=True, text=True, timeout=timeout_s, env=env)
+                             capture_output=True, text=True, timeout=timeout_s, env=env,
+                             cwd=PACKAGE_PARENT)
     except subprocess.TimeoutExpired:
         return dict(error=f"timed out after {timeout_s} s")
     if out.returncode != 0:

@@ -175,8 +175,10 @@ def _in_subprocess(tasks):
     __main__, which fails for stdin scripts and some notebooks."""
     code = ("import json, sys; from mithridate.warmup import _run_task; "
             "print(json.dumps([_run_task(j, dt) for j, dt in json.loads(sys.argv[1])]))")
+    # run where this package's parent is: "-c" puts the working directory first on sys.path
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code, json.dumps(tasks)], capture_output=True,
-                         text=True)
+                         text=True, cwd=parent)
     if out.returncode != 0:
         raise RuntimeError(f"warm-up task(s) {tasks} failed (exit {out.returncode}):\n"
                            f"{out.stderr[-4000:]}")

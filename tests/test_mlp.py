@@ -18,9 +18,9 @@ SHAPES = ((1, 1), (7, 3), (13, 5), (33, 17))
 NETS = ((5, 1), (5, 4, 1), (6, 7, 3, 1), (3, 9, 2, 5, 1))  # depth 1..4
 
 
-def close(a, b, dtype, what=""):
+def close(a, b, dtype, what="", floor=1e-3):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = max(np.abs(b).max(initial=0.0), 1e-3)
+    scale = max(np.abs(b).max(initial=0.0), floor)
     assert np.abs(a - b).max(initial=0.0) <= TOL[dtype] * scale, (what, a, b)
 
 
@@ -170,10 +170,12 @@ def test_any_network_against_autograd(widths, d, n, slope, bias, data_seed):
     u = rng.standard_normal(theta.size)
     rows = np.arange(n)[n // 2:]
     value, g, hu, dX = autograd(model, theta, u, X, y, rows)
-    close(model.loss_grad(theta, X, y)[1], g, np.float64, "grad")
+    # random N(0, 1) weights can saturate the head (|l'| ~ 1e-5) while the rounding of
+    # l' = sigmoid(z) - y stays ~1e-16: errors scale with the unsaturated terms, O(1)
+    close(model.loss_grad(theta, X, y)[1], g, np.float64, "grad", floor=1.0)
     Hu, M = model.back(theta, u, X, y, np.zeros(model.n_layers), rows)
-    close(model.loss_hvp(theta, u, X, y), hu, np.float64, "hvp")
-    close(M, dX, np.float64, "mixed")
+    close(model.loss_hvp(theta, u, X, y), hu, np.float64, "hvp", floor=1.0)
+    close(M, dX, np.float64, "mixed", floor=1.0)
 
 
 def test_layout_lam_and_hessian():
