@@ -1,5 +1,7 @@
 """Hypergradients by torch autograd through the unrolled T-step loop: the
 test oracle and the benchmarks' baseline. Readable first."""
+import math
+
 import numpy as np
 
 from ..reference.linear import objective
@@ -82,3 +84,28 @@ def train(pb):
     theta, bad = _descend(torch, torch.cat([t["Xc"], t["Xp"]]), torch.cat([t["yc"], t["yp"]]),
                           lam, pb, create_graph=False)
     return np.ascontiguousarray(theta.detach().numpy()), bad
+
+
+def unrolled_model(model, pb, dtype=None):
+    """(value, grad_Xp, grad_lam (n_lam,), theta_T) by autograd through T heavy-ball steps
+    of ``model.torch_objective`` (any mithridate.models Model without sample weights: the
+    generic engine's oracle and baseline); the outer objective is that objective with every
+    hyperparameter at -inf (the mean loss on the validation rows). Problem fields as the
+    engine's; ``dtype``: the torch dtype to run in (default the data's)."""
+    import torch
+    dt = dtype or getattr(torch, pb.Xc.dtype.name)
+    t = {k: torch.from_numpy(np.asarray(getattr(pb, k))).to(dt)
+         for k in ("Xc", "yc", "Xp", "yp", "Xv", "yv")}
+    Xp = t["Xp"].clone().requires_grad_(True)
+    lam = torch.tensor(np.atleast_1d(pb.lam), dtype=torch.float64, requires_grad=True)
+    X, y = torch.cat([t["Xc"], Xp]), torch.cat([t["yc"], t["yp"]])
+    theta = torch.from_numpy(np.asarray(pb.theta0, np.float64)).to(dt).requires_grad_(True)
+    v = torch.zeros_like(theta)
+    for _ in range(pb.T):
+        (g,) = torch.autograd.grad(model.torch_objective(theta, X, y, lam), theta,
+                                   create_graph=True)
+        v = pb.gamma * v - (1 - pb.gamma) * g
+        theta = theta + pb.alpha * v
+    value = model.torch_objective(theta, t["Xv"], t["yv"], torch.full_like(lam, -math.inf))
+    gX, glam = torch.autograd.grad(value, (Xp, lam))
+    return float(value.detach()), gX.numpy(), glam.numpy(), theta.detach().numpy()

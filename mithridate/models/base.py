@@ -13,7 +13,8 @@ Arrays are numpy in and out; X is (n, d), y (n,); theta and u (p,). The engine
 needs, per problem:
 
 - ``layout(d)`` for d features, and ``features(p)``, its inverse (d from len(theta));
-  ``regularizer(d)`` is the L2 component over that layout;
+  ``regularizer(d)`` is the L2 component over that layout (or the sum of a model's
+  components, models.wasserstein: the regulariser's ``hvp_at`` then depends on theta);
 - ``loss_grad(theta, X, y) -> (value, grad)``, ``loss_hvp(theta, u, X, y)``,
   ``loss_hessian(theta, X, y) -> (p, p) float64`` (training data term);
 - ``mixed_rows(theta, u, X, y, rows) -> (len(rows), d)``: d/dX[rows] (grad . u)
@@ -74,7 +75,9 @@ class Model:
 
     # -- derived ----------------------------------------------------------------
     def regularizer(self, d):
-        """The L2 component over ``layout(d)`` (built once per d)."""
+        """The regulariser over ``layout(d)``, built once per d: the L2 component here; a
+        model with more components (models.wasserstein.Robust) returns their sum, whose
+        hyperparameters form the one lam vector (layout(d).n_lam entries)."""
         cache = self.__dict__.setdefault("_regularizers", {})
         if d not in cache:
             cache[d] = L2(self.layout(d))
@@ -99,12 +102,18 @@ class Model:
 
     def hvp(self, theta, u, X, y, lam):
         reg = self.regularizer(X.shape[-1])
-        return self.loss_hvp(theta, u, X, y) + reg.hvp(u, reg.check_lam(lam))
+        return self.loss_hvp(theta, u, X, y) + reg.hvp_at(theta, u, reg.check_lam(lam))
 
     def mixed_lam(self, theta, u, lam):
         """d/dlam (grad . u), shape (n_lam,)."""
         reg = self.regularizer(self.features(theta.shape[-1]))
         return reg.mixed_lam(theta, u, reg.check_lam(lam))
+
+    def lam_tangent(self, theta, lam):
+        """d grad / d lam_j for every hyperparameter, shape (n_lam, p) float64 (forward mode's
+        tangent sources; L2: exp(lam_g) theta_g on group g)."""
+        reg = self.regularizer(self.features(theta.shape[-1]))
+        return reg.lam_tangent(theta, reg.check_lam(lam))
 
     def grad_pass(self, theta, X, y, lam):
         """(grad(theta), state): state is what ``back`` at this theta may reuse (None here)."""
@@ -123,7 +132,7 @@ class Model:
         """The training objective's (p, p) Hessian in float64."""
         reg = self.regularizer(X.shape[-1])
         H = self.loss_hessian(theta, X, y)
-        H[np.diag_indices_from(H)] += reg.diagonal(reg.check_lam(lam))
+        reg.add_hessian(H, theta, reg.check_lam(lam))
         return H
 
     def loss_grad_batch(self, theta, X, y):

@@ -11,6 +11,10 @@ class L2:
         self.layout = layout
         self.slices = tuple(layout.slice(g) for g in layout.penalised)
 
+    @property
+    def n_lam(self):
+        return self.layout.n_lam
+
     def check_lam(self, lam):
         """lam as a float64 array (..., n_lam), or ValueError naming the expected length."""
         lam = np.asarray(lam, dtype=np.float64)
@@ -30,6 +34,10 @@ class L2:
     def grad(self, theta, lam):
         return self.hvp(theta, lam)  # quadratic: the gradient is the Hessian applied to theta
 
+    def hvp_at(self, theta, u, lam):
+        """H u at theta, the signature every component shares (L2's H does not depend on theta)."""
+        return self.hvp(u, lam)
+
     def hvp(self, u, lam):
         s, out = np.exp(lam), np.zeros_like(u)
         for i, sl in enumerate(self.slices):
@@ -46,6 +54,18 @@ class L2:
         return np.stack([s[..., i] * np.einsum("...j,...j->...", theta[..., sl], u[..., sl])
                          for i, sl in enumerate(self.slices)], axis=-1) if self.slices else \
             np.zeros(np.shape(lam))
+
+    def lam_tangent(self, theta, lam):
+        """d grad / d lam_g = exp(lam_g) theta_g on group g's entries, shape (..., n_lam, p)."""
+        s = np.exp(lam)
+        out = np.zeros(np.shape(lam) + (theta.shape[-1],))
+        for i, sl in enumerate(self.slices):
+            out[..., i, sl] = s[..., i, None] * theta[..., sl]
+        return out
+
+    def add_hessian(self, H, theta, lam):
+        """H += the (diagonal) Hessian, in place; H (p, p) float64, one problem."""
+        H[np.diag_indices_from(H)] += self.diagonal(lam)
 
     def prox(self, theta, lam, step):
         """argmin_x ||x - theta||^2 / (2 step) + value(x): theta_g / (1 + step exp(lam_g))."""

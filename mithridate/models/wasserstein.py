@@ -1,0 +1,334 @@
+"""Paper 000's Wasserstein-robust regulariser as a model component, and the model that
+carries it beside the L2 component (issue 11: hypergradients through the robust objective).
+
+The component (eq. 8 with the closed forms (11), (13), (15))::
+
+    R(theta) = rho (a t^2 + b t),   t = N(theta),   rho = exp(log_rho),
+
+N the dual norm ||theta||_q of the transport cost's p-norm (q = p / (p - 1); theta = [w; b],
+intercept included, as ops.lipschitz's bound="paper"), (a, b) the paper's coefficients from
+the data bounds X = max ||x||_p, Y = max |y| (defenses.solvers.paper_coefficients: squared
+(X + e, Y), absolute (0, 1), logistic (0, Y + X + 1 + e)) or the figures' weights (c1, c2).
+The bounds are fixed when the component is built (the support's, or the clean training
+set's): poisoning rows do not move them, so R does not depend on X.
+
+Norms (``smoothing`` mu):
+- q = 2 exact (mu None): t = ||theta||_2, C-infinity away from theta = 0; at 0 the
+  subgradient 0 and a zero Hessian (the unrolled loop from theta_0 = 0 takes that step).
+- q in {1, inf} are kinked at every zero coordinate (q = 1) or tie (q = inf), so they
+  need mu > 0 (mu None there is refused):
+    q = 1    t = sum_i sqrt(theta_i^2 + mu^2) - mu            ||theta||_1 - p mu <= t <= ||theta||_1
+    q = inf  t = mu (logsumexp([theta; -theta] / mu) - log 2p)
+                                                  ||theta||_inf - mu log 2p <= t <= ||theta||_inf
+    q = 2    t = sqrt(||theta||^2 + mu^2) - mu  (optional)     ||theta||_2 - mu <= t <= ||theta||_2
+  each C-infinity with curvature <= 1/mu: the engine differentiates the smoothed objective
+  exactly. SMOOTHING is a default to pass.
+
+The model (:class:`Robust`): a base model's data term (a LinearModel's fused kernels) plus the
+components [L2 groups of the base (optional), Wasserstein]; lam = (lam_g for the L2 groups...,
+log_rho), named by ``layout(d).names``. It runs on the generic engine in every mode.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Model
+from .layout import Layout
+from .regularizers import L2
+
+SMOOTHING = 1e-3  # a default mu for the kinked norms (theta entries are O(0.1-10) in the papers)
+NORMS = (1.0, 2.0, math.inf)  # of the data; dual q = inf, 2, 1
+FORMS = ("paper",)
+
+
+@dataclass(frozen=True)
+class HyperLayout(Layout):
+    """A Layout whose lam vector goes on past the L2 groups' entries with ``extra`` named
+    hyperparameters (a Wasserstein component's log_rho)."""
+    extra: tuple = ()
+
+    @property
+    def n_lam(self):
+        return len(self.penalised) + len(self.extra)
+
+    @property
+    def names(self):
+        """The lam vector's entries: lam_<group> for the L2 groups, then ``extra``."""
+        return tuple(f"lam_{g}" for g in self.penalised) + tuple(self.extra)
+
+
+def dual(norm):
+    """q of the transport cost's p-norm (p in NORMS), or ValueError."""
+    p = float(norm) if not isinstance(norm, bool) and isinstance(norm, (int, float)) else None
+    if p not in NORMS:
+        raise ValueError(f"norm={norm!r}: the Wasserstein component supports the p-norms "
+                         "1, 2 and numpy.inf of the transport cost.")
+    return math.inf if p == 1 else 1.0 if p == math.inf else 2.0
+
+
+class Wasserstein:
+    """R(theta) = exp(log_rho) (a t^2 + b t), t the (smoothed) dual norm of all of theta
+    (the paper form includes the intercept); module docstring. One hyperparameter,
+    log_rho. Methods take theta (..., p) with lam (..., 1), like L2's; results float64."""
+    n_lam = 1
+
+    def __init__(self, a, b, q, smoothing=None):
+        for name, v in (("a", a), ("b", b)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}={v!r}: the paper coefficients are finite and >= 0.")
+        if smoothing is not None and not (math.isfinite(smoothing) and smoothing > 0):
+            raise ValueError(f"smoothing={smoothing!r} must be a finite mu > 0, or None "
+                             "(exact, 2-norm only).")
+        if q != 2 and smoothing is None:
+            p = "1" if q == math.inf else "inf"
+            raise ValueError(f"norm={p}: the dual norm ||theta||_{q:g} is not differentiable "
+                             "wherever a coordinate is zero (q = 1) or the largest ones tie "
+                             f"(q = inf); pass smoothing=mu > 0 (e.g. mithridate.models."
+                             f"wasserstein.SMOOTHING = {SMOOTHING:g}) or use norm=2.")
+        self.a, self.b, self.q, self.mu = float(a), float(b), float(q), smoothing
+
+    def __repr__(self):
+        return f"Wasserstein(a={self.a:g}, b={self.b:g}, q={self.q:g}, smoothing={self.mu})"
+
+    @classmethod
+    def paper(cls, X, y, *, loss, norm=2, fit_intercept=True, data_bounds=None, c1=None,
+              c2=None, smoothing=None):
+        """The component of estimator form (11)/(13)/(15) on data (X, y): (a, b) from the
+        data bounds (``data_bounds`` = (X, Y), else those of X, y), or (c1, c2) when either
+        is given (the other 0)."""
+        q = dual(norm)
+        if c1 is not None or c2 is not None:
+            for name, v in (("c1", c1), ("c2", c2)):
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                      or not math.isfinite(v) or v < 0):
+                    raise ValueError(f"{name}={v!r} must be a finite number >= 0.")
+            return cls(float(c1 or 0.0), float(c2 or 0.0), q, smoothing)
+        from ..defenses.solvers import paper_coefficients
+        X64, y64 = np.asarray(X, np.float64), np.asarray(y, np.float64)
+        a, b = paper_coefficients(X64, y64, loss, float(norm), bool(fit_intercept), data_bounds,
+                                  "numba")
+        return cls(max(a, 0.0), max(b, 0.0), q, smoothing)  # (a, b) read off at e_1: >= -eps
+
+    # -- the norm t = N(theta): (t, dt, curvature data) -----------------------------------
+    def _norm(self, th):
+        mu = self.mu
+        if self.q == 2:
+            s = np.sqrt(np.einsum("...j,...j->...", th, th) + (mu or 0.0) ** 2)
+            t = s - (mu or 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dt = np.where(s[..., None] > 0, th / s[..., None], 0.0)
+            return t, dt, s
+        if self.q == 1:
+            s = np.sqrt(th * th + mu * mu)
+            return s.sum(-1) - th.shape[-1] * mu, th / s, s
+        z = np.concatenate([th, -th], axis=-1) / mu
+        top = z.max(-1, keepdims=True)
+        e = np.exp(z - top)
+        tot = e.sum(-1, keepdims=True)
+        pi = e / tot
+        m = th.shape[-1]
+        t = mu * (np.log(tot[..., 0]) + top[..., 0] - math.log(2 * m))
+        return t, pi[..., :m] - pi[..., m:], pi
+
+    def _norm_hvp(self, th, u, dt, s):
+        """(Hessian of t) u."""
+        if self.q == 2:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                du = np.einsum("...j,...j->...", dt, u)[..., None]
+                return np.where(s[..., None] > 0, (u - dt * du) / s[..., None], 0.0)
+        if self.q == 1:
+            return self.mu ** 2 / s ** 3 * u
+        m = th.shape[-1]
+        both = s[..., :m] + s[..., m:]
+        return (both * u - dt * np.einsum("...j,...j->...", dt, u)[..., None]) / self.mu
+
+    def _scaled(self, theta, lam):
+        th = np.asarray(theta, np.float64)
+        rho = np.exp(np.asarray(lam, np.float64)[..., 0])
+        return th, rho, self._norm(th)
+
+    # -- the component's interface (as L2's) ---------------------------------------------
+    def value(self, theta, lam):
+        _, rho, (t, _, _) = self._scaled(theta, lam)
+        return rho * (self.a * t * t + self.b * t)
+
+    def grad(self, theta, lam):
+        _, rho, (t, dt, _) = self._scaled(theta, lam)
+        return (rho * (2 * self.a * t + self.b))[..., None] * dt
+
+    def hvp_at(self, theta, u, lam):
+        th, rho, (t, dt, s) = self._scaled(theta, lam)
+        u = np.asarray(u, np.float64)
+        du = np.einsum("...j,...j->...", dt, u)[..., None]
+        c = (2 * self.a * t + self.b)[..., None]
+        return rho[..., None] * (2 * self.a * du * dt + c * self._norm_hvp(th, u, dt, s))
+
+    def mixed_lam(self, theta, u, lam):
+        """d/dlog_rho (grad . u) = grad . u (R is linear in rho), shape (..., 1)."""
+        g = self.grad(theta, lam)
+        return np.einsum("...j,...j->...", g, np.asarray(u, np.float64))[..., None]
+
+    def lam_tangent(self, theta, lam):
+        """d grad / d log_rho = grad, shape (..., 1, p)."""
+        return self.grad(theta, lam)[..., None, :]
+
+    def add_hessian(self, H, theta, lam):
+        """H += the dense Hessian at theta (one problem), in place."""
+        p = H.shape[0]
+        for j, e in enumerate(np.eye(p)):
+            H[:, j] += self.hvp_at(theta, e, lam)
+
+    def torch_value(self, theta, lam):
+        """R on torch tensors (theta (p,), lam (1,)): the autograd oracle's form."""
+        import torch
+        mu = self.mu
+        if self.q == 2:
+            t = torch.linalg.vector_norm(theta) if mu is None else \
+                torch.sqrt((theta * theta).sum() + mu * mu) - mu
+        elif self.q == 1:
+            t = (torch.sqrt(theta * theta + mu * mu) - mu).sum()
+        else:
+            t = mu * (torch.logsumexp(torch.cat([theta, -theta]) / mu, 0)
+                      - math.log(2 * theta.shape[0]))
+        return torch.exp(lam[0]) * (self.a * t * t + self.b * t)
+
+
+class Components:
+    """The regulariser of a model with several components: their hyperparameters, in
+    order, form one lam vector (..., n_lam); each method sums (or, for lam derivatives,
+    concatenates) the components' own. Interface of L2 (``layout``, ``check_lam``,
+    ``value``, ``grad``, ``hvp_at``, ``mixed_lam``, ``lam_tangent``, ``add_hessian``;
+    ``diagonal``: the L2 part's, a lower bound of the curvature the convex Wasserstein
+    part only adds to)."""
+
+    def __init__(self, layout, parts):
+        self.layout, self.parts = layout, tuple(parts)
+        cuts, start = [], 0
+        for part in self.parts:
+            cuts.append(slice(start, start + part.n_lam))
+            start += part.n_lam
+        self.cuts = tuple(cuts)
+        self.l2 = next((c for c in self.parts if isinstance(c, L2)), None)
+
+    def check_lam(self, lam):
+        lam = np.asarray(lam, dtype=np.float64)
+        n = self.layout.n_lam
+        if lam.ndim == 0 or lam.shape[-1] != n:
+            raise ValueError(f"lam has shape {lam.shape}; this model has {n} hyperparameter(s) "
+                             f"{list(self.layout.names)}: pass shape ({n},) or (B, {n}).")
+        if not np.isfinite(lam).all():
+            raise ValueError(f"lam contains nan or inf; its entries {list(self.layout.names)} "
+                             "are log-scale strengths (log rho for the Wasserstein term): pass "
+                             "finite values.")
+        return lam
+
+    def _sum(self, name, *args, lam):
+        parts = [getattr(c, name)(*args, lam[..., cut]) for c, cut in zip(self.parts, self.cuts)]
+        return sum(parts[1:], parts[0])
+
+    def value(self, theta, lam):
+        return self._sum("value", theta, lam=lam)
+
+    def grad(self, theta, lam):
+        return self._sum("grad", theta, lam=lam).astype(theta.dtype, copy=False)
+
+    def hvp_at(self, theta, u, lam):
+        return self._sum("hvp_at", theta, u, lam=lam).astype(u.dtype, copy=False)
+
+    def mixed_lam(self, theta, u, lam):
+        return np.concatenate([c.mixed_lam(theta, u, lam[..., cut])
+                               for c, cut in zip(self.parts, self.cuts)], axis=-1)
+
+    def lam_tangent(self, theta, lam):
+        return np.concatenate([c.lam_tangent(theta, lam[..., cut])
+                               for c, cut in zip(self.parts, self.cuts)], axis=-2)
+
+    def diagonal(self, lam, dtype=np.float64):
+        if self.l2 is None:
+            return np.zeros(np.shape(lam)[:-1] + (self.layout.size,), dtype)
+        return self.l2.diagonal(lam[..., self.cuts[self.parts.index(self.l2)]], dtype)
+
+    def add_hessian(self, H, theta, lam):
+        for c, cut in zip(self.parts, self.cuts):
+            c.add_hessian(H, theta, lam[..., cut])
+
+    def prox(self, theta, lam, step):
+        raise ValueError("prox=True: the Wasserstein component has no closed-form proximal "
+                         "step; train with prox=False (gradient steps).")
+
+
+class Robust(Model):
+    """``base``'s data term (a mithridate.models Model, e.g. LinearModel: its loss primitives
+    are used as they are) + its L2 component (``l2=True``) + ``wasserstein``
+    (a :class:`Wasserstein`); lam = (base's L2 entries if l2, log_rho). No fused loop: the
+    generic engine runs it in every mode (trajectory, checkpoint, reversible, forward,
+    implicit)."""
+    fused = None
+
+    def __init__(self, base, wasserstein, l2=True):
+        if not isinstance(base, Model) or isinstance(base, Robust):
+            raise TypeError(f"base must be a mithridate.models Model (not a Robust one), got "
+                            f"{type(base).__name__}.")
+        if not isinstance(wasserstein, Wasserstein):
+            raise TypeError("wasserstein must be a mithridate.models.wasserstein.Wasserstein "
+                            "(e.g. Wasserstein.paper(X, y, loss=...)).")
+        self.base, self.wasserstein, self.l2 = base, wasserstein, bool(l2)
+        self.loss = getattr(base, "loss", None)
+        self.fit_intercept = getattr(base, "fit_intercept", None)
+        self.sample_weight = getattr(base, "sample_weight", None)
+        self._layouts = {}
+
+    def __repr__(self):
+        return f"Robust({self.base!r}, {self.wasserstein!r}, l2={self.l2})"
+
+    def layout(self, d):
+        if d not in self._layouts:
+            lay = self.base.layout(d)
+            self._layouts[d] = HyperLayout(lay.groups, lay.penalised if self.l2 else (),
+                                           ("log_rho",))
+        return self._layouts[d]
+
+    def regularizer(self, d):
+        cache = self.__dict__.setdefault("_regularizers", {})
+        if d not in cache:
+            lay = self.layout(d)
+            l2 = [L2(Layout(lay.groups, lay.penalised))] if lay.penalised else []
+            cache[d] = Components(lay, l2 + [self.wasserstein])
+        return cache[d]
+
+    def features(self, p):
+        return self.base.features(p)
+
+    def check_data(self, X, y, name):
+        self.base.check_data(X, y, name)
+
+    def loss_grad(self, theta, X, y):
+        return self.base.loss_grad(theta, X, y)
+
+    def loss_grad_batch(self, theta, X, y):
+        return self.base.loss_grad_batch(theta, X, y)
+
+    def loss_hvp(self, theta, u, X, y):
+        return self.base.loss_hvp(theta, u, X, y)
+
+    def loss_hessian(self, theta, X, y):
+        return self.base.loss_hessian(theta, X, y)
+
+    def mixed_rows(self, theta, u, X, y, rows):
+        return self.base.mixed_rows(theta, u, X, y, rows)
+
+    def data_loss_grad(self, theta, X, y):
+        return self.base.data_loss_grad(theta, X, y)
+
+    def torch_objective(self, theta, X, y, lam):
+        """The base's objective with its L2 entries + the Wasserstein term (torch_value)."""
+        import torch
+        lam = torch.as_tensor(lam, dtype=torch.float64).reshape(-1)
+        n = self.layout(X.shape[-1]).n_lam - 1
+        if n:
+            data = self.base.torch_objective(theta, X, y, lam[:n])
+        else:  # the base's data term alone: its L2 weighted by exp(-inf) = 0
+            data = self.base.torch_objective(theta, X, y, torch.full(
+                (self.base.layout(X.shape[-1]).n_lam,), -math.inf, dtype=torch.float64))
+        return data + self.wasserstein.torch_value(theta, lam[n:]).to(data.dtype)
