@@ -178,3 +178,141 @@ def test_cg_routine():
     assert not ok and it <= 12
     s, it, ritz, ok = imp.cg(lambda v: -v, b, 1e-10, 10)  # negative curvature
     assert not ok and ritz == math.inf
+
+
+# ---- networks: H indefinite or singular --------------------------------------
+
+def net_problem(layers, dtype=np.float64, seed=0, n=12, **kw):
+    """An MLP with random rows (the last 3 poisoning), labels both classes."""
+    from mithridate.models import MLP
+    rng = np.random.default_rng(seed)
+    model = MLP(layers=layers, **kw)
+    d = layers[0]
+    X, Xv = rng.standard_normal((n, d)).astype(dtype), rng.standard_normal((8, d)).astype(dtype)
+    y, yv = (rng.random(n) < 0.5).astype(dtype), np.r_[0, 1, rng.random(6) < 0.5].astype(dtype)
+    return model, X, y, np.arange(n - 3, n), Xv, yv
+
+
+def torch_eq4(model, theta, X, y, rows, Xv, yv, lam):
+    """Eq. (4) by torch autograd: the dense Hessian, a dense solve (LU: any nonsingular H)."""
+    torch = pytest.importorskip("torch")
+    from mithridate.reference import mlp as ref
+    t = lambda a: torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
+    th, Xt = t(theta).requires_grad_(True), t(X).requires_grad_(True)
+    H = torch.autograd.functional.hessian(lambda w: model.torch_objective(w, t(X), t(y), t(lam)),
+                                          th)
+    gA = torch.autograd.grad(ref.loss(model, th, t(Xv), t(yv)), th)[0]
+    s = torch.linalg.solve(H, gA)
+    g = torch.autograd.grad(model.torch_objective(th, Xt, t(y), t(lam)), th, create_graph=True)[0]
+    return -torch.autograd.grad(g @ s, Xt)[0][rows].numpy(), torch.linalg.eigvalsh(H).numpy()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("route", ROUTES)
+def test_network_with_an_indefinite_hessian_solves_by_minres(monkeypatch, route, dtype):
+    """theta_T after 30 steps: H has negative eigenvalues (CG meets negative curvature, the
+    Cholesky fails) but is nonsingular, so eq. (4) is solved by MINRES, on every route,
+    and equals torch's dense solve."""
+    from mithridate.hypergrad import hypergrad
+    model, X, y, rows, Xv, yv = net_problem((5, 4, 3, 1), dtype)
+    lam = np.full(3, -4.0)
+    w0 = model.init(5, 0).astype(dtype)
+    r = hypergrad(X[:-3], y[:-3], X[-3:], y[-3:], Xv, yv, lam=lam, w0=w0, T=30, alpha=0.3,
+                  gamma=0.5, model=model, mode="trajectory")
+    want, ev = torch_eq4(model, r.theta_T, X, y, rows, Xv, yv, lam)
+    assert ev.min() < -0.01 * ev.max() and np.abs(ev).min() > 1e-6 * ev.max()
+    force(monkeypatch, route)
+    info = {}
+    with pytest.warns(RuntimeWarning, match="non-stationary"):
+        hg = imp.implicit_model(model, r.theta_T, X, y, rows, Xv, yv, lam, 1e-6, info)
+    assert info["solver"] == "minres" and info["minres_iterations"] > 0
+    assert info["residual"] <= imp.MINRES_ACCEPT[np.dtype(dtype)]
+    rtol = 1e-7 if dtype == np.float64 else 2e-3
+    np.testing.assert_allclose(hg.grad_Xp, want, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
+def test_network_singular_hessian_is_a_clear_error_on_every_route(monkeypatch):
+    """A feature that is zero in every training row leaves W1's row for it with only
+    the regulariser's curvature exp(-60) ~ 1e-26, while grad A (validation rows use the
+    feature) points along it: numerically singular, refused on every route."""
+    model, X, y, rows, Xv, yv = net_problem((4, 3, 1))
+    X[:, 2] = 0.0
+    lam = np.full(2, -60.0)
+    theta = model.init(4, 1)
+    for route in ROUTES:
+        with monkeypatch.context() as m:
+            force(m, route)
+            info = {}
+            with pytest.raises(SingularHessianError, match=r"raise lam.*mode='trajectory'"):
+                imp.implicit_model(model, theta, X, y, rows, Xv, yv, lam, 1e9, info)
+            assert info["solver"] in ("minres", "cholesky", "cg"), route
+
+
+def test_minres_refuses_a_singular_inconsistent_system():
+    H = np.diag([2.0, -1.0, 0.0])
+    info = {}
+    with pytest.raises(SingularHessianError, match="relative residual"):
+        imp._minres(lambda v: H @ v, np.array([1.0, 1.0, 1.0]), 30, np.float64, np.zeros(1),
+                    info)
+    assert info["solver"] == "minres" and info["residual"] > 0.1
+    s = imp._minres(lambda v: H @ v, np.array([1.0, 1.0, 0.0]), 30, np.float64, np.zeros(1), {})
+    np.testing.assert_allclose(s, [0.5, -1.0, 0.0], atol=1e-14)  # consistent: minimum norm
+
+
+# the leaky-ReLU network (3, 1, 1), its biases penalised, lam = -3: plain GD from this init
+# converges (||grad|| ~ 1e-16 by T = 6000) to a minimum off the kinks with H positive definite
+MIN_NET = dict(layers=(3, 1, 1), penalize_bias=True)
+
+
+def min_problem():
+    from mithridate.models import MLP
+    rng = np.random.default_rng(3)
+    w = np.array([1.5, -1.0, 0.5])
+
+    def rows(n):
+        X = rng.standard_normal((n, 3))
+        return X, (X @ w + 0.3 * rng.standard_normal(n) > 0).astype(float)
+    (Xc, yc), (Xp, yp), (Xv, yv) = rows(20), rows(2), rows(9)
+    X, y = np.concatenate([Xc, Xp]), np.r_[yc, 1 - yp]  # poisoning rows: flipped labels
+    return MLP(**MIN_NET), X, y, np.arange(20, 22), Xv, yv, np.full(2, -3.0)
+
+
+def test_network_at_a_minimum_matches_finite_differences_and_long_rmd():
+    """Implicit at theta_T = the minimum (T = 6000): equal to central differences of the
+    outer value at the minimum re-solved by Newton for each perturbed Xp and lam, and to
+    trajectory RMD through the same 6000 steps."""
+    from mithridate.hypergrad import hypergrad
+    model, X, y, rows, Xv, yv, lam = min_problem()
+    kw = dict(w0=model.init(3, 1), T=6000, alpha=1.0, gamma=0.5, model=model)
+    args = (X[:20], y[:20], X[20:], y[20:], Xv, yv)
+    hg = hypergrad(*args, lam=lam, **kw, mode="implicit", tol=1e-12)
+    assert hg.info["grad_norm"] < 1e-12 and hg.info["solver"] in ("cg", "cholesky")
+    assert np.linalg.eigvalsh(model.hessian(hg.theta_T, X, y, lam)).min() > 0.01
+    W1, b1 = hg.theta_T[:3], hg.theta_T[3]
+    assert np.abs(X @ W1 + b1).min() > 0.05  # off the kink: the objective is smooth here
+
+    def outer(Xk=None, lm=lam):
+        Xn = X.copy()
+        if Xk is not None:
+            Xn[rows] = Xk
+        theta = hg.theta_T.copy()
+        for _ in range(30):  # Newton from the minimum: it follows the minimum
+            g = model.grad(theta, Xn, y, lm)
+            if np.linalg.norm(g) < 1e-15:
+                break
+            theta -= np.linalg.solve(model.hessian(theta, Xn, y, lm), g)
+        return model.data_loss(theta, Xv, yv)
+
+    h = 1e-6
+    fd = np.zeros((2, 3))
+    for i in range(2):
+        for j in range(3):
+            E = np.zeros((2, 3))
+            E[i, j] = h
+            fd[i, j] = (outer(X[rows] + E) - outer(X[rows] - E)) / (2 * h)
+    np.testing.assert_allclose(hg.grad_Xp, fd, rtol=1e-5, atol=1e-9)
+    fd_lam = [(outer(lm=lam + h * e) - outer(lm=lam - h * e)) / (2 * h) for e in np.eye(2)]
+    np.testing.assert_allclose(hg.grad_lam, fd_lam, rtol=1e-5, atol=1e-9)
+    rmd = hypergrad(*args, lam=lam, **kw, mode="trajectory")
+    np.testing.assert_allclose(hg.grad_Xp, rmd.grad_Xp, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(hg.grad_lam, rmd.grad_lam, rtol=1e-7, atol=1e-10)

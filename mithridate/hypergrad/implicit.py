@@ -2,6 +2,11 @@
 
 With H the training objective's Hessian at theta_T and A the outer objective,
 s = H^-1 grad A, grad_X[rows] = -d/dX[rows] (grad . s), grad_lam = -d/dlam (grad . s).
+The implicit function theorem needs H nonsingular, not positive definite: a
+saddle point of a network's training objective is as good as a minimum. For
+a network, theta_T must be a stationary point (train long enough:
+info["grad_norm"] is warned about above tol) where H is nonsingular; after a
+finite T it usually is neither (the trajectory modes are exact there).
 
 The solve, for any Model (:func:`implicit_model`):
 - conjugate gradients on the HVP, stopped at ||H s - b|| <=
@@ -22,7 +27,14 @@ The solve, for any Model (:func:`implicit_model`):
   Hessian (one symmetric BLAS product R^T R for the linear model);
   it certifies positive definiteness, SingularHessianError when it fails;
 - past CHOLESKY_MAX parameters, CG alone (no budget), SingularHessianError when
-  it does not converge.
+  it does not converge;
+- H indefinite (a model without a loss factor, e.g. a network: CG meets
+  negative curvature, or the Cholesky fails): MINRES (scipy) on the same HVP,
+  accepted where its true residual ||H s - b|| / ||b|| is at most
+  MINRES_ACCEPT and the lower bound ||H|| ||s|| / ||b|| of cond(H) stays
+  below 1/eps; SingularHessianError otherwise (H numerically singular along
+  grad A). A null space orthogonal to grad A is invisible to a Krylov solver
+  (it does not change s: the minimum-norm solution is returned).
 """
 import math
 import warnings
@@ -37,6 +49,9 @@ RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-6}
 HVP_PER_DIRECT = 5   # a BLAS-3 flop is about this much cheaper than an HVP's (measured)
 MIN_CG = 10          # CG is tried only where the direct solve costs at least this many HVPs
 PROJECT_EVERY = 8    # CG iterations between projections of the iterations it needs
+# MINRES's accepted relative residual (its own stop is a backward error, weaker than this)
+MINRES_ACCEPT = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-4}
+REFINE = 3           # MINRES solves at most: the first and two on its residual
 
 
 def implicit(pb, backend, tol, info):
@@ -71,8 +86,10 @@ def implicit_model(model, theta, X, y, rows, Xv, yv, lam, tol, info):
 
     Returns HyperGrad(value, grad_X (len(rows), d) in X's dtype, grad_lam (a float
     for one hyperparameter, else (n_lam,)), theta, info); info gets grad_norm
-    (||grad L(theta)||, warned about when > tol), solver ("cg", "woodbury" or
-    "cholesky") and cg_iterations (where CG ran). Raises SingularHessianError when H is not positive definite.
+    (||grad L(theta)||, warned about when > tol), solver ("cg", "woodbury",
+    "cholesky" or "minres"), cg_iterations (where CG ran), minres_iterations and
+    residual (||H s - b|| / ||b||) where MINRES ran. Raises SingularHessianError when
+    H is numerically singular (positive definite for a model with a loss factor).
     """
     lam = np.asarray(lam, dtype=np.float64)
     info["grad_norm"] = float(np.linalg.norm(model.grad(theta, X, y, lam)))
@@ -93,14 +110,17 @@ def solve(model, theta, X, y, lam, b, info):
     b = np.asarray(b, dtype=np.float64)
     rtol = RTOL[np.dtype(X.dtype)]
     if p > CHOLESKY_MAX:
-        s, iters, _, ok = cg(_fused_hvp(model, theta, X, y, lam), b, rtol, 10 * p)
+        hvp = _fused_hvp(model, theta, X, y, lam)
+        s, iters, curvature, ok = cg(hvp, b, rtol, 10 * p)
         info.update(solver="cg", cg_iterations=iters)
-        if not ok:
-            raise SingularHessianError(
-                f"mode='implicit': CG did not converge on the {p} x {p} training Hessian at "
-                f"theta_T ({iters} iterations): it is singular or ill-conditioned; raise lam "
-                f"(now {_lams(lam)}) or use mode='trajectory'.")
-        return s
+        if ok:
+            return s
+        if curvature == math.inf:  # negative curvature: indefinite, maybe nonsingular
+            return _minres(hvp, b, 10 * p, X.dtype, lam, info)
+        raise SingularHessianError(
+            f"mode='implicit': CG did not converge on the {p} x {p} training Hessian at "
+            f"theta_T ({iters} iterations): it is singular or ill-conditioned; raise lam "
+            f"(now {_lams(lam)}) or use mode='trajectory'.")
     D = model.regularizer(X.shape[1]).diagonal(lam)
     R = model.loss_factor(theta, X, y)
     budget = int((n * p * p + p ** 3 / 3) / (4 * n * p) / HVP_PER_DIRECT)
@@ -113,7 +133,46 @@ def solve(model, theta, X, y, lam, b, info):
         if ok and floor >= math.sqrt(np.finfo(np.float64).eps) * curvature:
             info["solver"] = "cg"
             return s
+        if R is None and curvature == math.inf:  # no loss factor: H may be indefinite
+            return _minres(hvp, b, 10 * p, X.dtype, lam, info)
     return direct(model, theta, X, y, lam, b, info, R, D)
+
+
+def _minres(hvp, b, maxiter, dtype, lam, info):
+    """MINRES on the symmetric, possibly indefinite H (scipy), accepted as the module
+    docstring says; records the solver, its HVPs and the true residual. MINRES stops
+    at a backward error ||r|| <= rtol ||H|| ||s||, weaker than ||r|| <= rtol ||b|| where
+    s is large: up to REFINE rounds of refinement on the residual recover the rest."""
+    from scipy.sparse.linalg import LinearOperator, minres
+    p, accept = b.shape[0], MINRES_ACCEPT[np.dtype(dtype)]
+    seen = [0.0, 0]  # the largest ||H q|| / ||q|| over MINRES's vectors (<= ||H||), calls
+
+    def matvec(q):
+        q = np.ravel(q)
+        Hq = hvp(q)
+        norm = np.linalg.norm(q)
+        seen[0], seen[1] = max(seen[0], np.linalg.norm(Hq) / norm if norm else 0.0), seen[1] + 1
+        return Hq
+    H = LinearOperator((p, p), matvec=matvec, dtype=np.float64)
+    nb = np.linalg.norm(b)
+    s, r, residual = np.zeros_like(b), b, 1.0
+    for _ in range(REFINE):
+        s = s + minres(H, r, rtol=RTOL[np.dtype(dtype)], maxiter=maxiter)[0]
+        r = b - hvp(s)
+        last, residual = residual, float(np.linalg.norm(r) / nb) if nb else 0.0
+        if residual <= accept or residual >= last / 2:  # done, or refinement does not help
+            break
+    cond = seen[0] * np.linalg.norm(s) / nb if nb else 0.0
+    info.update(solver="minres", minres_iterations=seen[1], residual=residual)
+    if residual <= accept and cond < 1 / np.finfo(np.float64).eps:
+        return s
+    why = (f"MINRES reached a relative residual of {residual:.3g} only ({seen[1]} HVPs)"
+           if residual > accept else f"its condition number is at least {cond:.3g}")
+    raise SingularHessianError(
+        f"mode='implicit': the {p} x {p} training Hessian at theta_T is indefinite and "
+        f"numerically singular along grad A ({why}): theta_T is not a nondegenerate "
+        f"stationary point. Train to a stationary point (larger T), raise lam (now "
+        f"{_lams(lam)}), or use mode='trajectory', which needs no Hessian solve.")
 
 
 def _fused_hvp(model, theta, X, y, lam):
@@ -123,7 +182,9 @@ def _fused_hvp(model, theta, X, y, lam):
 def direct(model, theta, X, y, lam, b, info, R, D):
     """One Cholesky: of the n x n capacitance matrix (Woodbury) where the model has a
     loss factor R (H = diag(D) + R^T R / n) and n + (unpenalised parameters) < p, else
-    of the p x p Hessian (R^T R / n + diag(D), one syrk, or model.hessian)."""
+    of the p x p Hessian (R^T R / n + diag(D), one syrk, or model.hessian). Where a
+    model without a loss factor has a Hessian that is not positive definite: its
+    eigenvalues certify it nonsingular (else SingularHessianError), then MINRES on it."""
     from scipy.linalg import cho_solve
     p, n = theta.shape[0], X.shape[0]
     if R is not None and n + np.count_nonzero(D == 0) < p:
@@ -136,7 +197,12 @@ def direct(model, theta, X, y, lam, b, info, R, D):
         H = R.T @ R
         H /= n
         H[np.diag_indices(p)] += D
-    return cho_solve(_cholesky(H, lam), b)
+    factor = _cholesky(H, lam, indefinite_ok=R is None)
+    if factor is not None:
+        return cho_solve(factor, b)
+    ev = np.abs(np.linalg.eigvalsh(H))
+    _check_condition(ev.max() / ev.min() if ev.min() > 0 else math.inf, p, lam, "indefinite")
+    return _minres(lambda v: H @ v, b, 10 * p, X.dtype, lam, info)
 
 
 def _woodbury(R, D, b, lam):
@@ -217,25 +283,29 @@ def _lams(lam):
     return f"{lam[0]:g}" if lam.size == 1 else np.array2string(lam, precision=3)
 
 
-def _cholesky(H, lam, p=None):
+def _cholesky(H, lam, p=None, indefinite_ok=False):
     """cho_factor of H (the training Hessian, or a block of it: p its size), or
     SingularHessianError when H is not numerically positive definite (condition
-    >= 1/eps by the factor's diagonal)."""
+    >= 1/eps by the factor's diagonal); None instead where the factorisation fails
+    and ``indefinite_ok`` (H may be indefinite: MINRES follows)."""
     from scipy.linalg import cho_factor
     try:
         factor = cho_factor(H)
         r = np.abs(np.diag(factor[0]))
         cond = (r.max() / r.min()) ** 2 if r.min() > 0 else math.inf
     except np.linalg.LinAlgError:
+        if indefinite_ok:
+            return None
         cond = math.inf
     _check_condition(cond, p or H.shape[0], lam)
     return factor
 
 
-def _check_condition(cond, p, lam):
+def _check_condition(cond, p, lam, kind="not positive definite"):
     if not cond < 1 / np.finfo(np.float64).eps:
-        why = "singular (not positive definite)" if cond == math.inf else \
-            f"too ill-conditioned to solve (condition >= {cond:.3g})"
+        why = f"singular ({kind})" if cond == math.inf else \
+            f"{'' if kind.startswith('not') else kind + ' and '}too ill-conditioned to solve " \
+            f"(condition >= {cond:.3g})"
         raise SingularHessianError(
             f"mode='implicit': the {p} x {p} training Hessian at theta_T is "
             f"{why}: exp(lam) = {_lams(np.exp(lam))} (lam={_lams(lam)}) adds too little "
