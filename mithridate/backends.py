@@ -120,8 +120,9 @@ def _check_implements(path, backend):
                          f"{', '.join(implemented(path))}.")
 
 
-def select(path, backend="auto", *arrays):
-    """The backend name that runs `path` for data `arrays` ("auto" or a name in ``BACKENDS``)."""
+def select(path, backend="auto", *arrays, gpu=False):
+    """The backend name that runs `path` for data `arrays` ("auto" or a name in ``BACKENDS``);
+    ``gpu``: the caller puts the data on the GPU (auto then prefers as for CUDA tensors)."""
     origin = "backend"
     if backend == "auto":
         env = os.environ.get("MITHRIDATE_BACKEND", "auto")
@@ -133,7 +134,7 @@ def select(path, backend="auto", *arrays):
                 implemented(path)
                 log.debug("MITHRIDATE_BACKEND=%r has no %s implementation; choosing automatically",
                           env, path)
-            return _auto(path, arrays)
+            return _auto(path, arrays, gpu)
         backend, origin = env, "MITHRIDATE_BACKEND"
     elif (path, backend) not in REGISTRY:
         if backend not in BACKENDS:
@@ -147,11 +148,11 @@ def select(path, backend="auto", *arrays):
     return backend
 
 
-def _auto(path, arrays):
+def _auto(path, arrays, gpu=False):
     prefs = AUTO.get(path)
     if prefs is None:
         implemented(path)  # raises: unknown path
-    on_gpu = False
+    on_gpu = gpu
     for a in arrays:
         if is_torch(a) and a.is_cuda:
             on_gpu = True

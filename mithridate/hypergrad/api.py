@@ -12,7 +12,7 @@ __all__ = ["hypergrad", "HyperGrad"]
 def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss="logistic",
               fit_intercept=True, model=None, mode="trajectory", backend="auto", tol=1e-6,
               checkpoints="sqrt", max_states=None, frac_bits=None, max_buffer_bytes=None,
-              on_divergence="raise"):
+              on_divergence="raise", device=None):
     """Hypergradients of A(theta_T) = mean validation loss wrt Xp and lam.
 
     Inner: T steps of heavy-ball GD (``gamma``; 0 = plain GD) with step
@@ -38,7 +38,9 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
     MITHRIDATE_BACKEND): ``numba`` (compiled loops, every mode), ``torch``
     (autograd through the unrolled loop, which is also its checkpoint mode;
     for implicit only the training runs in torch), ``cpp``/``cuda`` (compiled
-    extension, where built).
+    extension, where built). The network (``model=MLP(...)``): "numba" (auto on
+    host data: the generic engine), "torch" or "triton" (mithridate.hypergrad.mlp_torch
+    on ``device``, see ``Engine``).
     Arrays: numpy, one float dtype, C-contiguous; results in that dtype.
 
     Divergence: every mode and backend watches the training gradient at each
@@ -64,5 +66,6 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
     engine = Engine(Xc, yc, Xv, yv, model=model, T=T, alpha=alpha, gamma=gamma, mode=mode,
                     backend=backend, checkpoints=checkpoints, max_states=max_states,
                     frac_bits=frac_bits,
-                    max_buffer_bytes=max_buffer_bytes, tol=tol, on_divergence=on_divergence)
+                    max_buffer_bytes=max_buffer_bytes, tol=tol, on_divergence=on_divergence,
+                    device=device)
     return engine.run(Xp, yp, lam, w0)

@@ -17,6 +17,7 @@ from .result import HyperGrad
 
 NEEDS = ("all", "lam", "value")
 NATIVE = ("cpp", "cuda")
+TORCH_ROUTE = ("torch", "triton")  # the network's routes on torch tensors (mlp_torch)
 # what to change when a mode's memory does not fit
 FIXES = {"trajectory": "use mode='checkpoint' or 'reversible' (less memory per step), fewer "
                        "steps T, or smaller batches",
@@ -34,19 +35,33 @@ class Engine:
     model: a mithridate.models Model (default LinearModel()); the other
     keywords as in ``hypergrad``. ``backend="auto"`` asks the registry
     (mithridate.backends, honouring MITHRIDATE_BACKEND).
+
+    The network (model=MLP(...)) takes the registry's ``mlp`` hot path: "numba"
+    (auto's choice for host data) is the generic engine over the model's numpy
+    primitives, every mode; "torch" and "triton" run mithridate.hypergrad.mlp_torch
+    (the B problems of a call in one batched pass: cuBLAS/BLAS GEMMs, its Triton
+    kernels or their torch forms) on ``device`` ("cpu", "cuda"; None: the GPU where
+    one is visible; auto with device="cuda" picks as for CUDA tensors), modes
+    trajectory, checkpoint, reversible, forward (and need="value"). Arrays stay
+    numpy in and out; the fixed rows go to the device once.
     """
 
     def __init__(self, Xc, yc, Xv, yv, *, model=None, T, alpha, gamma=0.0, mode="trajectory",
                  backend="auto", checkpoints="sqrt", max_states=None, frac_bits=None,
-                 max_buffer_bytes=None, tol=1e-6, on_divergence="raise"):
+                 max_buffer_bytes=None, tol=1e-6, on_divergence="raise", device=None):
         if model is None:
             from ..models import LinearModel
             model = LinearModel()
         self.model = model
         loss = getattr(model, "loss", None)  # labels are checked for the linear losses
+        self._device = None  # the network's torch route (mlp_torch): its torch device
+        torch_route = False
         if model.fused == "linear":
             check_choice("loss", loss, LOSSES)
             self.backend, modes = backend_modes(backend, Xc, Xv)
+        elif _is_network(model):
+            self.backend, modes = _network_route(backend, device)
+            torch_route = self.backend in TORCH_ROUTE
         else:  # the generic engine, on the model's own primitives
             if backend != "auto":
                 raise ValueError(f"backend={backend!r}: {model!r} has no fused loop, so it runs "
@@ -55,7 +70,13 @@ class Engine:
             from . import generic
             self.backend = "generic"
             modes = tuple(m for m in generic.MODES if m != "value") + ("implicit",)
+        if device is not None and not torch_route:
+            raise ValueError(f"device={device!r} applies to the network's torch route "
+                             "(model=MLP(...), backend='torch' or 'triton'); leave it None.")
         check_mode(mode, self.backend, modes)
+        if torch_route:
+            from . import mlp_torch
+            self._device = mlp_torch.check_route(self.backend, device, mode)
         self.mode = mode
         self.T, self.alpha, self.gamma = check_settings(T, alpha, gamma)
         self._fixed = check_fixed(Xc, yc, Xv, yv, loss)
@@ -90,6 +111,7 @@ class Engine:
         self._settings = (self.T, self.alpha, self.gamma, loss,
                           getattr(model, "fit_intercept", None), model)
         self._packs, self._groups, self._memory_checked = {}, {}, set()
+        self._on_device = {}  # the torch route's device copies of the fixed rows
 
     def run(self, Xp, yp, lam, w0=None, *, need="all"):
         """HyperGrad of the poisoning rows Xp (k, d) or (B, k, d), labels yp,
@@ -109,7 +131,8 @@ class Engine:
         try:
             results = self._results(pbs, mode, (X, y) if B is not None else None)
         except fixed_point.FixedPointOverflow as err:  # reversible: diverged, or frac_bits too high?
-            _diagnose_overflow(pbs, err)
+            if self.model.fused == "linear":  # the diagnosis trains the linear model
+                _diagnose_overflow(pbs, err)
             raise
         steps = [_diverged_at(pb, r) for pb, r in zip(pbs, results)]
         divergence.report(pbs, steps, self.on_divergence)
@@ -131,6 +154,13 @@ class Engine:
         info = lambda pb: dict(mode=mode, backend=name, T=pb.T)
         if name == "generic":
             return self._generic(pbs, mode)
+        if self._device is not None:
+            from . import mlp_torch
+            results = mlp_torch.run_problems(self.model, pbs, mode, ops=name, device=self._device,
+                                             cache=self._on_device, **self._options(mode))
+            for r in results:
+                r.info["backend"] = name
+            return results
         if mode == "implicit":
             from .implicit import implicit
             return [implicit(pb, name, self.tol, info(pb)) for pb in pbs]
@@ -172,6 +202,13 @@ class Engine:
                                       np.atleast_1d(pb.lam), self.tol, info))
         return out
 
+    def _options(self, mode):
+        """The schedule and reversible options a mode's route takes."""
+        reversible = mode == "reversible"
+        return dict(schedule=self._schedule if mode in ("trajectory", "checkpoint") else None,
+                    frac_bits=self.frac_bits if reversible else None,
+                    max_buffer_bytes=self.max_buffer_bytes if reversible else None)
+
     def _shared_groups(self, B):
         if B not in self._groups:
             self._groups[B] = fused.shared_groups(self._fixed.Xc, self._fixed.yc, B) \
@@ -190,6 +227,10 @@ class Engine:
                                         self._schedule if mode == "checkpoint" else None,
                                         self.frac_bits, self.max_buffer_bytes)
             need, what = len(pbs) * state, f"the stored states of T={self.T} steps ({mode})"
+        elif self._device is not None:
+            from . import mlp_torch
+            need = mlp_torch.state_bytes(self.model, pbs, mode, **self._options(mode))
+            what = f"the rows and the states of T={self.T} steps ({mode}) on {self._device}"
         else:
             need, what = _memory(pbs, mode, self.backend, self._schedule, self.frac_bits,
                                  self.max_buffer_bytes)
@@ -197,6 +238,25 @@ class Engine:
         batch = f" for {len(pbs)} problems" if len(pbs) > 1 else ""
         check_memory(need, f"mode={mode!r} on backend={self.backend!r}{batch}: {what}", fix)
         self._memory_checked.add(key)
+
+
+def _is_network(model):
+    from ..models.mlp import MLP
+    return isinstance(model, MLP)
+
+
+def _network_route(backend, device):
+    """(engine backend, its modes) of the network: the registry's choice for hot path
+    ``mlp`` ("numba": the generic engine)."""
+    from .. import backends
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device={device!r} must be None, 'cpu' or 'cuda'.")
+    name = backends.select("mlp", backend, gpu=device == "cuda")
+    if name == "numba":
+        from . import generic
+        return "generic", tuple(m for m in generic.MODES if m != "value") + ("implicit",)
+    from .mlp_torch import MODES
+    return name, MODES
 
 
 def _memory(pbs, mode, backend, sched, frac_bits, max_buffer_bytes):

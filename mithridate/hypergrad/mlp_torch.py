@@ -22,6 +22,14 @@ mithridate.hypergrad.generic's:
   the gradient at the recovered theta_t bit for bit (deterministic GEMMs), and
   theta_0, v_0 = 0 and the empty buffer must come back (asserted).
 - ``forward``: one tangent per layer lam, memory independent of T (grad_Xp None).
+- ``value``: the training and the outer value only (grad_Xp, grad_lam None).
+
+``run_problems`` is the engine's route (mithridate.hypergrad.Engine with
+model=MLP(...) and backend "torch" or "triton"): the engine's checked numpy
+Problems as one batched call, a list of HyperGrads back. Divergence: the
+squared norm of every first-pass training gradient is kept on the device (no
+sync per step) and checked at the end by the CPU engines' growth watch
+(info["diverged_at"], one entry per problem, -1 where stable).
 
 ``unrolled`` is the torch reference: autograd through the unrolled loop
 (create_graph) of the same objective in plain torch ops, batched the same way:
@@ -50,6 +58,7 @@ from .schedule import ADVANCE, RESTORE, SAVE, VALUE
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 MODES = ("trajectory", "checkpoint", "reversible", "forward")
+ROUTE_MODES = MODES + ("value",)  # the engine's need="value" too
 
 
 class BatchHyperGrad(NamedTuple):
@@ -151,38 +160,122 @@ def _deterministic():
 
 def hypergrad(layers, Xc, yc, Xp, yp, Xv, yv, lam, theta0, *, T, alpha, gamma=0.0,
               mode="trajectory", negative_slope=0.1, penalize_bias=False, checkpoints="sqrt",
-              frac_bits=None, max_buffer_bytes=None, ops=None):
+              max_states=None, frac_bits=None, max_buffer_bytes=None, ops=None):
     """BatchHyperGrad of B problems (B = theta0.shape[0]). Xc (n, d) shared or
     (B, n, d); Xp (k, d) or (B, k, d); Xv likewise; y's (n,) or (B, n) in {0, 1};
-    lam a scalar, (n_lam,) or (B, n_lam); checkpoints: schedule.plan's ("sqrt",
-    "binomial" or a count) for mode="checkpoint"; frac_bits and max_buffer_bytes
-    (per problem; default the trajectory's size) as mithridate.hypergrad's, for
-    mode="reversible". ops: "triton" (default on CUDA or under TRITON_INTERPRET=1)
-    or "torch" (the kernels' torch references). Every check runs before any work;
-    no divergence watch (a diverged run shows as non-finite values, or as
-    FixedPointOverflow in reversible mode)."""
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not one of {list(MODES)}.")
+    lam a scalar, (n_lam,) or (B, n_lam); checkpoints, max_states: schedule.plan's
+    ("sqrt", "binomial" or a count) for mode="checkpoint"; frac_bits and
+    max_buffer_bytes (per problem; default the trajectory's size) as
+    mithridate.hypergrad's, for mode="reversible". ops: "triton" (default on CUDA or
+    under TRITON_INTERPRET=1) or "torch" (the kernels' torch references). Every check
+    runs before any work. A diverged run shows as non-finite values and in
+    info["diverged_at"] (FixedPointOverflow in reversible mode)."""
+    if mode not in ROUTE_MODES:
+        raise ValueError(f"mode={mode!r} is not one of {list(ROUTE_MODES)}.")
     for name, value in (("frac_bits", frac_bits), ("max_buffer_bytes", max_buffer_bytes)):
         if value is not None and mode != "reversible":
             raise ValueError(f"{name}={value!r} applies to mode='reversible' only; leave it None "
                              f"for mode={mode!r}.")
-    if checkpoints != "sqrt" and mode != "checkpoint":
-        raise ValueError(f"checkpoints applies to mode='checkpoint' only; leave it for {mode!r}.")
+    if (checkpoints != "sqrt" or max_states is not None) and mode != "checkpoint":
+        raise ValueError(f"checkpoints and max_states apply to mode='checkpoint' only; leave "
+                         f"them for {mode!r}.")
     if ops is None:
         ops = "triton" if theta0.is_cuda or os.environ.get("TRITON_INTERPRET") == "1" else "torch"
     net = Net(layers, negative_slope, penalize_bias, ops)
     pb = _Problems(net, Xc, yc, Xp, yp, Xv, yv, lam, theta0, T, alpha, gamma)
-    if mode == "reversible":
-        plan = _fixed_point_plan(pb, frac_bits, max_buffer_bytes, ops)
-    elif mode in ("trajectory", "checkpoint"):
-        sched = schedules.plan(pb.T, pb.T if mode == "trajectory" else checkpoints)
+    sched = None
+    if mode in ("trajectory", "checkpoint"):
+        sched = schedules.plan(pb.T, pb.T if mode == "trajectory" else checkpoints, max_states)
+    return _run(pb, mode, sched, ops, frac_bits, max_buffer_bytes)
+
+
+def _run(pb, mode, sched, ops, frac_bits, max_buffer_bytes):
+    plan = _fixed_point_plan(pb, frac_bits, max_buffer_bytes, ops) if mode == "reversible" \
+        else None
     with _deterministic(), torch.no_grad():
         if mode in ("trajectory", "checkpoint"):
             return _rmd(pb, sched, mode)
-        if mode == "forward":
-            return _forward(pb)
+        if mode in ("forward", "value"):
+            return _forward(pb, mode == "forward")
         return _reversible(pb, ops, *plan)
+
+
+def check_route(ops, device, mode):
+    """The engine's checks of this route at construction: (torch device, ops)."""
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device={device!r} must be None, 'cpu' or 'cuda'.")
+    from .. import backends
+    if device == "cuda" and not backends.cuda_available():
+        raise RuntimeError("device='cuda': no CUDA GPU is visible to torch; pass device='cpu' "
+                           "(or None).")
+    device = device or ("cuda" if backends.cuda_available() else "cpu")
+    if mode == "reversible" and ops == "torch" and device == "cuda":
+        raise ValueError("mode='reversible' with backend='torch' on device='cuda': the exact "
+                         "step's torch form is the host's numba code; use backend='triton' or "
+                         "device='cpu'.")
+    return torch.device(device)
+
+
+def run_problems(model, pbs, mode, *, ops, device, schedule=None, frac_bits=None,
+                 max_buffer_bytes=None, cache=None):
+    """list[HyperGrad] (numpy, X's dtype; info as the generic engine's, state_bytes per
+    problem) of the engine's checked Problems ``pbs`` for ``model`` (an MLP), as one
+    batched call on ``device``. ``cache``: a dict keeping the device copies of the
+    arrays every call shares (the engine's clean and validation rows)."""
+    from .result import HyperGrad
+    pb0, B, cache = pbs[0], len(pbs), {} if cache is None else cache
+
+    def dev(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    def rows(name):
+        first = getattr(pb0, name)
+        if all(getattr(pb, name) is first for pb in pbs):  # shared by every problem
+            key = (id(first), name)
+            if key not in cache:
+                cache[key] = (first, dev(first))  # the array itself keeps the id valid
+            return cache[key][1]
+        return dev(np.stack([getattr(pb, name) for pb in pbs]))
+    lam = np.stack([np.atleast_1d(np.asarray(pb.lam, np.float64)) for pb in pbs])
+    theta0 = dev(np.stack([np.asarray(pb.theta0, np.float64) for pb in pbs]))
+    net = Net(model.layers, model.negative_slope, model.penalize_bias, ops)
+    pb = _Problems(net, rows("Xc"), rows("yc"), dev(np.stack([p.Xp for p in pbs])),
+                   dev(np.stack([p.yp for p in pbs])), rows("Xv"), rows("yv"), dev(lam), theta0,
+                   pb0.T, pb0.alpha, pb0.gamma)
+    res = _run(pb, mode, schedule, ops, frac_bits, max_buffer_bytes)
+    dt, one = pb0.Xc.dtype, net.n_lam == 1
+    value = res.value.cpu().numpy()
+    gX = None if res.grad_Xp is None else res.grad_Xp.cpu().numpy().astype(dt, copy=False)
+    glam = None if res.grad_lam is None else res.grad_lam.cpu().numpy()
+    theta = res.theta_T.cpu().numpy().astype(dt)
+    out = []
+    for b in range(B):
+        info = dict(res.info, state_bytes=res.info["state_bytes"] // B,
+                    diverged_at=res.info["diverged_at"][b])
+        out.append(HyperGrad(float(value[b]), None if gX is None else gX[b],
+                             None if glam is None else (float(glam[b, 0]) if one else glam[b]),
+                             theta[b], info))
+    return out
+
+
+def state_bytes(model, pbs, mode, schedule=None, frac_bits=None, max_buffer_bytes=None):
+    """Bytes a run_problems call allocates, about: every problem's rows [Xc; Xp] (one
+    batched copy) and the states `mode` keeps (reversible: its plan's checks first)."""
+    pb, B = pbs[0], len(pbs)
+    p = model.layout(pb.d).size
+    rows = B * (pb.Xc.shape[0] + pb.Xp.shape[0]) * pb.d * pb.Xc.itemsize
+    if mode == "reversible":
+        gamma = pb.gamma
+        rev.check_frac_bits(frac_bits)
+        rev.check_max_buffer_bytes(max_buffer_bytes)
+        num, den = rev.gamma_fraction(gamma)
+        words = fixed_point.required_words(pb.T, num, den)
+        _check_buffer(p * words * 4, p, pb.T, gamma, num, den, words, max_buffer_bytes)
+        return rows + B * p * (16 + 4 * words)
+    if mode in ("trajectory", "checkpoint"):
+        return rows + B * schedule.state_bytes(p)
+    tangents = model.n_layers if mode == "forward" else 0
+    return rows + B * 8 * p * 2 * (1 + tangents)
 
 
 def unrolled(layers, Xc, yc, Xp, yp, Xv, yv, lam, theta0, *, T, alpha, gamma=0.0,
@@ -216,43 +309,56 @@ def _rmd(pb, sched, mode):
     slots = [None] * sched.n_slots
     dXp = torch.zeros((pb.B, pb.k, pb.X.shape[2]), dtype=torch.float64, device=theta.device)
     dlam = torch.zeros((pb.B, pb.net.n_lam), dtype=torch.float64, device=theta.device)
+    norms, first = [], True  # the first pass's squared gradient norms (the watch)
     for op, arg in sched.actions:
         if op == ADVANCE:
             for _ in range(arg):
-                theta, v = step(theta, v, pb.grad(theta), pb.alpha, pb.gamma)
+                g = pb.grad(theta)
+                if first:
+                    norms.append((g * g).sum(1))
+                theta, v = step(theta, v, g, pb.alpha, pb.gamma)
         elif op == SAVE:  # step returns new tensors: references are copies
             slots[arg] = (theta, None if sched.theta_only[arg] else v)
         elif op == RESTORE:
             theta, v = slots[arg]
         elif op == VALUE:
             value, tb = pb.outer(theta)
-            vb, theta_T = torch.zeros_like(tb), theta
+            vb, theta_T, first = torch.zeros_like(tb), theta, False
         else:
             tb, vb, _ = pb.back(theta, tb, vb, dXp, dlam)
-    info = dict(mode=mode, backend="mlp_torch", T=pb.T,
+    info = dict(mode=mode, backend="mlp_torch", T=pb.T, diverged_at=_watch(norms, pb.gamma),
                 state_bytes=pb.B * sched.state_bytes(pb.net.p), recomputed=sched.recomputed)
     return pb.result(value, dXp, dlam, theta_T, info)
 
 
-def _forward(pb):
+def _forward(pb, tangents=True):
     """One tangent (dtheta/dlam_j, dv/dlam_j) per layer, the B x n_lam tangents as
-    one batch of HVPs: dg_j = H dtheta_j + exp(lam_j) theta on group j."""
+    one batch of HVPs: dg_j = H dtheta_j + exp(lam_j) theta on group j; without
+    ``tangents`` the training and the value only (mode "value")."""
     B, L, p = pb.B, pb.net.n_lam, pb.net.p
     X, y = pb.X.repeat_interleave(L, 0), pb.y.repeat_interleave(L, 0)
     theta, v = pb.theta0, torch.zeros_like(pb.theta0)
     dth = torch.zeros((B, L, p), dtype=torch.float64, device=theta.device)
     dv = torch.zeros_like(dth)
+    norms = []
     for _ in range(pb.T):
-        th = theta.to(pb.dtype).repeat_interleave(L, 0)
-        g, hd, _ = pb.net.hvp_rows(th, dth.reshape(B * L, p).to(pb.dtype), X, y, 0, True)
-        g = g.view(B, L, p)[:, 0].double() + pb.reg * theta  # the same pass's gradient
-        dg = hd.double().view(B, L, p) + pb.reg[:, None] * dth + \
-            (pb.reg * theta)[:, None] * pb.G[None]
-        dth, dv = step(dth, dv, dg, pb.alpha, pb.gamma)
+        if not tangents:
+            g = pb.grad(theta)
+        else:
+            th = theta.to(pb.dtype).repeat_interleave(L, 0)
+            g, hd, _ = pb.net.hvp_rows(th, dth.reshape(B * L, p).to(pb.dtype), X, y, 0, True)
+            g = g.view(B, L, p)[:, 0].double() + pb.reg * theta  # the same pass's gradient
+            dg = hd.double().view(B, L, p) + pb.reg[:, None] * dth + \
+                (pb.reg * theta)[:, None] * pb.G[None]
+            dth, dv = step(dth, dv, dg, pb.alpha, pb.gamma)
+        norms.append((g * g).sum(1))
         theta, v = step(theta, v, g, pb.alpha, pb.gamma)
     value, gv = pb.outer(theta)
-    info = dict(mode="forward", backend="mlp_torch", T=pb.T, state_bytes=8 * p * 2 * (1 + L) * B)
-    return pb.result(value, None, torch.einsum("blp,bp->bl", dth, gv), theta, info)
+    mode, n = ("forward", L) if tangents else ("value", 0)
+    info = dict(mode=mode, backend="mlp_torch", T=pb.T, diverged_at=_watch(norms, pb.gamma),
+                state_bytes=8 * p * 2 * (1 + n) * B)
+    glam = torch.einsum("blp,bp->bl", dth, gv) if tangents else None
+    return BatchHyperGrad(value, None, glam, theta, info)
 
 
 def _fixed_point_plan(pb, frac_bits, max_buffer_bytes, ops):
@@ -264,18 +370,40 @@ def _fixed_point_plan(pb, frac_bits, max_buffer_bytes, ops):
     rev.check_max_buffer_bytes(max_buffer_bytes)
     num, den = rev.gamma_fraction(pb.gamma)
     words = [fixed_point.required_words(t, num, den) for t in range(pb.T + 1)]
-    buffer_bytes, p = pb.net.p * words[pb.T] * 4, pb.net.p
-    cap = (pb.T + 1) * p * 8 if max_buffer_bytes is None else max_buffer_bytes
-    if buffer_bytes > cap:  # generic.py's rule and message, per problem
-        raise ValueError(
-            f"mode='reversible' with T={pb.T} and gamma={pb.gamma!r} (= {num}/{den}) needs a "
-            f"{buffer_bytes}-byte bit buffer per problem ({words[pb.T]} words per parameter), "
-            f"over max_buffer_bytes={cap}"
-            f"{' (the trajectory it replaces)' if max_buffer_bytes is None else ''}; use "
-            "mode='checkpoint', a larger gamma, or raise max_buffer_bytes.")
+    p = pb.net.p
+    _check_buffer(p * words[pb.T] * 4, p, pb.T, pb.gamma, num, den, words[pb.T],
+                  max_buffer_bytes)
     for w0 in pb.theta0.cpu().numpy():
         rev.check_w0_fits(w0, frac_bits)
     return frac_bits, num, den, words
+
+
+def _check_buffer(buffer_bytes, p, T, gamma, num, den, words, max_buffer_bytes):
+    """generic.py's rule and message, per problem: the bit buffer within the budget."""
+    cap = (T + 1) * p * 8 if max_buffer_bytes is None else max_buffer_bytes
+    if buffer_bytes > cap:
+        raise ValueError(
+            f"mode='reversible' with T={T} and gamma={gamma!r} (= {num}/{den}) needs a "
+            f"{buffer_bytes}-byte bit buffer per problem ({words} words per parameter), "
+            f"over max_buffer_bytes={cap}"
+            f"{' (the trajectory it replaces)' if max_buffer_bytes is None else ''}; use "
+            "mode='checkpoint', a larger gamma, or raise max_buffer_bytes.")
+
+
+def _watch(norms, gamma):
+    """The first diverged step of each problem (-1: none) from the (T, B) squared
+    gradient norms of the first pass: kernels/cpu/hypergrad.py's growth watch."""
+    from ..kernels.cpu.hypergrad import _watch as watch, new_watch
+    if not norms:
+        return []
+    gg = torch.stack(norms).cpu().numpy()
+    out = []
+    for b in range(gg.shape[1]):
+        record = new_watch()
+        for t in range(gg.shape[0]):
+            watch(float(gg[t, b]), gamma, t, record)
+        out.append(int(record[1]))
+    return out
 
 
 def _exact_steps(ops):
@@ -315,9 +443,11 @@ def _reversible(pb, ops, frac_bits, num, den, words):
     q0 = torch.round(pb.theta0 * math.ldexp(1.0, frac_bits)).to(torch.int64)  # exact: 2^f
     thq, vq = q0.clone(), torch.zeros_like(q0)
     buf = torch.zeros((B, words[T], p), dtype=torch.int32, device=dev)  # uint32 limbs' bits
+    norms = []
     for t in range(T):
-        codes = exact_forward(thq, vq, buf, pb.grad(thq.double() * inv), scale, words[t + 1],
-                              num, den, pb.alpha)
+        g = pb.grad(thq.double() * inv)
+        norms.append((g * g).sum(1))
+        codes = exact_forward(thq, vq, buf, g, scale, words[t + 1], num, den, pb.alpha)
         if codes.any():
             b, j = (int(i) for i in torch.nonzero(codes)[0])
             c = int(codes[b, j])
@@ -343,6 +473,7 @@ def _reversible(pb, ops, frac_bits, num, den, words):
                            "for bit (a nondeterministic GEMM?), so the hypergradient is not "
                            "trustworthy; use mode='trajectory'.")
     info = dict(mode="reversible", backend="mlp_torch", T=T, w0_recovered=True,
+                diverged_at=_watch(norms, pb.gamma),
                 frac_bits=frac_bits, gamma_fraction=(num, den), buffer_words=words[T],
                 state_bytes=B * p * (16 + 4 * words[T]))
     return pb.result(value, dXp, dlam, theta_T, info)
