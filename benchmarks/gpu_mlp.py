@@ -9,7 +9,11 @@
    (mlp_torch.unrolled: autograd through the loop) on the same GPU (checkpoint:
    the sqrt schedule), with the
    peak memory above the inputs (torch.cuda.max_memory_allocated) and the
-   largest relative difference of grad_lam and grad_Xp from the reference.
+   largest relative difference of grad_lam and grad_Xp from the reference;
+3. the same modes through the public engine, ``Engine(..., model=MLP(layers),
+   backend="triton", device="cuda")`` (rows "Engine <mode>": numpy in and out,
+   the clean and validation rows moved to the GPU once, per call Xp, lam, w0
+   there and the results back; w0 rounded to float32 as the engine takes it).
 
 All modes run heavy-ball with gamma = 0.9 (reversible needs gamma > 0; the
 paper trains with plain GD), alpha = 0.05, lam = -4 on every layer. Output: a
@@ -88,6 +92,37 @@ def rel_diff(torch, a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
+def engine_rows(torch, cfg, pb, B, ref_t, ref_m, ref, device, cuda, repeats):
+    """Table rows of every mode through mithridate.hypergrad.Engine (the public route)."""
+    import numpy as np
+    from mithridate.hypergrad import Engine
+    from mithridate.hypergrad.mlp_torch import MODES
+    from mithridate.models import MLP
+    host = {k: v.cpu().numpy() for k, v in pb.items()}
+    dt = host["Xc"].dtype
+    w0, lam = host["theta0"].astype(dt), host["lam"]
+    backend = "triton" if cuda or os.environ.get("TRITON_INTERPRET") == "1" else "torch"
+    rows, mib = [], 2.0**-20
+    for mode in MODES:
+        eng = Engine(host["Xc"], host["yc"], host["Xv"], host["yv"], model=MLP(cfg["layers"]),
+                     T=cfg["T"], alpha=ALPHA, gamma=GAMMA, mode=mode, backend=backend,
+                     device=device)
+        # the kernels are compiled by the warm-up above; best of `repeats` leaves out the
+        # first call's move of the fixed rows where repeats > 1
+        t, m, res = measure(torch, lambda: eng.run(host["Xp"], host["yp"], lam, w0), cuda, repeats)
+        if ref is None:
+            rows.append(f"| {B} | Engine {mode} | {t:.3f} | | {'n/a' if m is None else f'{m * mib:.1f}'} | | | |")
+            continue
+        dlam = rel_diff(torch, torch.as_tensor(np.atleast_2d(res.grad_lam)), ref.grad_lam.cpu())
+        dX = None if res.grad_Xp is None else rel_diff(
+            torch, torch.as_tensor(res.grad_Xp).reshape(ref.grad_Xp.shape), ref.grad_Xp.cpu())
+        ratio = "n/a" if m is None or not ref_m else f"{m / ref_m:.4f}"
+        rows.append(f"| {B} | Engine {mode} | {t:.3f} | {ref_t / t:.2f} | "
+                    f"{'n/a' if m is None else f'{m * mib:.1f}'} | {ratio} | {dlam:.2e} | "
+                    f"{'-' if dX is None else f'{dX:.2e}'} |")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true",
@@ -149,6 +184,7 @@ def main():
                          f"{rel_diff(torch, res.grad_lam, ref.grad_lam):.2e} | "
                          f"{'-' if dX is None else f'{dX:.2e}'} |")
             del res
+        lines += engine_rows(torch, cfg, pb, B, ref_t, ref_m, ref, device, cuda, args.repeats)
         del pb, args_, ref
     print("\n".join(lines))
 
