@@ -302,10 +302,12 @@ def mlp_call(mode, cfg, T, dtype):
     if mode == "binomial":
         kw["max_states"] = cfg["binomial_states"]
 
+    w0 = theta0.astype(dtype)  # the inputs are made before the call, as the reference's
+
     def call():
         with warnings.catch_warnings():  # implicit after T steps: not stationary, said in info
             warnings.simplefilter("ignore", RuntimeWarning)
-            return hypergrad(Xc, yc, Xp, yp, Xv, yv, lam=lam, w0=theta0.astype(dtype), T=T,
+            return hypergrad(Xc, yc, Xp, yp, Xv, yv, lam=lam, w0=w0, T=T,
                              alpha=MLP_ALPHA, gamma=MLP_GAMMA, model=model, **kw)
     return call
 

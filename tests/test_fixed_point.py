@@ -356,3 +356,14 @@ def test_cuda_matches_cpu():
         fp.encode(torch.tensor([1.0, float("nan")], device="cuda"), 30)
     with pytest.raises(fp.FixedPointOverflow, match=r"x\[1\]"):
         fp.encode(torch.tensor([1.0, 2.0**40], device="cuda"), 30)
+
+
+@given(st.lists(st.integers(-2**62, 2**62 - 1), min_size=1, max_size=12), st.integers(0, 62),
+       st.sampled_from([np.float32, np.float64]))
+def test_decode_into_is_decode_then_cast(qs, frac_bits, dtype):
+    """The reversible loop's decode into X's dtype: the bits of decode(q).astype(dtype)."""
+    from mithridate.kernels.cpu.fixed_point import decode_into
+    q = np.array(qs, np.int64)
+    out = np.empty(q.shape, dtype)
+    decode_into(q, 2.0**-frac_bits, out)
+    assert out.tobytes() == fp.decode(q, frac_bits).astype(dtype).tobytes()

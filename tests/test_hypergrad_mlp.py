@@ -162,6 +162,46 @@ def test_reversible_is_exact():
     assert r.info["state_bytes"] == generic.state_bytes(model, pb, "reversible")  # bytes, an int
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_reversible_chunks_change_no_bit(dtype, monkeypatch):
+    """The fixed-point passes run CHUNK elements at a time: any chunking (here 1, 7 and
+    one chunk) gives the same bits, and an overflow names the same element."""
+    model, pb = setup((9, 6, 3, 1), dtype, seed=3)
+    results, errors = [], []
+    for chunk in (1, 7, 10**6):
+        monkeypatch.setattr(generic, "CHUNK", chunk)
+        r = generic.run(model, [pb], "reversible")[0]
+        results.append([r.value, r.grad_Xp.tobytes(), r.grad_lam.tobytes(), r.theta_T.tobytes()])
+        assert r.info["w0_recovered"] and r.theta_T.dtype == dtype
+        with pytest.raises(generic.fixed_point.FixedPointOverflow) as err:
+            generic.run(model, [Problem(data(9, dtype, 3), pb.lam, pb.theta0, T=40, alpha=50.0)],
+                        "reversible", frac_bits=60)
+        errors.append(str(err.value))
+    assert results[0] == results[1] == results[2] and errors[0] == errors[1] == errors[2]
+    assert "step" in errors[0]
+
+
+def test_reversible_memory():
+    """Peak numpy memory of reversible mode (tracemalloc): the int64 theta_q, v_q and bit
+    buffer, a chunk's int64 scratch, about six vectors in X's dtype (theta_t, theta_T,
+    the adjoints, the gradient, H u), one float64 transient (the growth watch's gradient,
+    the lam product's theta) and the network's pass; not the float64 vectors it held."""
+    import tracemalloc
+    model, pb = setup((300, 40, 8, 1), np.float32, seed=1)
+    pb.T = 12
+    X, _ = pb.rows()
+    p = model.layout(300).size
+    generic.run(model, [pb], "reversible")  # kernels compiled
+    tracemalloc.start()
+    r = generic.run(model, [pb], "reversible")[0]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    buffer_bytes = r.info["state_bytes"] - 16 * p
+    bound = (16 * p + buffer_bytes + 32 * min(generic.CHUNK, p) + 6 * 4 * p + 8 * p
+             + 3 * model.pass_bytes(X) + X.nbytes + 64 * 1024)
+    assert peak <= bound, (peak, bound)
+
+
 def test_reversible_refuses_a_nondeterministic_gradient():
     class Noisy(MLP):
         def grad_pass(self, theta, X, y, lam):

@@ -77,6 +77,20 @@ def test_masked_is_the_rop_step(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", (1, 7, 1000))
+def test_add_scaled_is_numpy_plus_the_l2_term(n, dtype):
+    """g + c x in place, the same bits as numpy's g + L2.hvp(x) (c x rounded to g's dtype)."""
+    rng = np.random.default_rng(3)
+    g, x = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    c = np.exp(np.array([-1.3]))
+    term = np.zeros_like(x)
+    term[:] = c * x  # L2.hvp's float64 product, stored in x's dtype
+    out = g.copy()
+    kernels.add_scaled(out, x, c[0])
+    assert out.tobytes() == (g + term).tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", (1, 6, 31))
 def test_head_is_torch_logistic_loss(n, dtype):
     rng = np.random.default_rng(3)

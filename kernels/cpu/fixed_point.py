@@ -61,6 +61,14 @@ def decode_scaled(q, inv_scale):
 
 
 @njit(**EXACT_JIT)
+def decode_into(q, inv_scale, out):
+    """out[i] = decode_scaled(q[i], inv_scale) stored in out's dtype: for a float32
+    out the same bits as (q * inv_scale).astype(float32), without the float64 vector."""
+    for i in range(q.shape[0]):
+        out[i] = decode_scaled(q[i], inv_scale)
+
+
+@njit(**EXACT_JIT)
 def encode(x, q, frac_bits):
     """cpu::encode over flat arrays: (code, first bad index or -1)."""
     for i in range(x.shape[0]):

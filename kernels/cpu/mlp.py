@@ -12,6 +12,9 @@ next to a BLAS matrix product of the caller:
 - ``head``: the logistic loss on logits z + b, labels y in {0, 1}: writes
   dl = l'(z) = sigmoid(z) - y and ddl = l''(z) = sigmoid(z)(1 - sigmoid(z)),
   returns sum l(z) accumulated in float64 in row order.
+- ``add_scaled``: g <- g + c x, in place, c x rounded to g's dtype first: the
+  same bits as numpy's ``g + L2.hvp(x)`` without its two p-vectors (strict
+  flags: no fused multiply-add).
 """
 import math
 
@@ -19,6 +22,8 @@ import numpy as np
 from numba import njit
 
 from ._math import JIT
+
+STRICT = dict(cache=True, error_model="numpy")  # IEEE: products rounded as numpy's
 
 
 @njit(**JIT)
@@ -59,3 +64,11 @@ def head(z, b, y, dl, ddl):
         dl[i] = s - y[i]
         ddl[i] = e / ((1.0 + e) * (1.0 + e))  # = s (1 - s) without the cancellation
     return total
+
+
+@njit(**STRICT)
+def add_scaled(g, x, c):
+    r = np.empty(1, g.dtype)  # the store rounds c x to g's dtype, as numpy's assignment
+    for j in range(g.shape[0]):
+        r[0] = c * x[j]
+        g[j] = g[j] + r[0]

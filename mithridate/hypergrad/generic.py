@@ -49,6 +49,7 @@ from .schedule import ADVANCE, RESTORE, SAVE, VALUE
 from .result import HyperGrad
 
 MODES = ("trajectory", "checkpoint", "forward", "reversible", "value")
+CHUNK = 1 << 13  # elements per fixed-point pass in reversible mode (its int64 scratch)
 
 
 def run(model, problems, mode, *, schedule=None, frac_bits=None, max_buffer_bytes=None):
@@ -108,7 +109,8 @@ class _Inner:
         self.layout = model.layout(self.d)
         self.p, self.n_lam = self.layout.size, self.layout.n_lam
         self.lam = model.regularizer(self.d).check_lam(np.atleast_1d(np.asarray(pb.lam, np.float64)))
-        self.theta0 = np.asarray(pb.theta0, np.float64)
+        theta0 = np.asarray(pb.theta0)  # its own float dtype: reversible needs no float64 copy
+        self.theta0 = theta0 if theta0.dtype.kind == "f" else theta0.astype(np.float64)
         if self.theta0.shape != (self.p,):
             raise ValueError(f"theta0 has shape {self.theta0.shape} but the model's layout "
                              f"{self.layout.groups} has p={self.p} parameters.")
@@ -121,32 +123,53 @@ class _Inner:
 
     def grad_pass(self, theta):
         """(the training objective's gradient at theta (float64), the model's pass state
-        for back at theta). Every gradient of every mode comes from here: the reverse
-        sweep of reversible repeats the forward's calls, hence its bits."""
-        g, state = self.model.grad_pass(self._x(theta), self.X, self.y, self.lam)
+        for back at theta)."""
+        g, state = self.grad_pass_x(self._x(theta))
         return np.asarray(g, np.float64), state
 
-    def outer(self, theta):
-        """(value, gradient) of the outer objective at theta_T."""
+    def grad_pass_x(self, theta_x):
+        """grad_pass at theta in X's dtype, the gradient in the model's dtype. Every
+        gradient of every mode comes from here: the reverse sweep of reversible repeats
+        the forward's calls, hence its bits."""
+        g, state = self.model.grad_pass(theta_x, self.X, self.y, self.lam)
+        return np.asarray(g), state
+
+    def outer(self, theta, dtype=np.float64):
+        """(value, gradient in ``dtype``) of the outer objective at theta_T."""
         value, g = self.model.data_loss_grad(self._x(theta), self.pb.Xv, self.pb.yv)
-        return float(value), np.array(g, np.float64)  # a copy: the reverse updates it in place
+        return float(value), np.array(g, dtype)  # a copy: the reverse updates it in place
 
     def back(self, theta, tb, vb, dXp, dlam, state=None):
         """The step back at theta_t, in place (module docstring); ``state``: the model's
         grad_pass state at theta_t, reused where given."""
-        from ..kernels.cpu.heavy_ball import adjoint, direction
-        s = 1.0 - self.gamma
-        u = np.empty(self.p)
-        direction(tb, vb, self.alpha, u)
-        th, ux = self._x(theta), self._x(u)
+        u = self.direction(tb, vb)
+        self.back_lam(theta, u, dlam)
+        self.back_rows(self._x(theta), u, tb, vb, dXp, state)
+
+    def direction(self, tb, vb):
+        """u = vb + alpha tb, formed in vb's storage (all the step back needs of vb)."""
+        from ..kernels.cpu.heavy_ball import direction
+        direction(tb, vb, self.alpha, vb)
+        return vb
+
+    def back_lam(self, theta, u, dlam):
+        """dlam -= (1 - gamma) d/dlam (g . u) at float64 theta."""
+        dlam -= (1.0 - self.gamma) * np.asarray(self.model.mixed_lam(theta, u, self.lam),
+                                                np.float64)
+
+    def back_rows(self, theta_x, u, tb, vb, dXp, state=None):
+        """The rest of the step back, u = direction(tb, vb), theta_x = theta_t in X's
+        dtype: dXp -= (1 - gamma) d/dXp (g . u); tb -= (1 - gamma) H u, vb = gamma u.
+        H u stays in the model's dtype (the adjoint widens each element exactly)."""
+        from ..kernels.cpu.heavy_ball import adjoint
+        ux = self._x(u)
         if self.k or state is not None:
-            hu, mixed = self.model.back(th, ux, self.X, self.y, self.lam, self.rows, state)
-            dXp -= s * mixed
+            hu, mixed = self.model.back(theta_x, ux, self.X, self.y, self.lam, self.rows, state)
+            dXp -= (1.0 - self.gamma) * mixed
         else:
-            hu = self.model.hvp(th, ux, self.X, self.y, self.lam)
-        hu = np.asarray(hu, np.float64)
-        dlam -= s * np.asarray(self.model.mixed_lam(theta, u, self.lam), np.float64)
-        adjoint(tb, vb, u, hu, self.gamma)
+            hu = self.model.hvp(theta_x, ux, self.X, self.y, self.lam)
+        del ux
+        adjoint(tb, vb, u, np.asarray(hu), self.gamma)
 
     def hvp(self, theta, u, state):
         """H u at theta (X's dtype), from the pass ``state`` where the model keeps one."""
@@ -167,7 +190,7 @@ class _Inner:
     def result(self, value, dXp, dlam, theta_T, info, where=""):
         glam = float(dlam[0]) if dlam is not None and self.n_lam == 1 else dlam
         gX = None if dXp is None else divergence.to_dtype(dXp, self.dtype, f"generic{where}")
-        return HyperGrad(value, gX, glam, theta_T.astype(self.dtype), info)
+        return HyperGrad(value, gX, glam, theta_T.astype(self.dtype, copy=False), info)
 
 
 def _pinned_blas():
@@ -219,7 +242,7 @@ def _rmd(inner, sched, mode):
     model's pass state of a gradient at theta_t (a network's activations) is kept for
     the REVERSE at t: every step's in trajectory mode, in checkpoint mode those of
     the recomputations (at most sched.n_slots, the lowest t dropped first)."""
-    theta, v, t = inner.theta0.copy(), np.zeros(inner.p), 0
+    theta, v, t = np.array(inner.theta0, np.float64), np.zeros(inner.p), 0
     slots = [None] * sched.n_slots
     watch = _watcher(inner.gamma)
     first = True  # before VALUE: the one forward pass, watched
@@ -259,7 +282,7 @@ def _forward(inner, tangents):
     """Forward mode (tangents) or the value alone: the tangents ride the
     heavy-ball step with theta's."""
     n = inner.n_lam if tangents else 0
-    theta, v = inner.theta0.copy(), np.zeros(inner.p)
+    theta, v = np.array(inner.theta0, np.float64), np.zeros(inner.p)
     dth, dv = np.zeros((n, inner.p)), np.zeros((n, inner.p))
     watch = _watcher(inner.gamma)
     for t in range(inner.T):
@@ -297,47 +320,71 @@ def _fixed_point_plan(inner, frac_bits, max_buffer_bytes):
 def _reversible(inner, frac_bits, num, den, words, state_bytes, where):
     """Exact fixed-point forward and reverse (module docstring); raises
     FixedPointOverflow when the state leaves int64, RuntimeError if theta_0,
-    v_0 do not come back bit for bit."""
+    v_0 do not come back bit for bit. Memory: the int64 theta_q, v_q, the bit
+    buffer, theta and the adjoints tb, vb in X's dtype (float64 adjoints would
+    carry precision the step back does not have: u = vb + alpha tb enters the
+    model in X's dtype and H u comes back in it; the mixed sums stay float64;
+    u is formed in vb's storage, so it reaches the model without a copy). The
+    fixed-point passes
+    run over CHUNK elements at a time (their int64 scratch is a chunk's), the
+    buffer one limb-major block per chunk."""
     from ..kernels.cpu import fixed_point as fp, heavy_ball as hb
     from ..kernels.cpu.hypergrad_reversible import step_words
     p, T = inner.p, inner.T
     w = step_words(T, num, den)
     scale = -(1.0 - inner.gamma) * math.ldexp(1.0, frac_bits)  # one rounded product per element
     inv = math.ldexp(1.0, -frac_bits)
-    q0 = np.empty(p, np.int64)
-    fp.encode(inner.theta0, q0, frac_bits)  # fits: checked by the plan
-    thq, vq = q0.copy(), np.zeros(p, np.int64)
-    buf = np.zeros((words, p), np.uint32)
-    incr, codes, rem, hi = (np.empty(p, np.int64) for _ in range(4))
+    chunks = [slice(lo, min(lo + CHUNK, p)) for lo in range(0, p, CHUNK)]
+    thq, vq = np.empty(p, np.int64), np.zeros(p, np.int64)
+    for sl in chunks:  # fits: checked by the plan
+        fp.encode(inner.theta0[sl].astype(np.float64), thq[sl], frac_bits)
+    bufs = [np.zeros((words, sl.stop - sl.start), np.uint32) for sl in chunks]
+    incr, codes, rem, hi = (np.empty(min(CHUNK, p), np.int64) for _ in range(4))
+    theta = np.empty(p, inner.dtype)  # theta_t decoded, the model's input
     watch = _watcher(inner.gamma)
     for t in range(T):
-        theta = thq * inv
-        g = inner.grad_pass(theta)[0]
-        watch(g, t)
-        hb.exact_increment(g, scale, incr, codes)
-        status, which, j = hb.exact_forward(thq, vq, buf, incr, codes, w[t + 1], num, den,
-                                            inner.alpha, rem, hi)
-        if status != fp.OK:
-            name = "theta" if which == hb.THETA_STATE else "v"
-            e = 63 - frac_bits
-            what = "is not finite" if status == fp.NOT_FINITE else \
-                f"left the fixed-point range [-2**{e}, 2**{e})"
-            raise fixed_point.FixedPointOverflow(
-                f"mode='reversible'{where}: {name}[{j}] at step {t + 1} of {T} {what} with "
-                f"frac_bits={frac_bits}; lower frac_bits, or alpha if training diverges, or "
-                "rescale the data. No result was returned.")
-    theta_T = thq * inv
-    value, tb = inner.outer(theta_T)
-    vb = np.zeros(p)
+        fp.decode_into(thq, inv, theta)
+        g = inner.grad_pass_x(theta)[0]
+        watch(np.asarray(g, np.float64), t)
+        for c, sl in enumerate(chunks):
+            n = sl.stop - sl.start
+            hb.exact_increment(g[sl], scale, incr[:n], codes[:n])
+            status, which, j = hb.exact_forward(thq[sl], vq[sl], bufs[c], incr[:n], codes[:n],
+                                                w[t + 1], num, den, inner.alpha, rem[:n], hi[:n])
+            if status != fp.OK:
+                name = "theta" if which == hb.THETA_STATE else "v"
+                e = 63 - frac_bits
+                what = "is not finite" if status == fp.NOT_FINITE else \
+                    f"left the fixed-point range [-2**{e}, 2**{e})"
+                raise fixed_point.FixedPointOverflow(
+                    f"mode='reversible'{where}: {name}[{sl.start + j}] at step {t + 1} of {T} "
+                    f"{what} with frac_bits={frac_bits}; lower frac_bits, or alpha if training "
+                    "diverges, or rescale the data. No result was returned.")
+        del g
+    fp.decode_into(thq, inv, theta)
+    theta_T = theta.copy()
+    value, tb = inner.outer(theta_T, inner.dtype)  # the adjoints in X's dtype: docstring
+    vb = np.zeros(p, inner.dtype)
     dXp, dlam = np.zeros((inner.k, inner.d)), np.zeros(inner.n_lam)
     for t in range(T - 1, -1, -1):
         hb.exact_reverse_theta(thq, vq, inner.alpha)
-        theta = thq * inv
-        g, state = inner.grad_pass(theta)
-        hb.exact_increment(g, scale, incr, codes)  # the forward's integers
-        hb.exact_reverse(vq, buf, incr, w[t + 1], num, den, rem, hi)
-        inner.back(theta, tb, vb, dXp, dlam, state)
-    if not ((thq == q0).all() and not vq.any() and not buf.any()):
+        u = inner.direction(tb, vb)
+        inner.back_lam(thq * inv, u, dlam)  # float64 theta_t, freed before the passes
+        fp.decode_into(thq, inv, theta)
+        g, state = inner.grad_pass_x(theta)
+        for c, sl in enumerate(chunks):  # the forward's integers, then v_t
+            n = sl.stop - sl.start
+            hb.exact_increment(g[sl], scale, incr[:n], codes[:n])
+            hb.exact_reverse(vq[sl], bufs[c], incr[:n], w[t + 1], num, den, rem[:n], hi[:n])
+        del g
+        inner.back_rows(theta, u, tb, vb, dXp, state)
+        del state
+    recovered = not vq.any() and not any(b.any() for b in bufs)
+    for sl in chunks:  # theta_0 re-encoded a chunk at a time
+        n = sl.stop - sl.start
+        fp.encode(inner.theta0[sl].astype(np.float64), incr[:n], frac_bits)
+        recovered &= bool((thq[sl] == incr[:n]).all())
+    if not recovered:
         raise RuntimeError(f"mode='reversible'{where}: the reverse sweep did not recover w0 bit "
                            "for bit (the model's gradient is not a deterministic function of "
                            "theta?), so the hypergradient is not trustworthy; use "

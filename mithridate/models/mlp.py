@@ -171,9 +171,17 @@ class MLP(Model):
     def grad_pass(self, theta, X, y, lam):
         """(the training objective's gradient, the pass state ``back`` reuses at this theta)."""
         value, state = self._pass(theta, X, y)
-        reg = self.regularizer(X.shape[-1])
         g = self._grad_into(np.empty_like(theta), state[0], state[2])
-        return g + reg.grad(theta, reg.check_lam(lam)), state
+        return self._add_l2(g, theta, X.shape[-1], lam), state
+
+    def _add_l2(self, out, x, d, lam):
+        """out + L2.hvp(x, lam) in place (the L2 term's gradient at x = theta, or its
+        Hessian times x = u): no p-vector temporaries, numpy's bits."""
+        from ..kernels.cpu.mlp import add_scaled
+        reg = self.regularizer(d)
+        for s, sl in zip(np.exp(reg.check_lam(lam)), reg.slices):
+            add_scaled(out[sl], x[sl], s)
+        return out
 
     def pass_bytes(self, X):
         """Bytes of one grad_pass state on X: h, D, delta of every hidden layer, delta and
@@ -237,8 +245,7 @@ class MLP(Model):
         """(hvp, mixed_rows) from one forward and R-op pass (the forward reused from
         ``state``, grad_pass's at this theta, when given)."""
         Hu, mixed = self._rop(theta, u, X, y, np.asarray(rows), state)
-        reg = self.regularizer(X.shape[-1])
-        return Hu + reg.hvp(u, reg.check_lam(lam)), mixed
+        return self._add_l2(Hu, u, X.shape[-1], lam), mixed
 
     def loss_hessian(self, theta, X, y):
         """The (p, p) loss Hessian in float64, by p exact HVPs (p <= HESSIAN_MAX)."""
