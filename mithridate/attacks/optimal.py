@@ -29,6 +29,15 @@ weights (``model.init`` with a fresh seed from the attack's generator) at every
 hyperiteration: every update of the poisoning points (and the lam step taken
 with it) and every clean-set lam step, as the paper's ensemble over initial
 weights. The linear victims start from zeros and draw nothing.
+
+Defences (issue 11, ``defence=``): the defender trains paper 000's Wasserstein-robust
+objective (mithridate.models.wasserstein.Robust on the generic engine, every mode)::
+
+    (1/n) [ sum_i l(z_i, y_i) + exp(lam)/2 ||w||^2 ] + rho (a t^2 + b t),   t = ||theta||_*,
+
+the L2 term present for ``Defence("both")`` only; the hyperparameter vector is lam on the
+scale above and log rho (the Wasserstein term is already a mean-loss regulariser: rho is
+not divided by n), each learned (minimax) or fixed.
 """
 import dataclasses
 import math
@@ -163,6 +172,86 @@ def _data(name, data, dtype=None, loss="logistic"):
     return X, y
 
 
+DEFENCES = ("l2", "wasserstein", "both")
+
+
+@dataclass(frozen=True)
+class Defence:
+    """The defender's objective for ``OptimalPoisoning(defence=...)`` (module docstring).
+
+    ``regularizer``: "l2" (the attack's own lam: the same as defence=None), "wasserstein"
+    (rho alone) or "both" (lam and rho; the attack's ``lam``, ``lam_init``, ``lam_range``
+    are the L2 entry's). ``rho``: "learned" (minimax, from ``rho_init``, projected onto
+    ``rho_range``) or a fixed rho > 0 (natural scale; the engine runs on log rho).
+    The Wasserstein term (mithridate.models.wasserstein.Wasserstein.paper): transport
+    cost ``norm`` (2 exact; 1 and inf need ``smoothing`` mu > 0), paper coefficients from
+    ``data_bounds`` (X, Y) or, when None, the clean training set's (poisoning points do not
+    move them: pass the support's bounds to cover them, e.g. X = ||box hi||_p), or the
+    figures' weights ``c1``, ``c2`` (then rho scales c1 t^2 + c2 t)."""
+    regularizer: str = "wasserstein"
+    rho: object = "learned"
+    rho_init: float = 1e-3
+    rho_range: tuple = (1e-6, 10.0)
+    norm: float = 2
+    smoothing: float = None
+    data_bounds: tuple = None
+    c1: float = None
+    c2: float = None
+
+    def check(self):
+        """ValueError naming the argument and the fix, before any work."""
+        check_choice("defence.regularizer", self.regularizer, DEFENCES)
+        if self.rho != "learned":
+            if isinstance(self.rho, str):
+                raise ValueError(f"defence rho={self.rho!r}: give 'learned' or a fixed rho > 0.")
+            _rho("rho", self.rho)
+        _rho("rho_init", self.rho_init)
+        lo, hi = _interval("rho_range", self.rho_range)
+        _rho("rho_range[0]", lo)
+        if self.rho == "learned" and not lo <= self.rho_init <= hi:
+            raise ValueError(f"defence rho_init={self.rho_init:g} must lie in rho_range="
+                             f"({lo:g}, {hi:g}); widen rho_range or pass rho_init.")
+
+    def model(self, X, y, loss, fit_intercept):
+        """The defender's Robust model on the clean training rows (X, y)."""
+        from ..models import LinearModel
+        from ..models.wasserstein import Robust, Wasserstein
+        W = Wasserstein.paper(X, y, loss=loss, norm=self.norm, fit_intercept=fit_intercept,
+                              data_bounds=self.data_bounds, c1=self.c1, c2=self.c2,
+                              smoothing=self.smoothing)
+        return Robust(LinearModel(loss, fit_intercept), W, l2=self.regularizer == "both")
+
+
+def _rho(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"defence {name}={v!r}: rho enters the engine as log rho (learned on "
+                         "that scale), so it must be a finite number > 0; for no Wasserstein "
+                         "term use defence='l2' (or None).")
+    return float(v)
+
+
+def _defence(defence, victim):
+    """defence as a checked Defence, or None for the plain L2 attack (None or "l2")."""
+    if defence is None:
+        return None
+    if isinstance(defence, str):
+        check_choice("defence", defence, DEFENCES)
+        defence = Defence(defence)
+    if not isinstance(defence, Defence):
+        raise TypeError(f"defence must be None, one of {list(DEFENCES)} or an "
+                        f"attacks.Defence, got {type(defence).__name__}.")
+    defence.check()
+    if defence.regularizer == "l2":
+        return None
+    if victim.model is not None or victim.lam is not None or victim.regularizer != "l2":
+        raise ValueError(f"defence={defence.regularizer!r} with model {victim.name}: the "
+                         "Wasserstein-robust defence exists for the linear losses only; give "
+                         "model='logistic' or 'squared' (its L2 term is the defence's), or "
+                         "defence=None for this model.")
+    return defence
+
+
 class OptimalPoisoning:
     """Algorithm 1 of paper 002: projected hypergradient ascent on the poisoning
     features and descent on lam, coordinate-wise, batch after batch.
@@ -201,14 +290,22 @@ class OptimalPoisoning:
     vector of that length, trained from new ``model.init`` weights at every
     hyperiteration (module docstring); backend stays the default (the generic
     engine runs it).
+
+    ``defence``: None (the L2 victim above), "l2" (the same), "wasserstein", "both" or a
+    :class:`Defence` (paper 000's robust objective, module docstring; ``model`` then
+    "logistic" or "squared"): lam is then the vector (lam, log rho) for "both" (learned
+    entries per the attack's ``lam`` and the defence's ``rho``), log rho alone for
+    "wasserstein"; ``lam_batches`` and ``history["lam"]`` hold it on that scale.
     """
 
     def __init__(self, model="logistic", lam="learned", n_points=17, batch_size=17, T=150,
                  T_outer=100, T_lam=50, alpha=0.99, beta=0.8, eta=0.1, box=(0.0, 1.0),
                  lam_range=(-8.0, math.log(200)), lam_init=None, gamma=0.0,
                  mode="trajectory", backend="numba", restarts=0, replace=True,
-                 clone_class=None, random_state=None, progress=False, on_divergence="raise"):
+                 clone_class=None, random_state=None, progress=False, on_divergence="raise",
+                 defence=None):
         self.model, self.lam, self.n_points, self.batch_size = model, lam, n_points, batch_size
+        self.defence = defence
         self.T, self.T_outer, self.T_lam = T, T_outer, T_lam
         self.alpha, self.beta, self.eta, self.box = alpha, beta, eta, box
         self.lam_range, self.lam_init, self.gamma = lam_range, lam_init, gamma
@@ -219,6 +316,7 @@ class OptimalPoisoning:
 
     def _check(self, train, val):
         victim = as_victim(self.model)
+        defence = _defence(self.defence, victim)
         check_choice("mode", self.mode, MODES)
         check_choice("backend", self.backend, BACKENDS)  # the engine checks the pair
         victim.check_engine(self.mode, self.backend)
@@ -286,7 +384,14 @@ class OptimalPoisoning:
             raise ValueError(f"box={box} does not contain the validation points the poisoning "
                              f"points are cloned from (range [{Xv.min():g}, {Xv.max():g}]); widen box.")
         flip = 1.0 if victim.loss == "logistic" else float(y.min() + y.max())  # y -> lo + hi - y
-        return victim, lam, lam_init, learned, box, lam_range, flip, X, y, Xv, yv
+        mask = None
+        if defence is not None:
+            victim = dataclasses.replace(victim, model=defence.model(X, y, victim.loss,
+                                                                     victim.fit_intercept))
+            victim.check_engine(self.mode, self.backend)
+            lam, lam_init, learned, lam_range, mask = _hypers(defence, lam, lam_init, learned,
+                                                             lam_range)
+        return victim, lam, lam_init, learned, box, lam_range, flip, X, y, Xv, yv, mask
 
     def run(self, train, val):
         """Poison ``train`` = (X, y) against the validation set ``val`` = (X, y).
@@ -297,10 +402,57 @@ class OptimalPoisoning:
         return _lockstep([self], train, val)[0]
 
 
+def _hypers(defence, lam, lam_init, learned, lam_range):
+    """(lam, lam_init, learned, lam_range, mask) of a defence's hyperparameter vector:
+    log rho alone ("wasserstein"), or (lam, log rho) ("both") with mask the learned entries
+    (None: all or none)."""
+    rho_learned = defence.rho == "learned"
+    log_rho = math.log(defence.rho_init if rho_learned else defence.rho)
+    rho_range = tuple(math.log(v) for v in defence.rho_range)
+    if defence.regularizer == "wasserstein":
+        return log_rho, log_rho, rho_learned, rho_range, None
+    start = np.array([lam_init if learned else lam, log_rho])
+    lo, hi = np.array([lam_range[0], rho_range[0]]), np.array([lam_range[1], rho_range[1]])
+    mask = np.array([learned, rho_learned])
+    return start, start.copy(), bool(mask.any()), (lo, hi), None if mask.all() else mask
+
+
+class _DefenceEngine:
+    """A defence's prepared engine (the generic route of its Robust model) on the attack's
+    scale: lam - log(n) for the L2 entry, log rho as it is. ``need="lam"`` runs the
+    reverse mode too (it gives grad_lam exactly; the generic engine's forward mode takes
+    non-L2 tangents once it asks the model for them, requests.md)."""
+
+    def __init__(self, victim, Xc, yc, Xv, yv, *, T, eta, gamma, mode, backend):
+        from ..hypergrad import Engine
+        self.victim, self.Xc = victim, Xc
+        self.engine = Engine(Xc, yc, Xv, yv, model=victim.model, T=T, alpha=eta, gamma=gamma,
+                             mode=mode)
+        self.shift = np.array([1.0, 0.0]) if victim.model.layout(Xc.shape[-1]).n_lam == 2 \
+            else 0.0
+
+    def run(self, Xp, yp, lam, need="all", w0=None):
+        n = self.Xc.shape[0] + Xp.shape[-2]
+        lam = np.subtract(lam, self.shift * math.log(n))
+        return self.engine.run(Xp, yp, lam, w0, need="all" if need == "lam" else need)
+
+
+def _is_robust(model):
+    from ..models.wasserstein import Robust
+    return isinstance(model, Robust)
+
+
+def _engine(victim, *args, **kw):
+    """The victim's prepared engine: a defence's Robust model, or the victim's own."""
+    if _is_robust(victim.model):
+        return _DefenceEngine(victim, *args, **kw)
+    return victim.engine(*args, **kw)
+
+
 # What attacks run together by run_lockstep may differ in (the rest must be equal).
 LOCKSTEP_FREE = ("lam", "lam_init", "lam_range", "beta", "T_lam", "on_divergence", "progress")
 _LOCKSTEP_EQUAL = ("n_points", "batch_size", "T", "T_outer", "alpha", "eta", "gamma", "mode",
-                   "backend", "restarts", "replace", "clone_class")
+                   "backend", "restarts", "replace", "clone_class", "defence")
 
 
 def run_lockstep(attacks, train, val):
@@ -338,6 +490,7 @@ class _Run:
     values: list = field(default_factory=list)
 
     theta0: object = None  # () -> the inner training's start (None: zeros)
+    mask: np.ndarray = None  # the learned entries of a defence's lam vector (None: all)
 
     @property
     def nan_lam(self):
@@ -348,13 +501,16 @@ class _Run:
         return grad_lam if np.ndim(self.lam) == 0 else np.reshape(grad_lam, np.shape(self.lam))
 
     def lam_step(self, lam, grad_lam):
+        if self.mask is not None:  # fixed entries stay
+            grad_lam = np.where(self.mask, grad_lam, 0.0)
         lam = np.clip(lam - self.atk.beta * grad_lam, *self.lam_range)
         return float(lam) if np.ndim(lam) == 0 else lam
 
     def jitter(self, lam):
-        """Footnote 8: lam redrawn in [lam - 0.5, lam + 0.5], per group."""
+        """Footnote 8: lam redrawn in [lam - 0.5, lam + 0.5], per group (learned entries)."""
         size = None if np.ndim(lam) == 0 else np.shape(lam)
-        return self.lam_step(lam + self.rng.uniform(-0.5, 0.5, size), 0.0)
+        noise = self.rng.uniform(-0.5, 0.5, size)
+        return self.lam_step(lam + (noise if self.mask is None else self.mask * noise), 0.0)
 
     def record(self, bar, *row):
         for k, v in zip(self.hist, row):
@@ -364,8 +520,9 @@ class _Run:
 
 def _lockstep(attacks, train, val):
     checked = [a._check(train, val) for a in attacks]
-    a0, (victim, _, _, _, box, _, flip, X, y, Xv, yv) = attacks[0], checked[0]
-    strip = lambda v: dataclasses.replace(v, lam=None)
+    a0, (victim, _, _, _, box, _, flip, X, y, Xv, yv, _) = attacks[0], checked[0]
+    defended = _is_robust(victim.model)
+    strip = lambda v: dataclasses.replace(v, lam=None, model=None if defended else v.model)
     for i, (a, ck) in enumerate(zip(attacks, checked)):
         for name in _LOCKSTEP_EQUAL:
             if getattr(a, name) != getattr(a0, name):
@@ -381,13 +538,15 @@ def _lockstep(attacks, train, val):
     pool = np.arange(Xv.shape[0]) if a0.clone_class is None else \
         np.flatnonzero(yv == a0.clone_class)
     runs = []
-    for a, (_, lam, lam_init, learned, _, lam_range, *_) in zip(attacks, checked):
+    for a, (_, lam, lam_init, learned, _, lam_range, *_, mask) in zip(attacks, checked):
         rng = np.random.default_rng(a.random_state)
         replaced = rng.permutation(n)[:a.n_points]
         clones = rng.permutation(pool)[:a.n_points]
+        theta0 = (lambda: None) if defended else \
+            (lambda rng=rng: victim.theta0(d, rng, X.dtype))  # a defence starts from zeros
         runs.append(_Run(a, lam_init if learned else lam, learned, lam_range, rng,
                          replaced, clones, X.copy(), y.copy(), Xv[clones].copy(),
-                         theta0=lambda rng=rng: victim.theta0(d, rng, X.dtype)))
+                         theta0=theta0, mask=mask))
     if any(not np.array_equal(r.replaced, runs[0].replaced) for r in runs):
         raise ValueError("run_lockstep: the attacks replace different training rows; give them "
                          "the same random_state (not None).")
@@ -398,7 +557,7 @@ def _lockstep(attacks, train, val):
     bar = tqdm(total=total, desc="optimal poisoning", unit="it", leave=False,
                disable=not any(a.progress for a in attacks))  # an inner bar: gone when done
     with bar:
-        _clean(victim.engine(X[:-1], y[:-1], Xv, yv, **kw), runs, X[-1:], y[-1:], bar)
+        _clean(_engine(victim, X[:-1], y[:-1], Xv, yv, **kw), runs, X[-1:], y[-1:], bar)
         replaced = runs[0].replaced
         for b in range(n_batches):
             rows = replaced[b * bs:(b + 1) * bs]
@@ -410,7 +569,7 @@ def _lockstep(attacks, train, val):
             else:
                 Xs, ys = X, y
                 prior = [(r.Xcur[n:], r.ycur[n:]) for r in runs]
-            engine = victim.engine(Xs, ys, Xv, yv, **kw)
+            engine = _engine(victim, Xs, ys, Xv, yv, **kw)
             best = [None] * len(runs)
             for attempt in range(a0.restarts + 1):
                 srcs, lam0 = [], []
@@ -487,7 +646,8 @@ def _solve(engine, runs, Xp, yp, lam, need, where, w0=None):
 
 def _diverged(engine, r, err, where, lam, k):
     det, n = err.details, engine.Xc.shape[0] + k
-    if engine.victim.regularizer != "l2" or np.ndim(lam):  # the slow path or a model words it
+    if engine.victim.regularizer != "l2" or np.ndim(lam) or isinstance(engine, _DefenceEngine):
+        # the slow path, a model or a defence words it
         text = f"optimal poisoning, {where}: {err}"
     else:
         text = message(det, f"optimal poisoning, {where}: ", alpha_name="eta",

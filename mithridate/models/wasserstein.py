@@ -113,12 +113,10 @@ class Wasserstein:
     # -- the norm t = N(theta): (t, dt, curvature data) -----------------------------------
     def _norm(self, th):
         mu = self.mu
-        if self.q == 2:
+        if self.q == 2:  # curvature data: 1 / s (0 at the exact norm's kink theta = 0)
             s = np.sqrt(np.einsum("...j,...j->...", th, th) + (mu or 0.0) ** 2)
-            t = s - (mu or 0.0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                dt = np.where(s[..., None] > 0, th / s[..., None], 0.0)
-            return t, dt, s
+            inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+            return s - (mu or 0.0), th * inv[..., None], inv
         if self.q == 1:
             s = np.sqrt(th * th + mu * mu)
             return s.sum(-1) - th.shape[-1] * mu, th / s, s
@@ -134,9 +132,7 @@ class Wasserstein:
     def _norm_hvp(self, th, u, dt, s):
         """(Hessian of t) u."""
         if self.q == 2:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                du = np.einsum("...j,...j->...", dt, u)[..., None]
-                return np.where(s[..., None] > 0, (u - dt * du) / s[..., None], 0.0)
+            return (u - dt * np.einsum("...j,...j->...", dt, u)[..., None]) * s[..., None]
         if self.q == 1:
             return self.mu ** 2 / s ** 3 * u
         m = th.shape[-1]
