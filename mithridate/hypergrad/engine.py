@@ -100,8 +100,9 @@ class Engine:
             if value is not None and mode != "reversible":
                 raise ValueError(f"{name}={value!r} applies to mode='reversible' only; "
                                  f"leave it None for mode={mode!r}.")
-        if mode == "reversible":
+        if mode == "reversible":  # refused here, not at the first run
             from . import reversible
+            reversible.gamma_fraction(self.gamma)
             reversible.check_frac_bits(frac_bits)
             reversible.check_max_buffer_bytes(max_buffer_bytes)
         self.frac_bits, self.max_buffer_bytes = frac_bits, max_buffer_bytes
