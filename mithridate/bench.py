@@ -57,6 +57,9 @@ MLP_MODES = {"trajectory": {}, "checkpoint": dict(checkpoints="sqrt"),
 MLP_GAMMA, MLP_ALPHA, MLP_LAM = 0.9, 0.05, -2.0  # reversible needs gamma > 0; lam per layer
 MLP_DTYPES = ("float32",)
 MLP_MMAP_THRESHOLD = 128 << 10  # glibc's default before it adapts
+# The thread count of both sides, set in the child's environment before numpy and torch
+# load: torch's intra-op pool and OpenBLAS's (ours) each get this many.
+MLP_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # A torch training loop (mithridate.torch): `steps` of SGD on L2-regularised
 # logistic regression, the fused objective against autograd on torch ops.
 TORCH_TRAIN = "torch_train"
@@ -73,15 +76,15 @@ FULL = dict(shapes=((100_000, 1000), (1_000_000, 100), (48_842, 14), (512, 784))
             torch_train=dict(shape=(100_000, 100), steps=200),
             fixed_point=dict(n=1 << 22, steps=1000),
             mlp=dict(layers=(2048, 128, 32, 1), n=512, k=17, nv=171, Ts=(100, 300, 600),
-                     repeats={100: 3, 300: 2, 600: 1}, binomial_states=10, tracemalloc=True,
-                     timeout_s=3600))
+                     repeats={100: 2, 300: 1, 600: 1}, binomial_states=10, tracemalloc=True,
+                     timeout_s=3600, threads=(1, 2)))
 QUICK = dict(shapes=((20_000, 100), (512, 784)),
              batched_shape=(20_000, 100), budget_s=0.2, max_repeats=10,
              hypergrad=dict(n=200, k=5, nv=50, d=64, T=20, reps=2, lams=2),
             torch_train=dict(shape=(4_000, 32), steps=50),
             fixed_point=dict(n=1 << 16, steps=100),
             mlp=dict(layers=(24, 8, 4, 1), n=40, k=3, nv=20, Ts=(4, 8), repeats={4: 2, 8: 2},
-                     binomial_states=2, tracemalloc=True, timeout_s=120))
+                     binomial_states=2, tracemalloc=True, timeout_s=120, threads=(1,)))
 DTYPES = ("float32", "float64")
 CACHE_BYTES = 64 << 20  # above this X streams from memory (twice a 32 MiB L3)
 MIN_REPEATS = 3
@@ -368,7 +371,12 @@ def mlp_measure(spec):
             tracemalloc.stop()
     except Exception as e:  # the record says why (implicit: CG on an indefinite Hessian)
         return dict(error=f"{type(e).__name__}: {e}")
-    return dict(best_s=min(times), times_s=times, load=os.getloadavg()[0], peak_extra_bytes=max(peak - rss0, 0) * 1024,
+    from threadpoolctl import threadpool_info
+    seen = {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
+    if "torch" in sys.modules:
+        seen["torch"] = sys.modules["torch"].get_num_threads()
+    return dict(best_s=min(times), times_s=times, load=os.getloadavg()[0],
+                peak_extra_bytes=max(peak - rss0, 0) * 1024, threads_seen=seen,
                 memory_method=method, tracemalloc_peak_bytes=traced,
                 recomputed=info.get("recomputed"), grad_norm=info.get("grad_norm"))
 
@@ -388,11 +396,14 @@ def mlp_subprocess(spec, timeout_s):
     """mlp_measure(spec) in a fresh Python process (result dict, or error), with
     glibc's mmap threshold fixed (MLP_MMAP_THRESHOLD): arrays above it are mapped
     and unmapped, so memory freed by the warm-up is not reused unseen (glibc's
-    dynamic threshold would move them to the heap, kept there after a free)."""
+    dynamic threshold would move them to the heap, kept there after a free), and
+    spec["threads"] BLAS and torch threads where given (MLP_THREAD_VARS)."""
     import json
     import subprocess
     code = "from mithridate.bench import _mlp_child; _mlp_child()"
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MLP_MMAP_THRESHOLD))
+    if spec.get("threads"):
+        env.update({var: str(spec["threads"]) for var in MLP_THREAD_VARS})
     try:
         out = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec),
                              capture_output=True, text=True, timeout=timeout_s, env=env,
@@ -420,19 +431,30 @@ def mlp_records(cfg, backend, dtypes=MLP_DTYPES, modes=tuple(MLP_MODES), on_resu
     lines of time and peak memory against T, slopes per step). `on_result`,
     if given, is called with each subprocess's (spec, result) as it comes."""
     records, notes = [], []
+    for threads in cfg.get("threads", (None,)):
+        recs, nts = _mlp_thread_records(cfg, backend, dtypes, modes, on_result, threads)
+        records += recs
+        notes += nts
+    return records, notes
+
+
+def _mlp_thread_records(cfg, backend, dtypes, modes, on_result, threads):
+    """mlp_records at one thread count (None: the environment's)."""
+    records, notes = [], []
     d = cfg["layers"][0]
+    at = f" threads={threads}" if threads else ""
     for dt in dtypes:
         results = {}
         for mode in ("reference",) + tuple(modes):
             for T in cfg["Ts"]:
                 spec = dict(mode=mode, T=T, dtype=dt, repeats=cfg["repeats"][T],
-                            tracemalloc=cfg["tracemalloc"],
+                            tracemalloc=cfg["tracemalloc"], threads=threads,
                             cfg={k: cfg[k] for k in ("layers", "n", "k", "nv", "binomial_states")})
                 results[mode, T] = r = mlp_subprocess(spec, cfg["timeout_s"])
                 if on_result:
                     on_result(spec, r)
                 if "error" in r:
-                    notes.append(f"mlp {mode} T={T} {dt}: no record: {r['error']}")
+                    notes.append(f"mlp {mode} T={T} {dt}{at}: no record: {r['error']}")
         fits = {}
         for mode in ("reference",) + tuple(modes):
             ok = [T for T in cfg["Ts"] if "error" not in results[mode, T]]
@@ -446,7 +468,7 @@ def mlp_records(cfg, backend, dtypes=MLP_DTYPES, modes=tuple(MLP_MODES), on_resu
                 records.append(dict(
                     op=MLP, path=MLP, backend=backend, reference=REFERENCE,
                     reference_mode="unrolled", shape=[cfg["n"] + cfg["k"], d],
-                    layers=list(cfg["layers"]), dtype=dt, batch=None,
+                    layers=list(cfg["layers"]), dtype=dt, batch=None, threads=threads,
                     mode=MLP_MODES[mode].get("mode", mode), schedule=(
                         MLP_MODES[mode].get("checkpoints")), T=T, gamma=MLP_GAMMA,
                     max_states=cfg["binomial_states"] if mode == "binomial" else None,
@@ -462,7 +484,8 @@ def mlp_records(cfg, backend, dtypes=MLP_DTYPES, modes=tuple(MLP_MODES), on_resu
                     reference_time_per_step_s=fits["reference"][0],
                     reference_memory_per_step_bytes=fits["reference"][1],
                     recomputed=r["recomputed"], grad_norm=r["grad_norm"], load=r["load"],
-                    reference_load=ref["load"]))
+                    reference_load=ref["load"], threads_seen=r["threads_seen"],
+                    reference_threads_seen=ref["threads_seen"]))
     return records, notes
 
 
@@ -478,13 +501,14 @@ def _fmt_bytes(b):
 def format_mlp_table(records):
     """Aligned text table of the mlp records: time and peak extra memory vs the
     reference, and the growth per step (slopes of the fits against T)."""
-    head = ("mode", "T", "dtype", "best", "reference", "speedup", "peak mem", "ref peak",
+    head = ("mode", "T", "dtype", "threads", "best", "reference", "speedup", "peak mem", "ref peak",
             "mem ratio", "tracemalloc", "time/step", "mem/step", "ref mem/step")
     rows = [head]
     for r in records:
         mode = r["mode"] + (f" {r['schedule']}" if r["schedule"] else "") + \
             (f" ({r['max_states']} states)" if r["max_states"] else "")
-        rows.append((mode, str(r["T"]), r["dtype"], _fmt_time(r["best_s"]),
+        rows.append((mode, str(r["T"]), r["dtype"], str(r["threads"] or "-"),
+                     _fmt_time(r["best_s"]),
                      _fmt_time(r["reference_best_s"]), f"{r['speedup']:.2f}x",
                      _fmt_bytes(r["peak_extra_bytes"]), _fmt_bytes(r["reference_peak_extra_bytes"]),
                      f"{r['memory_ratio']:.3g}", _fmt_bytes(r["tracemalloc_peak_bytes"]),
@@ -492,7 +516,7 @@ def format_mlp_table(records):
                      _fmt_bytes(r["memory_per_step_bytes"]),
                      _fmt_bytes(r["reference_memory_per_step_bytes"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)

@@ -16,7 +16,8 @@ KEYS = {"op", "backend", "shape", "dtype", "median_s", "reference_median_s",
 
 MLP_KEYS = {"op", "backend", "shape", "layers", "dtype", "mode", "schedule", "T", "best_s",
             "reference_best_s", "speedup", "peak_extra_bytes", "reference_peak_extra_bytes",
-            "memory_ratio", "memory_method", "time_per_step_s", "memory_per_step_bytes"}
+            "memory_ratio", "memory_method", "time_per_step_s", "memory_per_step_bytes",
+            "threads"}
 
 
 def check_mlp_record(r):
@@ -143,13 +144,15 @@ def test_bench_mlp_quick(capsys):
     for name, opts in bench.MLP_MODES.items():
         key = (opts.get("mode", name), opts.get("checkpoints"))
         for T in cfg["Ts"]:
-            assert key + (T,) in got or f"mlp {name} T={T} float32: no record: " in captured.err
+            assert key + (T,) in got or \
+                f"mlp {name} T={T} float32 threads=1: no record: " in captured.err
     assert {(r["mode"], r["schedule"]) for r in records} >= {
         ("trajectory", None), ("checkpoint", "sqrt"), ("checkpoint", "binomial"),
         ("reversible", None), ("forward", None)}
     for r in records:  # the growth fits: every mode ran at both Ts
         assert math.isfinite(r["time_per_step_s"]) and math.isfinite(r["memory_per_step_bytes"])
         assert r["repeats"] == cfg["repeats"][r["T"]] and r["tracemalloc_peak_bytes"] > 0
+        assert r["threads"] == 1  # both sides, set in the child's environment
     table = bench.format_table(records)
     assert "mem ratio" in table and "checkpoint binomial (2 states)" in table
 
