@@ -282,3 +282,66 @@ def test_bad_input_is_refused_before_any_work():
     with pytest.raises(ValueError, match="prox=True"):
         from mithridate.models.training import gradient_descent
         gradient_descent(model, X, y, np.array([-1.0, -1.0]), T=2, alpha=0.1, prox=True)
+
+
+# -- poisoning labels (regression): rows [features | y] --------------------------------------
+
+def labelled(arrays):
+    """The arrays with each row set's label appended as its last feature."""
+    out = dict(arrays)
+    for X, y in (("Xc", "yc"), ("Xp", "yp"), ("Xv", "yv")):
+        out[X] = np.ascontiguousarray(np.column_stack([arrays[X], arrays[y]]))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("wasserstein", [True, False], ids=["robust", "l2"])
+def test_label_gradients_against_the_unrolled_reference(wasserstein, dtype):
+    from mithridate.models import LabelFeature
+    arrays = data(dtype, n=11, k=2, d=4, loss="squared")
+    base = LabelFeature(LinearModel("squared"))
+    model = Robust(base, robust(arrays, "squared").wasserstein) if wasserstein else base
+    rows = labelled(arrays)
+    theta0 = np.random.default_rng(1).normal(0, 0.3, 5).astype(dtype)
+    lam = np.array([-1.0, -3.0]) if wasserstein else -1.0
+    value, gX, glam, _ = unrolled_model(model, problem(rows, lam, theta0, gamma=0.5),
+                                        torch.float64)
+    for mode in ("trajectory", "checkpoint", "reversible"):
+        r = run(model, rows, lam, theta0, mode, gamma=0.5)
+        assert r.grad_Xp.shape == (2, 5)  # the last column: d value / d yp
+        tol = dtype if mode != "reversible" else np.float32
+        close(r.value, value, dtype, (mode, "value"))
+        close(r.grad_Xp, gX, tol, (mode, "Xp and yp"))
+        close(r.grad_lam, glam if wasserstein else glam[0], tol, (mode, "lam"))
+
+
+def test_label_gradient_finite_differences_and_fused_features():
+    from mithridate.models import LabelFeature
+    arrays = data(np.float64, n=15, k=2, d=4, loss="squared", seed=5)
+    rows = labelled(arrays)
+    model = LabelFeature(LinearModel("squared"))
+    r = run(model, rows, -1.0, np.zeros(5), "trajectory", T=10)
+    h = 1e-6
+    for i in range(2):
+        up, down = dict(arrays), dict(arrays)
+        up["yp"], down["yp"] = arrays["yp"].copy(), arrays["yp"].copy()
+        up["yp"][i] += h
+        down["yp"][i] -= h
+        fd = (run(model, labelled(up), -1.0, np.zeros(5), "trajectory", T=10).value
+              - run(model, labelled(down), -1.0, np.zeros(5), "trajectory", T=10).value) / (2 * h)
+        assert fd == pytest.approx(r.grad_Xp[i, -1], rel=1e-6, abs=1e-10)
+    fused = run(LinearModel("squared"), arrays, -1.0, np.zeros(5), "trajectory", T=10)
+    np.testing.assert_allclose(r.grad_Xp[:, :-1], fused.grad_Xp, rtol=1e-10, atol=1e-14)
+    assert r.value == pytest.approx(fused.value, rel=1e-12)
+
+
+def test_label_optimisation_refused_for_a_classifier():
+    from mithridate.models import LabelFeature
+    with pytest.raises(ValueError, match="classifier.*squared"):
+        LabelFeature(LinearModel("logistic"))
+    with pytest.raises(TypeError, match="LinearModel"):
+        LabelFeature(robust(data(np.float64)))
+    model = LabelFeature(LinearModel("squared"))
+    X = np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"y must equal X\[:, -1\]"):
+        model.check_data(X, np.zeros(3), "train")

@@ -182,3 +182,83 @@ class LinearModel(Model):
                 s = np.ascontiguousarray(np.broadcast_to(s, X.shape[:-1]))
         return dict(loss=self.loss, lam=None, sample_weight=s, fit_intercept=self.fit_intercept,
                     backend=self.backend)
+
+
+class LabelFeature(Model):
+    """A regression model on rows whose last column is the label: X = [features | y], so the
+    engine's mixed product d/dX[rows] (grad . u) carries d/dy[rows] in its last column: the
+    hypergradient wrt the poisoning labels of optimal regression attacks, in every mode,
+    through the engine as it is. ``base``: a LinearModel with the squared or absolute loss
+    (a classifier's labels are not continuous: refused). The y every call is also given must
+    equal X[:, -1] (checked by check_data); the layout is base's on d - 1 features.
+
+    Label column of the mixed product, for weighted squared loss (1/n) sum_i s_i l(z_i - y_i):
+    d/dy_k (grad . u) = -(s_k / n) l''(r_k) ([x_k; 1] . u) (absolute loss: l'' = 0)."""
+    fused = None
+
+    def __init__(self, base):
+        if not isinstance(base, LinearModel):
+            raise TypeError(f"base must be a LinearModel, got {type(base).__name__}.")
+        if base.loss == "logistic":
+            raise ValueError("LabelFeature: the logistic loss is a classifier's, its labels are "
+                             "{0, 1} and have no gradient; optimise labels for the squared (or "
+                             "absolute) loss only, or keep the labels fixed.")
+        self.base, self.loss = base, base.loss
+        self.fit_intercept, self.sample_weight = base.fit_intercept, base.sample_weight
+
+    def __repr__(self):
+        return f"LabelFeature({self.base!r})"
+
+    @staticmethod
+    def _split(X):
+        return np.ascontiguousarray(X[..., :-1]), np.ascontiguousarray(X[..., -1])
+
+    def layout(self, d):
+        if d < 2:
+            raise ValueError(f"LabelFeature needs rows [features | y] with at least 2 columns, "
+                             f"got d={d}.")
+        return self.base.layout(d - 1)
+
+    def features(self, p):
+        return self.base.features(p) + 1
+
+    def check_data(self, X, y, name):
+        self.base.check_data(*self._split(X), name)
+        if not np.array_equal(np.asarray(y), X[:, -1]):
+            raise ValueError(f"{name} data: y must equal X[:, -1] (LabelFeature reads the label "
+                             "from the last column); pass X = np.column_stack([X, y]) and that y.")
+
+    def loss_grad(self, theta, X, y):
+        return self.base.loss_grad(theta, *self._split(X))
+
+    def loss_grad_batch(self, theta, X, y):
+        return self.base.loss_grad_batch(theta, *self._split(X))
+
+    def loss_hvp(self, theta, u, X, y):
+        return self.base.loss_hvp(theta, u, *self._split(X))
+
+    def loss_hessian(self, theta, X, y):
+        return self.base.loss_hessian(theta, *self._split(X))
+
+    def loss_factor(self, theta, X, y):
+        return self.base.loss_factor(theta, *self._split(X))
+
+    def data_loss_grad(self, theta, X, y):
+        return self.base.data_loss_grad(theta, *self._split(X))
+
+    def mixed_rows(self, theta, u, X, y, rows):
+        Xf, yl = self._split(X)
+        rows = np.asarray(rows)
+        out = np.empty((rows.size, X.shape[1]), X.dtype)
+        out[:, :-1] = self.base.mixed_rows(theta, u, Xf, yl, rows)
+        if self.loss == "absolute":
+            out[:, -1] = 0  # l'' = 0 almost everywhere
+            return out
+        d = Xf.shape[1]
+        zu = Xf[rows] @ u[:d].astype(X.dtype) + (u[d] if self.fit_intercept else 0)
+        s = 1.0 if self.sample_weight is None else self.sample_weight[rows]
+        out[:, -1] = -(s * zu) / X.shape[0]
+        return out
+
+    def torch_objective(self, theta, X, y, lam):
+        return self.base.torch_objective(theta, X[:, :-1], X[:, -1], lam)
