@@ -358,6 +358,7 @@ def test_cuda_matches_cpu():
         fp.encode(torch.tensor([1.0, 2.0**40], device="cuda"), 30)
 
 
+@settings(deadline=None)  # the first draw compiles the kernel
 @given(st.lists(st.integers(-2**62, 2**62 - 1), min_size=1, max_size=12), st.integers(0, 62),
        st.sampled_from([np.float32, np.float64]))
 def test_decode_into_is_decode_then_cast(qs, frac_bits, dtype):
@@ -367,3 +368,14 @@ def test_decode_into_is_decode_then_cast(qs, frac_bits, dtype):
     out = np.empty(q.shape, dtype)
     decode_into(q, 2.0**-frac_bits, out)
     assert out.tobytes() == fp.decode(q, frac_bits).astype(dtype).tobytes()
+
+
+@settings(deadline=None)  # the first draw compiles the kernel
+@given(st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=12), st.integers(1, 2**31 - 1))
+def test_floor_divmod_lanes_is_floor_divmod(xs, d):
+    """step_lanes' division-free split of a full int64 (float quotient, corrected) is exact."""
+    from mithridate.kernels.cpu import fixed_point as nfp
+    inv = (1.0 / d) * nfp._BELOW
+    for x in xs:
+        q, r = nfp.floor_divmod_lanes(np.int64(x), np.int64(d), inv)
+        assert (int(q), int(r)) == divmod(x, d)

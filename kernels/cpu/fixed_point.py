@@ -221,19 +221,37 @@ def _divmod_small(cur, base, inv):
 
 
 @njit(**EXACT_JIT)
+def floor_divmod_lanes(x, d, d_inv):
+    """floor_divmod(x, d) for any int64 x and 0 < d < 2^31 without an integer
+    division (there is no SIMD one), d_inv = (1.0 / d) * _BELOW: x = xh 2^32 + xl;
+    xh = qh d + rh by a float quotient (|xh| <= 2^31: off by at most one, one
+    branch-free correction each way); then rh 2^32 + xl < d 2^32 by _divmod_small."""
+    xh = x >> np.int64(32)  # arithmetic shift: floor(x / 2^32)
+    xl = x & np.int64(0xFFFFFFFF)
+    qh = np.int64(math.floor(np.float64(xh) / np.float64(d)))
+    rh = xh - qh * d
+    low = np.int64(rh < 0)
+    qh, rh = qh - low, rh + low * d
+    high = np.int64(rh >= d)
+    qh, rh = qh + high, rh - high * d
+    ql, r = _divmod_small((rh << np.int64(32)) | xl, d, d_inv)
+    return (qh << np.int64(32)) + ql, r
+
+
+@njit(**EXACT_JIT)
 def step_lanes(x, B, w, m, d, rem, hi):
     """step_apply on every element: x[j] and column j of the limb-major buffer
     B (W, n) uint32, first w limbs, for the step (m, d). No checks (the caller
-    has proven the step fits). rem, hi: int64 scratch (n,). Each limb is a
-    loop over elements, which vectorises; only the split of x (full int64)
-    divides one element at a time."""
+    has proven the step fits). rem, hi: int64 scratch (n,). Every loop runs
+    over elements without an integer division, so it vectorises (the split of
+    the full int64 x by floor_divmod_lanes)."""
     n = x.shape[0]
     m = np.int64(m)
     d = np.int64(d)
     m_inv = 1.0 / np.float64(m) * _BELOW
     d_inv = 1.0 / np.float64(d) * _BELOW
     for j in range(n):
-        hi[j], lo = floor_divmod(x[j], d)
+        hi[j], lo = floor_divmod_lanes(x[j], d, d_inv)
         x[j] = lo  # x holds lo until the end
         rem[j] = 0
     for i in range(w - 1, -1, -1):  # pop: B div m, digits s into rem
