@@ -14,9 +14,11 @@ momentum; exact), ``checkpoint`` (RMD storing ~sqrt(T) (theta, v) states and
 recomputing segments; the same bits as trajectory), ``reversible`` (exact
 fixed-point reversal, mithridate.hypergrad.reversible), ``forward`` (tangents
 dtheta/dlam, dv/dlam; lam only), ``implicit`` (eq. 4 at theta_T: Cholesky for
-p <= 2000, else CG on HVPs). Backends from the registry (mithridate.backends,
-``backend="auto"``): numba (fused.py), torch (reference.py), cpp/cuda
-(native.py); each module's MODES says what it runs. Batched calls: Xp
+p <= 2000, else CG on HVPs; MINRES where H is indefinite, implicit.py). Backends
+from the registry (mithridate.backends, ``backend="auto"``): numba (fused.py),
+torch (reference.py), cpp/cuda (native.py); each module's MODES says what it
+runs. Other models run on the generic engine (generic.py); the network
+(models.MLP) also on torch tensors, backend "torch" or "triton" (mlp_torch.py). Batched calls: Xp
 (B, k, d), see ``hypergrad``. ``Engine``: the clean and validation rows
 checked and packed once, for many calls (engine.py).
 """
