@@ -172,3 +172,44 @@ def test_divergence_is_reported_as_on_the_generic_engine():
                      backend=backend)
         with pytest.raises(DivergenceError, match="alpha"):
             eng.run(**call, lam=np.full(3, 3.0), w0=w0)
+
+
+@pytest.mark.parametrize("model", [MLP(layers=(5, 1)), MLP(layers=(5, 3, 1), penalize_bias=True,
+                                                              negative_slope=0.0)], ids=repr)
+def test_other_networks_and_batched_clean_rows(model):
+    """One layer (one lam: grad_lam a float, as the generic engine's), biases penalised,
+    ReLU; clean and validation rows with a leading B axis."""
+    n_lam = model.n_layers
+    fixed, call = data(np.float64, seed=2)
+    lam = -1.5 if n_lam == 1 else np.full(n_lam, -1.5)
+    w0 = model.init(5, 1)
+    got = engine(fixed, "trajectory", "torch", model).run(**call, lam=lam, w0=w0)
+    want = engine(fixed, "trajectory", "numba", model).run(**call, lam=lam, w0=w0)
+    assert isinstance(got.grad_lam, float) == (n_lam == 1) == isinstance(want.grad_lam, float)
+    close(got.grad_lam, want.grad_lam, np.float64, "grad_lam")
+    close(got.grad_Xp, want.grad_Xp, np.float64, "grad_Xp")
+    batched = {k: np.stack([v, v[::-1]]) for k, v in fixed.items()}  # problem 1: rows reversed
+    calls = {k: np.stack([v, v]) for k, v in call.items()}
+    got = engine(batched, "checkpoint", "torch", model).run(**calls, lam=lam, w0=w0)
+    want = engine(batched, "checkpoint", "numba", model).run(**calls, lam=lam, w0=w0)
+    close(got.grad_Xp, want.grad_Xp, np.float64, "batched grad_Xp")
+    close(got.value, want.value, np.float64, "batched value")
+
+
+def test_memory_is_checked_before_any_work(monkeypatch):
+    """The route's rows and states against the memory available (the GPU's on cuda)."""
+    from mithridate import _validation
+    from mithridate.errors import InsufficientMemoryError
+    from mithridate.hypergrad import mlp_torch
+    fixed, call = data(np.float64)
+    host = engine(fixed, "trajectory", "torch")
+    gpu = engine(fixed, "trajectory", "triton", device="cuda") if torch.cuda.is_available() \
+        else None
+    monkeypatch.setattr(_validation, "available_memory", lambda: 1000)
+    monkeypatch.setattr(mlp_torch, "_run", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(InsufficientMemoryError, match="mode='trajectory' on backend='torch'"):
+        host.run(**call, lam=np.full(3, -1.0))
+    if gpu is not None:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 2000))
+        with pytest.raises(InsufficientMemoryError, match="GPU memory"):
+            gpu.run(**call, lam=np.full(3, -1.0))

@@ -237,7 +237,12 @@ class Engine:
                                  self.max_buffer_bytes)
         fix = FIXES.get(mode, "use smaller batches or fewer rows")
         batch = f" for {len(pbs)} problems" if len(pbs) > 1 else ""
-        check_memory(need, f"mode={mode!r} on backend={self.backend!r}{batch}: {what}", fix)
+        what = f"mode={mode!r} on backend={self.backend!r}{batch}: {what}"
+        if self._device is not None and self._device.type == "cuda":
+            from . import mlp_torch
+            mlp_torch.check_device_memory(need, what, fix, self._device)
+        else:
+            check_memory(need, what, fix)
         self._memory_checked.add(key)
 
 

@@ -378,6 +378,16 @@ def _fixed_point_plan(pb, frac_bits, max_buffer_bytes, ops):
     return frac_bits, num, den, words
 
 
+def check_device_memory(need, what, fix, device):
+    """InsufficientMemoryError before the call where the GPU has less than `need` free."""
+    free = torch.cuda.mem_get_info(device)[0]
+    if need > free:
+        from ..errors import InsufficientMemoryError
+        raise InsufficientMemoryError(
+            f"{what} needs about {need / 2**30:.3g} GiB but {free / 2**30:.3g} GiB of GPU memory "
+            f"is free on {device}; {fix}.")
+
+
 def _check_buffer(buffer_bytes, p, T, gamma, num, den, words, max_buffer_bytes):
     """generic.py's rule and message, per problem: the bit buffer within the budget."""
     cap = (T + 1) * p * 8 if max_buffer_bytes is None else max_buffer_bytes
