@@ -94,8 +94,8 @@ def test_shared_matches_single_calls(reverse, dtype, loss, fit_b, gamma, G, kg):
 @pytest.mark.parametrize("reverse", [True, False], ids=["trajectory", "forward"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_thread_count_does_not_change_the_bits(reverse, dtype):
-    D = problems(5, nc=301, k=4, nv=7, d=129, dtype=dtype, shared_v=True, seed=7)
-    assert single.layout(301, 129, np.dtype(dtype).itemsize)[0].shape[0] > 2  # several groups
+    D = problems(5, nc=4099, k=4, nv=7, d=129, dtype=dtype, shared_v=True, seed=7)
+    assert single.layout(4099, 129, np.dtype(dtype).itemsize)[0].shape[0] > 4  # 4 groups
     n_out = 3 if reverse else 2  # forward mode writes no dXp
     one = run_shared(reverse, D, 0, True, 0.5, 4, 1)[:n_out]
     for n_threads in (2, 3):

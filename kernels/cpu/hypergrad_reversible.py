@@ -47,35 +47,7 @@ from . import heavy_ball
 from ._math import JIT
 from .heavy_ball import THETA_STATE, V_STATE
 from .hypergrad import _adjoint_step, _watch, new_watch
-from .linear import _block_rows, _dot2_rows, _terms
-
-
-@njit(**JIT)
-def _axpy2_rows(X, r0, m, c, e, g, h, fit_b):
-    """g += X[r0:r0+m]^T c and h += X[r0:r0+m]^T e in one read of the rows
-    (column sums into slot d when fitting an intercept); g, h in X's dtype.
-    Four rows per load/store of g and h, as linear._axpy_rows."""
-    d = X.shape[1]
-    cast = X.dtype.type
-    i = 0
-    while i + 4 <= m:
-        c0, c1, c2, c3 = cast(c[i]), cast(c[i + 1]), cast(c[i + 2]), cast(c[i + 3])
-        e0, e1, e2, e3 = cast(e[i]), cast(e[i + 1]), cast(e[i + 2]), cast(e[i + 3])
-        for j in range(d):
-            x0, x1, x2, x3 = X[r0 + i, j], X[r0 + i + 1, j], X[r0 + i + 2, j], X[r0 + i + 3, j]
-            g[j] += (c0 * x0 + c1 * x1) + (c2 * x2 + c3 * x3)
-            h[j] += (e0 * x0 + e1 * x1) + (e2 * x2 + e3 * x3)
-        i += 4
-    for k in range(i, m):
-        ck = cast(c[k])
-        ek = cast(e[k])
-        for j in range(d):
-            g[j] += ck * X[r0 + k, j]
-            h[j] += ek * X[r0 + k, j]
-    if fit_b:
-        for k in range(m):
-            g[d] += cast(c[k])
-            h[d] += cast(e[k])
+from .linear import _axpy2_rows, _block_rows, _dot2_rows, _terms
 
 
 CHUNK_ELEMS = 1 << 17  # about this many elements of X per row chunk, at least

@@ -11,8 +11,9 @@ kernels/cpu/hypergrad.layout's, fixed by the shape and reduced in order, so
 the bits do not depend on the thread count; a pass is one parallel region
 whose worker w takes the same run of groups every step (its share of Xc
 stays in its own L2 across the T steps). The trajectory mode keeps the
-clean rows' l'' of every forward step (T G nc float64), so the reverse
-sweep's HVP needs X u only (half its dot products).
+clean rows' l'' and the poisoning rows' l'' and l' of every forward step
+(T G (nc + 2k) float64), so the reverse sweep's HVP needs X u only (half its
+dot products).
 """
 import numpy as np
 from numba import njit, prange
@@ -161,7 +162,8 @@ def _work(Xc, yc, Xp, yp, code, fit_b, want_g, want_h, curv, keep, groups, g0, g
     """Worker w's part of _pass: clean row groups g0..g1-1 for all G problems
     (partials into ws), then the poisoning rows of problems p0..p1-1. keep = 1:
     store the clean rows' l'' into curv (G, nc); 2: take l'' from there (the
-    HVP then needs X u only)."""
+    HVP then needs X u only); the poisoning rows' l'' and l' follow in
+    curv[:, nc:nc + k] and curv[:, nc + k:]."""
     d = Xc.shape[1]
     G, k = Xp.shape[0], Xp.shape[1]
     kg = rows.shape[2]
@@ -204,13 +206,24 @@ def _work(Xc, yc, Xp, yp, code, fit_b, want_g, want_h, curv, keep, groups, g0, g
                 part[grp, q, j] = acc[q, j]
                 acc[q, j] = 0
     gb, hb = acc[2 * G], acc[2 * G + 1]
+    nc = Xc.shape[0]
     for b in range(p0, p1):
         X, th, u = Xp[b], W[b], W[G + b]
-        if want_h:
-            _dot2_rows(X, 0, k, th, th[d], u, u[d], z, xu)
+        if keep == 2:  # l'' and l' of the forward step: the HVP needs X u only
+            _dot_rows(X, 0, k, u, u[d], xu)
+            for i in range(k):
+                c2[i] = curv[b, nc + i]
+                c1[i] = curv[b, nc + k + i]
         else:
-            _dot_rows(X, 0, k, th, th[d], z)
-        _terms(code, z, yp[b], None, k, c1, c2, t, bits)
+            if want_h:
+                _dot2_rows(X, 0, k, th, th[d], u, u[d], z, xu)
+            else:
+                _dot_rows(X, 0, k, th, th[d], z)
+            _terms(code, z, yp[b], None, k, c1, c2, t, bits)
+            if keep == 1:
+                for i in range(k):
+                    curv[b, nc + i] = c2[i]
+                    curv[b, nc + k + i] = c1[i]
         if want_g:
             _axpy_rows(X, 0, k, c1, gb, fit_b)
             for j in range(d + 1):
@@ -296,7 +309,7 @@ def reverse_shared(Xc, yc, Xp, yp, Xv, yv, code, fit_b, theta0, alpha, gamma, e,
     ws = workspace(Xc, G, k, groups, block, n_threads)
     traj = np.empty((T, G, d + 1))
     keep = 1 if code == 0 else 0  # logistic: keep l'' of the clean rows for the reverse sweep
-    curv = np.empty((T, G, Xc.shape[0] if keep else 0))
+    curv = np.empty((T, G, Xc.shape[0] + 2 * k if keep else 0))  # clean l''; poisoning l'', l'
     theta = theta0.copy()
     v = np.zeros((G, d + 1))
     g = np.empty((G, d + 1))

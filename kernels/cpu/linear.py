@@ -108,7 +108,10 @@ def _dot_rows(X, r0, m, w, b, out):
 @njit(**JIT)
 def _dot2_rows(X, r0, m, w, bw, v, bv, outw, outv):
     """Both X w + bw and X v + bv in one read of the block (HVP of logistic);
-    narrow rows two at a time, as in _dot_rows."""
+    narrow rows two at a time, as in _dot_rows; wide rows four at a time, so
+    that each load of w and v serves four FMAs (measured at d = 784, one
+    thread: 40 -> 46 GFLOP/s float32 streamed from L3, 42 -> 61 from L2,
+    float64 24 -> 35; d = 100: 22 -> 32 and 20 -> 25)."""
     d = X.shape[1]
     zero = X.dtype.type(0)
     i = 0
@@ -130,6 +133,24 @@ def _dot2_rows(X, r0, m, w, bw, v, bv, outw, outv):
             outv[i] = e0 + bv
             outv[i + 1] = e1 + bv
             i += 2
+    else:
+        while i + 4 <= m:
+            x0, x1, x2, x3 = X[r0 + i], X[r0 + i + 1], X[r0 + i + 2], X[r0 + i + 3]
+            a0 = a1 = a2 = a3 = zero
+            e0 = e1 = e2 = e3 = zero
+            for j in range(d):
+                p, q = w[j], v[j]
+                a0 += x0[j] * p
+                a1 += x1[j] * p
+                a2 += x2[j] * p
+                a3 += x3[j] * p
+                e0 += x0[j] * q
+                e1 += x1[j] * q
+                e2 += x2[j] * q
+                e3 += x3[j] * q
+            outw[i], outw[i + 1], outw[i + 2], outw[i + 3] = a0 + bw, a1 + bw, a2 + bw, a3 + bw
+            outv[i], outv[i + 1], outv[i + 2], outv[i + 3] = e0 + bv, e1 + bv, e2 + bv, e3 + bv
+            i += 4
     for k in range(i, m):
         a0 = zero
         e0 = zero
@@ -165,6 +186,34 @@ def _axpy_rows(X, r0, m, c, g, fit_b):
     if fit_b:
         for k in range(m):
             g[d] += cast(c[k])
+
+
+@njit(**JIT)
+def _axpy2_rows(X, r0, m, c, e, g, h, fit_b):
+    """g += X[r0:r0+m]^T c and h += X[r0:r0+m]^T e in one read of the rows
+    (column sums into slot d when fitting an intercept); g, h in X's dtype.
+    Four rows per load/store of g and h, as _axpy_rows."""
+    d = X.shape[1]
+    cast = X.dtype.type
+    i = 0
+    while i + 4 <= m:
+        c0, c1, c2, c3 = cast(c[i]), cast(c[i + 1]), cast(c[i + 2]), cast(c[i + 3])
+        e0, e1, e2, e3 = cast(e[i]), cast(e[i + 1]), cast(e[i + 2]), cast(e[i + 3])
+        for j in range(d):
+            x0, x1, x2, x3 = X[r0 + i, j], X[r0 + i + 1, j], X[r0 + i + 2, j], X[r0 + i + 3, j]
+            g[j] += (c0 * x0 + c1 * x1) + (c2 * x2 + c3 * x3)
+            h[j] += (e0 * x0 + e1 * x1) + (e2 * x2 + e3 * x3)
+        i += 4
+    for k in range(i, m):
+        ck = cast(c[k])
+        ek = cast(e[k])
+        for j in range(d):
+            g[j] += ck * X[r0 + k, j]
+            h[j] += ek * X[r0 + k, j]
+    if fit_b:
+        for k in range(m):
+            g[d] += cast(c[k])
+            h[d] += cast(e[k])
 
 
 @njit(parallel=True, **JIT)
