@@ -316,3 +316,56 @@ def test_network_at_a_minimum_matches_finite_differences_and_long_rmd():
     rmd = hypergrad(*args, lam=lam, **kw, mode="trajectory")
     np.testing.assert_allclose(hg.grad_Xp, rmd.grad_Xp, rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(hg.grad_lam, rmd.grad_lam, rtol=1e-7, atol=1e-10)
+
+
+def test_network_at_a_saddle_point_matches_finite_differences():
+    """The implicit function theorem needs H nonsingular only: at a nondegenerate saddle
+    point (a smooth tanh network, two negative eigenvalues, found by Newton from theta_T)
+    eq. (4) by MINRES equals central differences of the outer value at the saddle point
+    re-solved by Newton (which follows it) for each perturbed Xp and lam."""
+    torch = pytest.importorskip("torch")
+    from mithridate.hypergrad import Engine
+    from mithridate.models import TorchModule
+    rng = np.random.default_rng(1)
+
+    def rows(n):
+        X = rng.standard_normal((n, 3))
+        return X, (X[:, 0] * X[:, 1] + 0.3 * X[:, 2] > 0).astype(float)
+    (Xc, yc), (Xp, yp), (Xv, yv) = rows(30), rows(3), rows(9)
+    X, y, idx = np.concatenate([Xc, Xp]), np.r_[yc, 1 - yp], np.arange(30, 33)
+    model = TorchModule(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh(),
+                                            torch.nn.Linear(3, 1)).double())
+    lam = np.full(2, -4.0)
+    theta_T = Engine(Xc, yc, Xv, yv, model=model, T=300, alpha=0.5, gamma=0.5).run(
+        X[idx], y[idx], lam, model.init(3, 0), need="value").theta_T
+
+    def newton(theta, Xn, lm):
+        for _ in range(40):
+            g = model.grad(theta, Xn, y, lm)
+            if np.linalg.norm(g) < 1e-13:
+                return theta
+            theta = theta - np.linalg.solve(model.hessian(theta, Xn, y, lm), g)
+        raise AssertionError("Newton did not converge")
+    saddle = newton(theta_T, X, lam)
+    ev = np.linalg.eigvalsh(model.hessian(saddle, X, y, lam))
+    assert (ev < 0).sum() == 2 and np.abs(ev).min() > 1e-3
+    info = {}
+    hg = imp.implicit_model(model, saddle, X, y, idx, Xv, yv, lam, 1e-12, info)
+    assert info["solver"] == "minres"
+
+    def outer(Xk=None, lm=lam):
+        Xn = X.copy()
+        if Xk is not None:
+            Xn[idx] = Xk
+        return model.data_loss(newton(saddle, Xn, lm), Xv, yv)
+
+    h = 1e-6
+    fd = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            E = np.zeros((3, 3))
+            E[i, j] = h
+            fd[i, j] = (outer(X[idx] + E) - outer(X[idx] - E)) / (2 * h)
+    np.testing.assert_allclose(hg.grad_Xp, fd, rtol=1e-5, atol=1e-8)
+    fd_lam = [(outer(lm=lam + h * e) - outer(lm=lam - h * e)) / (2 * h) for e in np.eye(2)]
+    np.testing.assert_allclose(hg.grad_lam, fd_lam, rtol=1e-5, atol=1e-8)
