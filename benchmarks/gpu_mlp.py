@@ -110,15 +110,16 @@ def engine_rows(torch, cfg, pb, B, ref_t, ref_m, ref, device, cuda, repeats):
         # the kernels are compiled by the warm-up above; best of `repeats` leaves out the
         # first call's move of the fixed rows where repeats > 1
         t, m, res = measure(torch, lambda: eng.run(host["Xp"], host["yp"], lam, w0), cuda, repeats)
+        mem = "n/a" if m is None else f"{m * mib:.1f}"
         if ref is None:
-            rows.append(f"| {B} | Engine {mode} | {t:.3f} | | {'n/a' if m is None else f'{m * mib:.1f}'} | | | |")
+            rows.append(f"| {B} | Engine {mode} | {t:.3f} | | {mem} | | | |")
             continue
         dlam = rel_diff(torch, torch.as_tensor(np.atleast_2d(res.grad_lam)), ref.grad_lam.cpu())
         dX = None if res.grad_Xp is None else rel_diff(
             torch, torch.as_tensor(res.grad_Xp).reshape(ref.grad_Xp.shape), ref.grad_Xp.cpu())
         ratio = "n/a" if m is None or not ref_m else f"{m / ref_m:.4f}"
-        rows.append(f"| {B} | Engine {mode} | {t:.3f} | {ref_t / t:.2f} | "
-                    f"{'n/a' if m is None else f'{m * mib:.1f}'} | {ratio} | {dlam:.2e} | "
+        rows.append(f"| {B} | Engine {mode} | {t:.3f} | {ref_t / t:.2f} | {mem} | {ratio} | "
+                    f"{dlam:.2e} | "
                     f"{'-' if dX is None else f'{dX:.2e}'} |")
     return rows
 

@@ -23,7 +23,6 @@ LAYERS = (5, 4, 3, 1)
 NC, K, NV, T, ALPHA, GAMMA = 9, 3, 6, 6, 0.3, 0.6
 ROUTES = ("torch", "triton")
 TOL = {np.float64: 1e-9, np.float32: 3e-4}  # relative to the largest entry
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def data(dtype, B=None, seed=0, d=LAYERS[0]):
