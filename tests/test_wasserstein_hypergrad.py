@@ -128,6 +128,24 @@ def test_component_values_and_smoothing_bounds():
         np.zeros(3), np.ones(3), [0.0]).any()
 
 
+@pytest.mark.parametrize("norm,mu", NORMS, ids=NORM_IDS)
+def test_batched_component_is_the_loop(norm, mu):
+    """theta (B, p) with lam (B, 1) (the trainers' call) equals B one-problem calls (the
+    exact 2-norm's one-problem path is its own BLAS-1 form), a zero row included."""
+    from mithridate.models.wasserstein import dual
+    rng = np.random.default_rng(4)
+    W = Wasserstein(0.7, 1.3, dual(norm), mu)
+    theta, u = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+    theta[2] = 0.0
+    lam = rng.uniform(-2, 0, (4, 1))
+    for name, args in (("value", ()), ("grad", ()), ("hvp_at", (u,)), ("mixed_lam", (u,)),
+                       ("lam_tangent", ())):
+        batch = getattr(W, name)(theta, *args, lam)
+        for b in range(4):
+            one = getattr(W, name)(theta[b], *(a[b] for a in args), lam[b])
+            np.testing.assert_allclose(batch[b], one, rtol=1e-13, atol=1e-14, err_msg=name)
+
+
 def test_layout_names_and_lam_vector():
     arrays = data(np.float64)
     model = robust(arrays)

@@ -144,24 +144,48 @@ class Wasserstein:
         rho = np.exp(np.asarray(lam, np.float64)[..., 0])
         return th, rho, self._norm(th)
 
+    def _two(self, theta, lam):
+        """One problem, q = 2: (theta float64, rho c / s, rho (2a - c / s) / s^2) with
+        c = 2 a t + b, from which grad = k1 theta and H u = k1 u + k2 (theta . u) theta
+        (a few BLAS-1 calls: the engine calls these T times per hypergradient)."""
+        th = np.asarray(theta, np.float64)
+        mu = self.mu or 0.0
+        s = math.sqrt(float(th @ th) + mu * mu)
+        if s == 0.0:  # the exact norm's kink: subgradient 0, zero Hessian
+            return th, 0.0, 0.0
+        rho = math.exp(float(lam[0]))
+        c = 2 * self.a * (s - mu) + self.b
+        return th, rho * c / s, rho * (2 * self.a - c / s) / (s * s)
+
     # -- the component's interface (as L2's) ---------------------------------------------
     def value(self, theta, lam):
         _, rho, (t, _, _) = self._scaled(theta, lam)
         return rho * (self.a * t * t + self.b * t)
 
     def grad(self, theta, lam):
+        if self.q == 2 and np.ndim(theta) == 1:
+            th, k1, _ = self._two(theta, lam)
+            return k1 * th
         _, rho, (t, dt, _) = self._scaled(theta, lam)
         return (rho * (2 * self.a * t + self.b))[..., None] * dt
 
     def hvp_at(self, theta, u, lam):
-        th, rho, (t, dt, s) = self._scaled(theta, lam)
         u = np.asarray(u, np.float64)
+        if self.q == 2 and np.ndim(theta) == 1:
+            th, k1, k2 = self._two(theta, lam)
+            out = k1 * u
+            out += (k2 * float(th @ u)) * th
+            return out
+        th, rho, (t, dt, s) = self._scaled(theta, lam)
         du = np.einsum("...j,...j->...", dt, u)[..., None]
         c = (2 * self.a * t + self.b)[..., None]
         return rho[..., None] * (2 * self.a * du * dt + c * self._norm_hvp(th, u, dt, s))
 
     def mixed_lam(self, theta, u, lam):
         """d/dlog_rho (grad . u) = grad . u (R is linear in rho), shape (..., 1)."""
+        if self.q == 2 and np.ndim(theta) == 1:
+            th, k1, _ = self._two(theta, lam)
+            return np.array([k1 * float(th @ np.asarray(u, np.float64))])
         g = self.grad(theta, lam)
         return np.einsum("...j,...j->...", g, np.asarray(u, np.float64))[..., None]
 
