@@ -5,8 +5,8 @@ implementation, imported only when :func:`implementation` asks for it.
 
 ``select(path, "auto", *arrays)`` picks by where the data lives: the first
 available backend of ``AUTO[path]`` for host data (numpy arrays, CPU
-tensors) or for CUDA tensors, with a debug log line when it passes over an
-unavailable one. ``MITHRIDATE_BACKEND`` overrides ``auto`` for the paths its
+tensors) or for CUDA tensors (or ``gpu=True``: host data the caller moves to
+the GPU), with a debug log line when it passes over an unavailable one. ``MITHRIDATE_BACKEND`` overrides ``auto`` for the paths its
 backend implements (and is ignored, with a debug line, for the others: one
 setting serves every path). An explicit backend that cannot run here raises
 RuntimeError (why, and what to use instead); a backend without that path

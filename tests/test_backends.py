@@ -238,6 +238,19 @@ def test_mlp_on_gpu_data_falls_back_to_torch(monkeypatch, caplog):
     assert "backend auto for mlp: triton unavailable" in caplog.text
 
 
+def test_gpu_flag_picks_as_for_cuda_tensors(monkeypatch, caplog):
+    """select(..., gpu=True): numpy data the caller moves to the GPU (Engine's device='cuda')."""
+    only(monkeypatch, *backends.NAMES)
+    assert backends.select("mlp", "auto", np.zeros(3), gpu=True) == "triton"
+    assert backends.select("mlp", "auto", np.zeros(3)) == "numba"
+    only(monkeypatch, "numba", "torch")
+    with caplog.at_level(logging.DEBUG, logger=backends.__name__):
+        assert backends.select("mlp", "auto", gpu=True) == "torch"
+    assert "backend auto for mlp: triton unavailable" in caplog.text
+    monkeypatch.setenv("MITHRIDATE_BACKEND", "numba")  # the override wins over the flag
+    assert backends.select("mlp", "auto", gpu=True) == "numba"
+
+
 def test_mlp_triton_module_holds_the_network_kernels(monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("triton")
