@@ -150,3 +150,39 @@ def test_bad_input_before_any_work():
             attack(**kw).run(train, val)
     with pytest.raises(TypeError, match="defence must be None"):
         attack(defence=3).run(train, val)
+
+
+@pytest.mark.parametrize("defence", [None, "both"])
+def test_optimised_labels(defence):
+    """optimize_labels (regression): the labels move within label_box, the attack does at
+    least as well as with the flipped labels fixed, and the feature-only first hypergradient
+    equals the fixed-label attack's (same start)."""
+    train, val = data(loss="squared")
+    kw = dict(model="squared", defence=defence)
+    fixed = attack(**kw).run(train, val)
+    lab = attack(**kw, optimize_labels=True).run(train, val)
+    lo, hi = train[1].min(), train[1].max()
+    assert lab.Xp.shape == (4, 6) and lab.yp.shape == (4,)
+    assert np.all((lo <= lab.yp) & (lab.yp <= hi)) and not np.array_equal(lab.yp, fixed.yp)
+    assert lab.values[-1] >= fixed.values[-1]
+    np.testing.assert_allclose(lab.values[0], fixed.values[0], rtol=1e-12)  # the clean set
+    X, y = lab.training_set()
+    np.testing.assert_array_equal(y[lab.replaced], lab.yp)
+    np.testing.assert_array_equal(X[lab.replaced], lab.Xp)
+    box = attack(**kw, optimize_labels=True, label_box=(0.0, 0.1)).run(train, val)
+    assert box.yp.min() >= 0.0 and box.yp.max() <= 0.1
+
+
+def test_label_optimisation_bad_input():
+    train, val = data()
+    with pytest.raises(ValueError, match="regression only.*classifier"):
+        attack(optimize_labels=True).run(train, val)
+    with pytest.raises(ValueError, match="regression only"):
+        attack(optimize_labels=True, defence="wasserstein").run(train, val)
+    rtrain, rval = data(loss="squared")
+    with pytest.raises(ValueError, match="label_box applies to optimize_labels=True"):
+        attack(model="squared", label_box=(0, 1)).run(rtrain, rval)
+    with pytest.raises(ValueError, match="label_box"):
+        attack(model="squared", optimize_labels=True, label_box=(1, 0)).run(rtrain, rval)
+    with pytest.raises(TypeError, match="optimize_labels"):
+        attack(model="squared", optimize_labels="yes").run(rtrain, rval)

@@ -212,14 +212,14 @@ class Defence:
             raise ValueError(f"defence rho_init={self.rho_init:g} must lie in rho_range="
                              f"({lo:g}, {hi:g}); widen rho_range or pass rho_init.")
 
-    def model(self, X, y, loss, fit_intercept):
-        """The defender's Robust model on the clean training rows (X, y)."""
-        from ..models import LinearModel
+    def model(self, X, y, base):
+        """The defender's Robust model over ``base`` (its data term), the Wasserstein term's
+        bounds from the clean training rows (X, y)."""
         from ..models.wasserstein import Robust, Wasserstein
-        W = Wasserstein.paper(X, y, loss=loss, norm=self.norm, fit_intercept=fit_intercept,
+        W = Wasserstein.paper(X, y, loss=base.loss, norm=self.norm, fit_intercept=base.fit_intercept,
                               data_bounds=self.data_bounds, c1=self.c1, c2=self.c2,
                               smoothing=self.smoothing)
-        return Robust(LinearModel(loss, fit_intercept), W, l2=self.regularizer == "both")
+        return Robust(base, W, l2=self.regularizer == "both")
 
 
 def _rho(name, v):
@@ -296,6 +296,10 @@ class OptimalPoisoning:
     "logistic" or "squared"): lam is then the vector (lam, log rho) for "both" (learned
     entries per the attack's ``lam`` and the defence's ``rho``), log rho alone for
     "wasserstein"; ``lam_batches`` and ``history["lam"]`` hold it on that scale.
+    ``optimize_labels`` (regression, model "squared" only): the poisoning labels are
+    optimised with the features (ascent on [x; y], each point's hypergradient normalised
+    as a whole; the engine's rows are [X | y], models.LabelFeature), labels projected onto
+    ``label_box`` (default: the training labels' range), starting from the flipped clones.
     """
 
     def __init__(self, model="logistic", lam="learned", n_points=17, batch_size=17, T=150,
@@ -303,9 +307,10 @@ class OptimalPoisoning:
                  lam_range=(-8.0, math.log(200)), lam_init=None, gamma=0.0,
                  mode="trajectory", backend="numba", restarts=0, replace=True,
                  clone_class=None, random_state=None, progress=False, on_divergence="raise",
-                 defence=None):
+                 defence=None, optimize_labels=False, label_box=None):
         self.model, self.lam, self.n_points, self.batch_size = model, lam, n_points, batch_size
         self.defence = defence
+        self.optimize_labels, self.label_box = optimize_labels, label_box
         self.T, self.T_outer, self.T_lam = T, T_outer, T_lam
         self.alpha, self.beta, self.eta, self.box = alpha, beta, eta, box
         self.lam_range, self.lam_init, self.gamma = lam_range, lam_init, gamma
@@ -384,14 +389,29 @@ class OptimalPoisoning:
             raise ValueError(f"box={box} does not contain the validation points the poisoning "
                              f"points are cloned from (range [{Xv.min():g}, {Xv.max():g}]); widen box.")
         flip = 1.0 if victim.loss == "logistic" else float(y.min() + y.max())  # y -> lo + hi - y
-        mask = None
-        if defence is not None:
-            victim = dataclasses.replace(victim, model=defence.model(X, y, victim.loss,
-                                                                     victim.fit_intercept))
+        labels = as_bool("optimize_labels", self.optimize_labels)
+        if self.label_box is not None and not labels:
+            raise ValueError("label_box applies to optimize_labels=True only; drop it.")
+        mask, seeds, own = None, Xv, labels or defence is not None
+        if own:  # the attack builds the victim's model: labels as a feature, a defence
+            from ..models import LabelFeature, LinearModel
+            base = LinearModel(victim.loss, victim.fit_intercept)
+            if labels:
+                if victim.loss != "squared" or victim.model is not None or victim.lam is not None:
+                    raise ValueError(f"optimize_labels=True with model {victim.name}: labels are "
+                                     "optimised for regression only (model='squared'); a "
+                                     "classifier's labels {0, 1} have no gradient: drop "
+                                     "optimize_labels.")
+                base = LabelFeature(base)
+            model = base if defence is None else defence.model(X, y, base)
+            victim = dataclasses.replace(victim, model=model)
             victim.check_engine(self.mode, self.backend)
-            lam, lam_init, learned, lam_range, mask = _hypers(defence, lam, lam_init, learned,
-                                                             lam_range)
-        return victim, lam, lam_init, learned, box, lam_range, flip, X, y, Xv, yv, mask
+            if defence is not None:
+                lam, lam_init, learned, lam_range, mask = _hypers(defence, lam, lam_init,
+                                                                 learned, lam_range)
+            if labels:
+                X, Xv, seeds, box = _with_labels(self.label_box, X, y, Xv, yv, flip, box)
+        return victim, lam, lam_init, learned, box, lam_range, flip, X, y, Xv, yv, mask, seeds, own
 
     def run(self, train, val):
         """Poison ``train`` = (X, y) against the validation set ``val`` = (X, y).
@@ -400,6 +420,19 @@ class OptimalPoisoning:
         Returns a :class:`PoisoningResult`.
         """
         return _lockstep([self], train, val)[0]
+
+
+def _with_labels(label_box, X, y, Xv, yv, flip, box):
+    """Rows [X | y] for optimize_labels: (X, Xv, clone seeds with the flipped labels
+    projected onto label_box, per-column box (features, label))."""
+    lo, hi = _interval("label_box", label_box) if label_box is not None else \
+        (float(y.min()), float(y.max()))
+    if lo == hi:
+        raise ValueError("optimize_labels=True: the training labels are constant; pass label_box.")
+    rows = lambda A, b: np.ascontiguousarray(np.column_stack([A, b]), dtype=X.dtype)  # noqa
+    d = X.shape[1]
+    box = (np.r_[np.full(d, box[0]), lo].astype(X.dtype), np.r_[np.full(d, box[1]), hi].astype(X.dtype))
+    return rows(X, y), rows(Xv, yv), rows(Xv, np.clip(flip - yv, lo, hi)), box
 
 
 def _hypers(defence, lam, lam_init, learned, lam_range):
@@ -418,18 +451,20 @@ def _hypers(defence, lam, lam_init, learned, lam_range):
 
 
 class _DefenceEngine:
-    """A defence's prepared engine (the generic route of its Robust model) on the attack's
-    scale: lam - log(n) for the L2 entry, log rho as it is. ``need="lam"`` runs the
-    reverse mode too (it gives grad_lam exactly; the generic engine's forward mode takes
-    non-L2 tangents once it asks the model for them, requests.md)."""
+    """The prepared engine of a model the attack built (a defence's Robust model, labels as
+    a feature: the generic route) on the attack's scale: lam - log(n) for the L2 entries,
+    log rho as it is. ``need="lam"`` runs the reverse mode too (it gives grad_lam
+    exactly; the generic engine's forward mode takes non-L2 tangents once it asks the
+    model for them, requests.md)."""
 
     def __init__(self, victim, Xc, yc, Xv, yv, *, T, eta, gamma, mode, backend):
         from ..hypergrad import Engine
         self.victim, self.Xc = victim, Xc
         self.engine = Engine(Xc, yc, Xv, yv, model=victim.model, T=T, alpha=eta, gamma=gamma,
                              mode=mode)
-        self.shift = np.array([1.0, 0.0]) if victim.model.layout(Xc.shape[-1]).n_lam == 2 \
-            else 0.0
+        lay = victim.model.layout(Xc.shape[-1])
+        shift = np.arange(lay.n_lam) < len(lay.penalised)  # the L2 entries come first
+        self.shift = shift.astype(np.float64) if lay.n_lam > 1 else float(shift[0])
 
     def run(self, Xp, yp, lam, need="all", w0=None):
         n = self.Xc.shape[0] + Xp.shape[-2]
@@ -437,22 +472,16 @@ class _DefenceEngine:
         return self.engine.run(Xp, yp, lam, w0, need="all" if need == "lam" else need)
 
 
-def _is_robust(model):
-    from ..models.wasserstein import Robust
-    return isinstance(model, Robust)
-
-
-def _engine(victim, *args, **kw):
-    """The victim's prepared engine: a defence's Robust model, or the victim's own."""
-    if _is_robust(victim.model):
-        return _DefenceEngine(victim, *args, **kw)
-    return victim.engine(*args, **kw)
+def _engine(victim, own, *args, **kw):
+    """The victim's prepared engine: of the model the attack built (``own``), or its own."""
+    return _DefenceEngine(victim, *args, **kw) if own else victim.engine(*args, **kw)
 
 
 # What attacks run together by run_lockstep may differ in (the rest must be equal).
 LOCKSTEP_FREE = ("lam", "lam_init", "lam_range", "beta", "T_lam", "on_divergence", "progress")
 _LOCKSTEP_EQUAL = ("n_points", "batch_size", "T", "T_outer", "alpha", "eta", "gamma", "mode",
-                   "backend", "restarts", "replace", "clone_class", "defence")
+                   "backend", "restarts", "replace", "clone_class", "defence", "optimize_labels",
+                   "label_box")
 
 
 def run_lockstep(attacks, train, val):
@@ -520,16 +549,16 @@ class _Run:
 
 def _lockstep(attacks, train, val):
     checked = [a._check(train, val) for a in attacks]
-    a0, (victim, _, _, _, box, _, flip, X, y, Xv, yv, _) = attacks[0], checked[0]
-    defended = _is_robust(victim.model)
-    strip = lambda v: dataclasses.replace(v, lam=None, model=None if defended else v.model)
+    a0, (victim, _, _, _, box, _, flip, X, y, Xv, yv, _, seeds, own) = attacks[0], checked[0]
+    strip = lambda v: dataclasses.replace(v, lam=None, model=None if own else v.model)
     for i, (a, ck) in enumerate(zip(attacks, checked)):
         for name in _LOCKSTEP_EQUAL:
             if getattr(a, name) != getattr(a0, name):
                 raise ValueError(f"run_lockstep: attack {i} has {name}={getattr(a, name)!r} but "
                                  f"attack 0 has {getattr(a0, name)!r}; attacks run in lockstep "
                                  f"differ only in {', '.join(LOCKSTEP_FREE)}.")
-        if strip(ck[0]) != strip(victim) or ck[4] != box:
+        if strip(ck[0]) != strip(victim) or not np.array_equal(np.asarray(ck[4], object),
+                                                                np.asarray(box, object)):
             raise ValueError(f"run_lockstep: attack {i} has another model or box than attack 0; "
                              f"attacks run in lockstep differ only in {', '.join(LOCKSTEP_FREE)}.")
     n, d = X.shape
@@ -538,14 +567,14 @@ def _lockstep(attacks, train, val):
     pool = np.arange(Xv.shape[0]) if a0.clone_class is None else \
         np.flatnonzero(yv == a0.clone_class)
     runs = []
-    for a, (_, lam, lam_init, learned, _, lam_range, *_, mask) in zip(attacks, checked):
+    for a, (_, lam, lam_init, learned, _, lam_range, *_, mask, _, _) in zip(attacks, checked):
         rng = np.random.default_rng(a.random_state)
         replaced = rng.permutation(n)[:a.n_points]
         clones = rng.permutation(pool)[:a.n_points]
-        theta0 = (lambda: None) if defended else \
-            (lambda rng=rng: victim.theta0(d, rng, X.dtype))  # a defence starts from zeros
+        theta0 = (lambda: None) if own else \
+            (lambda rng=rng: victim.theta0(d, rng, X.dtype))  # the attack's models: zeros
         runs.append(_Run(a, lam_init if learned else lam, learned, lam_range, rng,
-                         replaced, clones, X.copy(), y.copy(), Xv[clones].copy(),
+                         replaced, clones, X.copy(), y.copy(), seeds[clones].copy(),
                          theta0=theta0, mask=mask))
     if any(not np.array_equal(r.replaced, runs[0].replaced) for r in runs):
         raise ValueError("run_lockstep: the attacks replace different training rows; give them "
@@ -557,7 +586,7 @@ def _lockstep(attacks, train, val):
     bar = tqdm(total=total, desc="optimal poisoning", unit="it", leave=False,
                disable=not any(a.progress for a in attacks))  # an inner bar: gone when done
     with bar:
-        _clean(_engine(victim, X[:-1], y[:-1], Xv, yv, **kw), runs, X[-1:], y[-1:], bar)
+        _clean(_engine(victim, own, X[:-1], y[:-1], Xv, yv, **kw), runs, X[-1:], y[-1:], bar)
         replaced = runs[0].replaced
         for b in range(n_batches):
             rows = replaced[b * bs:(b + 1) * bs]
@@ -569,7 +598,7 @@ def _lockstep(attacks, train, val):
             else:
                 Xs, ys = X, y
                 prior = [(r.Xcur[n:], r.ycur[n:]) for r in runs]
-            engine = _engine(victim, Xs, ys, Xv, yv, **kw)
+            engine = _engine(victim, own, Xs, ys, Xv, yv, **kw)
             best = [None] * len(runs)
             for attempt in range(a0.restarts + 1):
                 srcs, lam0 = [], []
@@ -581,7 +610,7 @@ def _lockstep(attacks, train, val):
                             lam = r.jitter(r.lam)
                     srcs.append(src)
                     lam0.append(lam)
-                Xp = np.stack([np.concatenate([pX, Xv[src]]) for (pX, _), src in zip(prior, srcs)])
+                Xp = np.stack([np.concatenate([pX, seeds[src]]) for (pX, _), src in zip(prior, srcs)])
                 yp = np.stack([np.concatenate([py, flip - yv[src]])
                                for (_, py), src in zip(prior, srcs)])
                 outs = _batch(engine, runs, Xp, yp, np.array(lam0), b * bs, box, b + 1, attempt,
@@ -590,7 +619,7 @@ def _lockstep(attacks, train, val):
                     if best[i] is None or out[2] > best[i][2]:
                         best[i] = out + (srcs[i],)
             for r, (Xp, lam, value, src) in zip(runs, best):
-                r.Xp_init[b * bs:(b + 1) * bs] = Xv[src]
+                r.Xp_init[b * bs:(b + 1) * bs] = seeds[src]
                 if a0.replace:
                     r.Xcur[rows], r.ycur[rows] = Xp, flip - yv[src]
                 else:
@@ -600,6 +629,12 @@ def _lockstep(attacks, train, val):
                 r.lam = lam
                 r.lams.append(lam)
                 r.values.append(value)
+    if a0.optimize_labels:  # rows [X | y]: the labels are the last column
+        cut = lambda A: (np.ascontiguousarray(A[:, :-1]), np.ascontiguousarray(A[:, -1]))  # noqa
+        return [PoisoningResult(*cut(r.Xcur[r.replaced]), cut(r.Xp_init)[0], r.replaced,
+                                np.asarray(r.lams), np.asarray(r.values),
+                                {k: np.asarray(v) for k, v in r.hist.items()}, bs,
+                                bool(a0.replace), *cut(X)) for r in runs]
     return [PoisoningResult(r.Xcur[r.replaced].copy(), r.ycur[r.replaced].copy(), r.Xp_init,
                             r.replaced, np.asarray(r.lams), np.asarray(r.values),
                             {k: np.asarray(v) for k, v in r.hist.items()}, bs,
