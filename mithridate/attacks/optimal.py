@@ -216,9 +216,9 @@ class Defence:
         """The defender's Robust model over ``base`` (its data term), the Wasserstein term's
         bounds from the clean training rows (X, y)."""
         from ..models.wasserstein import Robust, Wasserstein
-        W = Wasserstein.paper(X, y, loss=base.loss, norm=self.norm, fit_intercept=base.fit_intercept,
-                              data_bounds=self.data_bounds, c1=self.c1, c2=self.c2,
-                              smoothing=self.smoothing)
+        W = Wasserstein.paper(X, y, loss=base.loss, norm=self.norm,
+                              fit_intercept=base.fit_intercept, data_bounds=self.data_bounds,
+                              c1=self.c1, c2=self.c2, smoothing=self.smoothing)
         return Robust(base, W, l2=self.regularizer == "both")
 
 
@@ -431,7 +431,7 @@ def _with_labels(label_box, X, y, Xv, yv, flip, box):
         raise ValueError("optimize_labels=True: the training labels are constant; pass label_box.")
     rows = lambda A, b: np.ascontiguousarray(np.column_stack([A, b]), dtype=X.dtype)  # noqa
     d = X.shape[1]
-    box = (np.r_[np.full(d, box[0]), lo].astype(X.dtype), np.r_[np.full(d, box[1]), hi].astype(X.dtype))
+    box = tuple(np.r_[np.full(d, edge), lab].astype(X.dtype) for edge, lab in zip(box, (lo, hi)))
     return rows(X, y), rows(Xv, yv), rows(Xv, np.clip(flip - yv, lo, hi)), box
 
 
@@ -610,7 +610,8 @@ def _lockstep(attacks, train, val):
                             lam = r.jitter(r.lam)
                     srcs.append(src)
                     lam0.append(lam)
-                Xp = np.stack([np.concatenate([pX, seeds[src]]) for (pX, _), src in zip(prior, srcs)])
+                Xp = np.stack([np.concatenate([pX, seeds[src]])
+                               for (pX, _), src in zip(prior, srcs)])
                 yp = np.stack([np.concatenate([py, flip - yv[src]])
                                for (_, py), src in zip(prior, srcs)])
                 outs = _batch(engine, runs, Xp, yp, np.array(lam0), b * bs, box, b + 1, attempt,
