@@ -363,3 +363,28 @@ def test_label_optimisation_refused_for_a_classifier():
     X = np.ones((3, 4))
     with pytest.raises(ValueError, match=r"y must equal X\[:, -1\]"):
         model.check_data(X, np.zeros(3), "train")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mode", ["trajectory", "checkpoint", "reversible"])
+def test_a_zero_wasserstein_term_leaves_the_l2_model_bitwise(mode, dtype):
+    """Robust(base, R = 0) runs the base model's generic route bit for bit (the L2 component
+    and the engine's calls are unchanged), and Model.lam_tangent is the generic engine's
+    per-group L2 tangent bit for bit."""
+    from mithridate.models import L2, Layout
+    arrays = data(dtype, n=11, k=2, d=5)
+    base = LinearModel(penalize_intercept=True)  # n_lam = 2: the generic route
+    model = Robust(base, Wasserstein(0.0, 0.0, 2.0))
+    theta0 = np.random.default_rng(1).normal(0, 0.3, 6).astype(dtype)
+    lam = np.array([-1.0, 0.5])
+    a = run(base, arrays, lam, theta0, mode, gamma=0.5)
+    b = run(model, arrays, np.r_[lam, -2.0], theta0, mode, gamma=0.5)
+    np.testing.assert_array_equal(a.grad_Xp, b.grad_Xp)
+    np.testing.assert_array_equal(a.grad_lam, b.grad_lam[:2])
+    np.testing.assert_array_equal(a.theta_T, b.theta_T)
+    assert a.value == b.value and b.grad_lam[2] == 0.0
+    layout = base.layout(5)
+    theta = theta0.astype(np.float64)
+    per_group = np.stack([L2(Layout(layout.groups, (g,))).grad(theta, lam[j:j + 1])
+                          for j, g in enumerate(layout.penalised)])
+    np.testing.assert_array_equal(base.lam_tangent(theta, lam), per_group)
