@@ -17,16 +17,17 @@ Norms (``smoothing`` mu):
   subgradient 0 and a zero Hessian (the unrolled loop from theta_0 = 0 takes that step).
 - q in {1, inf} are kinked at every zero coordinate (q = 1) or tie (q = inf), so they
   need mu > 0 (mu None there is refused):
-    q = 1    t = sum_i sqrt(theta_i^2 + mu^2) - mu            ||theta||_1 - p mu <= t <= ||theta||_1
-    q = inf  t = mu (logsumexp([theta; -theta] / mu) - log 2p)
-                                                  ||theta||_inf - mu log 2p <= t <= ||theta||_inf
-    q = 2    t = sqrt(||theta||^2 + mu^2) - mu  (optional)     ||theta||_2 - mu <= t <= ||theta||_2
+    q = 1    t = sum_i sqrt(theta_i^2 + mu^2) - mu,     ||theta||_1 - p mu <= t <= ||theta||_1
+    q = inf  t = mu (logsumexp([theta; -theta] / mu) - log 2p),
+                                             ||theta||_inf - mu log 2p <= t <= ||theta||_inf
+    q = 2    t = sqrt(||theta||^2 + mu^2) - mu (optional),  ||theta||_2 - mu <= t <= ||theta||_2
   each C-infinity with curvature <= 1/mu: the engine differentiates the smoothed objective
   exactly. SMOOTHING is a default to pass.
 
 The model (:class:`Robust`): a base model's data term (a LinearModel's fused kernels) plus the
 components [L2 groups of the base (optional), Wasserstein]; lam = (lam_g for the L2 groups...,
-log_rho), named by ``layout(d).names``. It runs on the generic engine in every mode.
+log_rho), named by ``layout(d).names``. It runs on the generic engine in every mode; over
+models.LabelFeature (rows [X | y]) it also gives the gradient wrt the poisoning labels.
 """
 import math
 from dataclasses import dataclass
@@ -39,7 +40,6 @@ from .regularizers import L2
 
 SMOOTHING = 1e-3  # a default mu for the kinked norms (theta entries are O(0.1-10) in the papers)
 NORMS = (1.0, 2.0, math.inf)  # of the data; dual q = inf, 2, 1
-FORMS = ("paper",)
 
 
 @dataclass(frozen=True)
