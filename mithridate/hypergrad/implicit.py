@@ -31,8 +31,9 @@ The solve, for any Model (:func:`implicit_model`):
 - H indefinite (a model without a loss factor, e.g. a network: CG meets
   negative curvature, or the Cholesky fails): MINRES (scipy) on the same HVP,
   accepted where its true residual ||H s - b|| / ||b|| is at most
-  MINRES_ACCEPT and the lower bound ||H|| ||s|| / ||b|| of cond(H) stays
-  below 1/eps; SingularHessianError otherwise (H numerically singular along
+  MINRES_ACCEPT (within REFINE solves of at most MINRES_MAX iterations) and
+  the lower bound ||H|| ||s|| / ||b|| of cond(H) stays below 1/eps;
+  SingularHessianError otherwise (H numerically singular along
   grad A). A null space orthogonal to grad A is invisible to a Krylov solver
   (it does not change s: the minimum-norm solution is returned).
 """
@@ -52,6 +53,7 @@ PROJECT_EVERY = 8    # CG iterations between projections of the iterations it ne
 # MINRES's accepted relative residual (its own stop is a backward error, weaker than this)
 MINRES_ACCEPT = {np.dtype(np.float64): 1e-8, np.dtype(np.float32): 1e-4}
 REFINE = 3           # MINRES solves at most: the first and two on its residual
+MINRES_MAX = 2000    # iterations per MINRES solve at most (an HVP each): bounds a refusal's cost
 
 
 def implicit(pb, backend, tol, info):
@@ -157,7 +159,7 @@ def _minres(hvp, b, maxiter, dtype, lam, info):
     nb = np.linalg.norm(b)
     s, r, residual = np.zeros_like(b), b, 1.0
     for _ in range(REFINE):
-        s = s + minres(H, r, rtol=RTOL[np.dtype(dtype)], maxiter=maxiter)[0]
+        s = s + minres(H, r, rtol=RTOL[np.dtype(dtype)], maxiter=min(maxiter, MINRES_MAX))[0]
         r = b - hvp(s)
         last, residual = residual, float(np.linalg.norm(r) / nb) if nb else 0.0
         if residual <= accept or residual >= last / 2:  # done, or refinement does not help
