@@ -42,8 +42,6 @@ import numpy as np
 
 from .. import fixed_point
 from ..models.heavy_ball import step
-from ..models.layout import Layout
-from ..models.regularizers import L2
 from . import divergence, reversible, schedule as schedules
 from .schedule import ADVANCE, RESTORE, SAVE, VALUE
 from .result import HyperGrad
@@ -116,7 +114,6 @@ class _Inner:
                              f"{self.layout.groups} has p={self.p} parameters.")
         self.T, self.alpha, self.gamma = pb.T, pb.alpha, pb.gamma
         self.pass_bytes = model.pass_bytes(self.X)
-        self._terms = None
 
     def _x(self, a):
         return a.astype(self.dtype, copy=False)
@@ -179,13 +176,8 @@ class _Inner:
         return self.model.back(th, ux, self.X, self.y, self.lam, self.rows[:0], state)[0]
 
     def lam_tangent(self, theta):
-        """(n_lam, p): d grad / d lam_j = the gradient of group j's exp(lam_j)-scaled term."""
-        if self._terms is None:  # one L2 component per penalised group, built once
-            self._terms = [L2(Layout(self.layout.groups, (g,))) for g in self.layout.penalised]
-        out = np.zeros((self.n_lam, self.p))
-        for j, term in enumerate(self._terms):
-            out[j] = term.grad(theta, self.lam[j:j + 1])
-        return out
+        """(n_lam, p): d grad / d lam_j, from the model's regulariser components."""
+        return np.asarray(self.model.lam_tangent(theta, self.lam), np.float64)
 
     def result(self, value, dXp, dlam, theta_T, info, where=""):
         glam = float(dlam[0]) if dlam is not None and self.n_lam == 1 else dlam
