@@ -139,6 +139,10 @@ def test_auto_keeps_the_generic_engine_and_the_environment_overrides(monkeypatch
     r = hypergrad(**fixed, **call, lam=lam, T=T, alpha=ALPHA, gamma=GAMMA,
                   model=MLP(layers=LAYERS))
     assert r.info["backend"] == "torch"
+    monkeypatch.delenv("MITHRIDATE_BACKEND")
+    r = hypergrad(**fixed, **call, lam=lam, T=T, alpha=ALPHA, gamma=GAMMA,
+                  model=MLP(layers=LAYERS), backend="torch", device="cpu", mode="forward")
+    assert r.info["backend"] == "torch" and r.info["mode"] == "forward"
     monkeypatch.setenv("MITHRIDATE_BACKEND", "cpp")  # no mlp implementation: ignored
     assert engine(fixed, "trajectory", "auto").backend == "generic"
 
