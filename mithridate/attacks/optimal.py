@@ -63,7 +63,8 @@ class PoisoningResult:
     training rows they replace (row ``replaced[i]`` holds ``Xp[i]``);
     lam_batches: lam in force after 0, 1, ..., n_batches batches (entry 0 is lam
     learned on the clean set, or the fixed lam; (n_batches + 1, n_lam) for a model
-    victim with one lam per layer); values: validation loss of the
+    victim with one lam per layer, (n_batches + 1, 2) = (lam, log rho) for defence "both",
+    log rho for "wasserstein"); values: validation loss of the
     inner model after each batch (entry 0: clean); history: per hyperiteration
     arrays ``batch``, ``attempt``, ``iteration``, ``value`` (outer objective),
     ``grad_norm`` (mean L2 norm of the per-point hypergradients; nan while lam
