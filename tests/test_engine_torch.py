@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -216,3 +217,26 @@ def test_memory_is_checked_before_any_work(monkeypatch):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 2000))
         with pytest.raises(InsufficientMemoryError, match="GPU memory"):
             gpu.run(**call, lam=np.full(3, -1.0))
+
+
+@settings(max_examples=15, deadline=None)
+@given(widths=st.lists(st.integers(1, 6), min_size=0, max_size=2), d=st.integers(1, 7),
+       k=st.integers(1, 4), B=st.sampled_from([None, 1, 3]), T=st.integers(1, 7),
+       mode=st.sampled_from(MODES), lam=st.floats(-5.0, 1.0), gamma=st.floats(0.1, 0.9),
+       seed=st.integers(0, 2**16))
+def test_route_equals_generic_engine_for_any_network(widths, d, k, B, T, mode, lam, gamma, seed):
+    """Any depth and widths, rows, batch, steps, lam and momentum (float64): the torch route
+    and the generic engine give the same hypergradient to rounding."""
+    model = MLP(layers=(d, *widths, 1))
+    rng = np.random.default_rng(seed)
+    X = lambda *s: rng.standard_normal(s + (d,))  # noqa: E731
+    lab = lambda *s: (rng.random(s) < 0.5).astype(float)  # noqa: E731
+    lead = () if B is None else (B,)
+    fixed = dict(Xc=X(NC), yc=lab(NC), Xv=X(NV), yv=np.r_[0.0, 1.0, lab(NV - 2)])
+    call = dict(Xp=X(*lead, k), yp=lab(*lead, k), lam=np.full(model.n_layers, lam) if
+                model.n_layers > 1 else lam, w0=model.init(d, seed))
+    runs = [Engine(**fixed, model=model, T=T, alpha=0.3, gamma=gamma, mode=mode,
+                   backend=be).run(**call) for be in ("torch", "numba")]
+    got, want = runs
+    for name in ("value", "grad_lam", "theta_T") + (("grad_Xp",) if mode != "forward" else ()):
+        close(getattr(got, name), getattr(want, name), np.float64, (mode, name))
