@@ -303,6 +303,21 @@ def test_network_attack_raises_the_validation_loss():
     assert res.Xp.min() >= 0 and res.Xp.max() <= 1
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_network_attack_on_the_torch_route_matches_the_generic_engine(backend):
+    """backend='torch'/'triton' runs the network's hypergradients on mithridate.hypergrad.
+    mlp_torch (float64 here: the two routes' rounding must not move the ascent's steps)."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    train, val = _data(16)
+    kw = dict(model=_mlp(), lam="learned", random_state=0, **NET)
+    ref = OptimalPoisoning(**kw).run(train, val)
+    res = OptimalPoisoning(backend=backend, **kw).run(train, val)
+    np.testing.assert_allclose(res.Xp, ref.Xp, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(res.lam_batches, ref.lam_batches, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(res.values, ref.values, rtol=1e-9)
+
+
 def test_network_per_layer_lam_is_learned_and_projected():
     train, val = _data(11)
     lo, hi = 1.0, 2.0
@@ -352,7 +367,7 @@ def test_network_new_initial_weights_for_every_update_seeded():
     (dict(lam="learned", lam_init=[0.0, 1.0, 2.0, 3.0]), r"lam_init has shape \(4,\)"),
     (dict(lam="learned", lam_init=[0.0, 1.0, 9.0]), r"lam_init=.*lam_range"),
     (dict(lam=[0.0, np.nan, 1.0]), "finite"),
-    (dict(backend="torch"), "generic engine"),
+    (dict(backend="cpp"), r"generic engine.*or its torch route"),
     (dict(mode="reversible", gamma=0.0), "gamma > 0"),
 ])
 def test_network_bad_input_is_refused_before_any_work(kw, match):

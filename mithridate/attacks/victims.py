@@ -122,11 +122,17 @@ class Victim:
 
     def check_engine(self, mode, backend):
         """The Wasserstein slow path is torch's unrolled trajectory RMD only; a model
-        without a fused loop runs on the generic engine (backend 'auto' there)."""
+        without a fused loop runs on the generic engine (backend 'auto' there), the
+        network also on its torch route (backend 'torch' or 'triton')."""
+        from ..hypergrad.engine import TORCH_ROUTE
+        from ..models import MLP
         if self.model is not None and self.model.fused is None and backend not in ("numba", "auto"):
-            raise ValueError(f"model {self.name} has no fused loop: it runs on the generic engine "
-                             f"over its own primitives; leave backend at its default (or 'auto'), "
-                             f"not backend={backend!r}.")
+            network = isinstance(self.model, MLP)
+            if not (network and backend in TORCH_ROUTE):
+                also = " or its torch route ('torch', 'triton')" if network else ""
+                raise ValueError(f"model {self.name} has no fused loop: it runs on the generic "
+                                 f"engine over its own primitives{also}; leave backend at its "
+                                 f"default (or 'auto'), not backend={backend!r}.")
         if self.regularizer == "wasserstein" and (mode != "trajectory"
                                                   or backend not in ("numba", "torch")):
             raise ValueError(f"model {self.name} runs its hypergradient by torch autograd through "
@@ -150,10 +156,11 @@ class L2Engine:
 
     def __init__(self, victim, Xc, yc, Xv, yv, *, T, eta, gamma, mode, backend):
         from ..hypergrad import Engine
+        from ..hypergrad.engine import TORCH_ROUTE
         from ..models import LinearModel
         self.victim, self.Xc = victim, Xc
         model = victim.model or LinearModel(victim.loss, victim.fit_intercept)
-        if model.fused is None:
+        if model.fused is None and backend not in TORCH_ROUTE:
             backend = "auto"  # the generic engine; check_engine refused any other choice
         self.engine = Engine(Xc, yc, Xv, yv, model=model, T=T, alpha=eta, gamma=gamma, mode=mode,
                              backend=backend)
