@@ -3,7 +3,6 @@ models.wasserstein's component and Robust model against torch autograd of their
 torch_objective, every generic-engine mode against the torch unrolled reference
 (hypergrad.reference.unrolled_model) and finite differences, odd shapes, both dtypes,
 reversible recovering theta_0 bit for bit, and the bad input."""
-import inspect
 import math
 from types import SimpleNamespace
 
@@ -14,15 +13,15 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 torch = pytest.importorskip("torch")
 pytest.importorskip("numba")
 
-from mithridate.hypergrad import Engine, generic, hypergrad  # noqa: E402
+from mithridate.hypergrad import Engine, hypergrad  # noqa: E402
 from mithridate.hypergrad.reference import unrolled_model  # noqa: E402
 from mithridate.models import LinearModel  # noqa: E402
 from mithridate.models.wasserstein import SMOOTHING, Robust, Wasserstein  # noqa: E402
 from mithridate.testing import TOLERANCES, assert_verbose_allclose  # noqa: E402
 
 TOL = {np.float64: 1e-9, np.float32: 3e-4}  # of the largest entry; float32: T steps of rounding
-NORMS = [(2, None), (2, 0.05), (1, 0.05), (math.inf, 0.05)]
-NORM_IDS = ["l2", "l2-smooth", "l1-smooth", "linf-smooth"]
+NORMS = [(2, None), (2, 0.05), (1, 0.05), (math.inf, 0.05), (1.5, None), (3, 0.05)]
+NORM_IDS = ["l2", "l2-smooth", "l1-smooth", "linf-smooth", "p1.5-exact", "p3-smooth"]
 
 
 def data(dtype, n=13, k=3, nv=11, d=7, loss="logistic", seed=0):
@@ -56,10 +55,6 @@ def run(model, arrays, lam, theta0, mode, T=8, alpha=0.3, gamma=0.0, **kw):
     return hypergrad(arrays["Xc"], arrays["yc"], arrays["Xp"], arrays["yp"], arrays["Xv"],
                      arrays["yv"], lam=lam, w0=theta0, T=T, alpha=alpha, gamma=gamma,
                      model=model, mode=mode, **kw)
-
-
-def generic_forward_asks_the_model():
-    return "model.lam_tangent" in inspect.getsource(generic._Inner.lam_tangent)
 
 
 # -- the component and the model's primitives --------------------------------------------
@@ -186,13 +181,12 @@ def test_every_mode_against_the_unrolled_reference(loss, l2, norm, mu, dtype):
             assert r.info["w0_recovered"] is True
 
 
-@pytest.mark.skipif(not generic_forward_asks_the_model(),
-                    reason="generic._Inner.lam_tangent builds its own L2 terms (requests.md: CROSS "
-                           "-> NETPERF); forward mode's log_rho tangent needs Model.lam_tangent")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_forward_mode(dtype):
+@pytest.mark.parametrize("norm,mu", NORMS, ids=NORM_IDS)
+def test_forward_mode(norm, mu, dtype):
+    """Forward mode's tangents for lam_w and log_rho (Model.lam_tangent)."""
     arrays = data(dtype, n=11, k=2, d=5)
-    model = robust(arrays, norm=math.inf, smoothing=0.05)
+    model = robust(arrays, norm=norm, smoothing=mu)
     theta0 = np.random.default_rng(1).normal(0, 0.3, 6).astype(dtype)
     lam = np.array([-1.0, -2.5])
     _, _, glam, _ = unrolled_model(model, problem(arrays, lam, theta0), torch.float64)
@@ -256,7 +250,7 @@ def test_batched_engine_equals_single_calls():
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(2, 9), k=st.integers(1, 3), d=st.integers(1, 6), T=st.integers(1, 6),
-       log_rho=st.floats(-6, 0), norm=st.sampled_from(range(4)), seed=st.integers(0, 2 ** 16),
+       log_rho=st.floats(-6, 0), norm=st.sampled_from(range(len(NORMS))), seed=st.integers(0, 2 ** 16),
        gamma=st.sampled_from([0.0, 0.5, 0.9]))
 def test_hypothesis_trajectory_against_reference(n, k, d, T, log_rho, norm, seed, gamma):
     arrays = data(np.float64, n=n, k=k, nv=3, d=d, seed=seed)
@@ -282,8 +276,11 @@ def test_bad_input_is_refused_before_any_work():
             Wasserstein.paper(X, y, loss="logistic", norm=norm)
         assert Wasserstein.paper(X, y, loss="logistic", norm=norm, smoothing=SMOOTHING).mu == \
             SMOOTHING
-    with pytest.raises(ValueError, match="norm=3"):
-        Wasserstein.paper(X, y, loss="logistic", norm=3)
+    with pytest.raises(ValueError, match="norm=3: .*pass smoothing"):
+        Wasserstein.paper(X, y, loss="logistic", norm=3)  # q = 1.5: unbounded curvature at 0
+    with pytest.raises(ValueError, match="norm=0.5 must be a number p >= 1"):
+        Wasserstein.paper(X, y, loss="logistic", norm=0.5)
+    assert Wasserstein.paper(X, y, loss="logistic", norm=1.5).q == pytest.approx(3.0)
     with pytest.raises(ValueError, match="smoothing=0"):
         Wasserstein.paper(X, y, loss="logistic", smoothing=0)
     with pytest.raises(ValueError, match="c1=-1"):

@@ -454,9 +454,9 @@ def _hypers(defence, lam, lam_init, learned, lam_range):
 class _DefenceEngine:
     """The prepared engine of a model the attack built (a defence's Robust model, labels as
     a feature: the generic route) on the attack's scale: lam - log(n) for the L2 entries,
-    log rho as it is. ``need="lam"`` runs the reverse mode too (it gives grad_lam
-    exactly; the generic engine's forward mode takes non-L2 tangents once it asks the
-    model for them, requests.md)."""
+    log rho as it is. ``need="lam"`` runs the reverse mode too: for one or two
+    hyperparameters it costs no more than forward mode (one HVP per step against one per
+    hyperparameter), and the lam step then sees the very grad_lam of the Xp step."""
 
     def __init__(self, victim, Xc, yc, Xv, yv, *, T, eta, gamma, mode, backend):
         from ..hypergrad import Engine

@@ -15,12 +15,16 @@ set's): poisoning rows do not move them, so R does not depend on X.
 Norms (``smoothing`` mu):
 - q = 2 exact (mu None): t = ||theta||_2, C-infinity away from theta = 0; at 0 the
   subgradient 0 and a zero Hessian (the unrolled loop from theta_0 = 0 takes that step).
-- q in {1, inf} are kinked at every zero coordinate (q = 1) or tie (q = inf), so they
-  need mu > 0 (mu None there is refused):
+  Any 2 <= q < inf (data norm 1 < p <= 2) likewise exact: t = ||theta||_q is C^2 away from 0
+  (curvature (q - 1) |theta_i|^(q-2) / t^(q-1) on the diagonal, finite at zero coordinates).
+- 1 < q < 2 (p > 2): that curvature is unbounded at every zero coordinate; q in {1, inf}
+  are kinked at every zero coordinate (q = 1) or tie (q = inf): they need mu > 0 (mu None
+  there is refused):
     q = 1    t = sum_i sqrt(theta_i^2 + mu^2) - mu,     ||theta||_1 - p mu <= t <= ||theta||_1
     q = inf  t = mu (logsumexp([theta; -theta] / mu) - log 2p),
                                              ||theta||_inf - mu log 2p <= t <= ||theta||_inf
     q = 2    t = sqrt(||theta||^2 + mu^2) - mu (optional),  ||theta||_2 - mu <= t <= ||theta||_2
+    other q  t = (sum_i (theta_i^2 + mu^2)^(q/2))^(1/q) - p^(1/q) mu (optional for q > 2)
   each C-infinity with curvature <= 1/mu: the engine differentiates the smoothed objective
   exactly. SMOOTHING is a default to pass.
 
@@ -39,7 +43,6 @@ from .layout import Layout
 from .regularizers import L2
 
 SMOOTHING = 1e-3  # a default mu for the kinked norms (theta entries are O(0.1-10) in the papers)
-NORMS = (1.0, 2.0, math.inf)  # of the data; dual q = inf, 2, 1
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,9 @@ class HyperLayout(Layout):
 
 
 def dual(norm):
-    """q of the transport cost's p-norm (p in NORMS), or ValueError."""
-    p = float(norm) if not isinstance(norm, bool) and isinstance(norm, (int, float)) else None
-    if p not in NORMS:
-        raise ValueError(f"norm={norm!r}: the Wasserstein component supports the p-norms "
-                         "1, 2 and numpy.inf of the transport cost.")
-    return math.inf if p == 1 else 1.0 if p == math.inf else 2.0
+    """q = p / (p - 1) of the transport cost's p-norm (p >= 1; 1 -> inf, inf -> 1)."""
+    from ..ops import _dual_exponent
+    return _dual_exponent(norm)
 
 
 class Wasserstein:
@@ -80,12 +80,14 @@ class Wasserstein:
         if smoothing is not None and not (math.isfinite(smoothing) and smoothing > 0):
             raise ValueError(f"smoothing={smoothing!r} must be a finite mu > 0, or None "
                              "(exact, 2-norm only).")
-        if q != 2 and smoothing is None:
-            p = "1" if q == math.inf else "inf"
-            raise ValueError(f"norm={p}: the dual norm ||theta||_{q:g} is not differentiable "
-                             "wherever a coordinate is zero (q = 1) or the largest ones tie "
-                             f"(q = inf); pass smoothing=mu > 0 (e.g. mithridate.models."
-                             f"wasserstein.SMOOTHING = {SMOOTHING:g}) or use norm=2.")
+        if smoothing is None and (q < 2 or q == math.inf):
+            p = "1" if q == math.inf else "inf" if q == 1 else f"{q / (q - 1):g}"
+            why = "the largest |theta_i| tie" if q == math.inf else \
+                "a coordinate is zero (its curvature |theta_i|^(q-2) is unbounded there)"
+            raise ValueError(f"norm={p}: the dual norm ||theta||_{q:g} is not twice "
+                             f"differentiable where {why}; pass smoothing=mu > 0 (e.g. "
+                             f"mithridate.models.wasserstein.SMOOTHING = {SMOOTHING:g}) or use "
+                             "a norm 1 < p <= 2 (exact).")
         self.a, self.b, self.q, self.mu = float(a), float(b), float(q), smoothing
 
     def __repr__(self):
@@ -120,6 +122,13 @@ class Wasserstein:
         if self.q == 1:
             s = np.sqrt(th * th + mu * mu)
             return s.sum(-1) - th.shape[-1] * mu, th / s, s
+        if self.q != math.inf:  # t = (sum s_i^q)^(1/q) - m^(1/q) mu, s_i = sqrt(theta_i^2 + mu^2)
+            q, m = self.q, th.shape[-1]
+            s = np.abs(th) if mu is None else np.sqrt(th * th + mu * mu)
+            tt = (s ** q).sum(-1) ** (1 / q)
+            inv = np.divide(1.0, tt, out=np.zeros_like(tt), where=tt > 0)
+            dt = (s * inv[..., None]) ** (q - 2) * th * inv[..., None]
+            return tt - (m ** (1 / q) * mu if mu else 0.0), dt, (s, inv)
         z = np.concatenate([th, -th], axis=-1) / mu
         top = z.max(-1, keepdims=True)
         e = np.exp(z - top)
@@ -135,6 +144,15 @@ class Wasserstein:
             return (u - dt * np.einsum("...j,...j->...", dt, u)[..., None]) * s[..., None]
         if self.q == 1:
             return self.mu ** 2 / s ** 3 * u
+        if self.q != math.inf:  # (1 - q)/t dt dt^T + diag(t^(1-q) s^(q-4) (s^2 + (q-2) theta^2))
+            q, (si, inv) = self.q, s
+            r = si * inv[..., None]  # s_i / t, in [0, 1]
+            if self.mu is None:
+                diag = (q - 1) * r ** (q - 2) * inv[..., None]
+            else:
+                diag = r ** (q - 4) * (si * si + (q - 2) * th * th) * inv[..., None] ** 3
+            du = np.einsum("...j,...j->...", dt, u)[..., None]
+            return diag * u + (1 - q) * inv[..., None] * du * dt
         m = th.shape[-1]
         both = s[..., :m] + s[..., m:]
         return (both * u - dt * np.einsum("...j,...j->...", dt, u)[..., None]) / self.mu
@@ -208,6 +226,10 @@ class Wasserstein:
                 torch.sqrt((theta * theta).sum() + mu * mu) - mu
         elif self.q == 1:
             t = (torch.sqrt(theta * theta + mu * mu) - mu).sum()
+        elif self.q != math.inf:
+            s = theta.abs() if mu is None else torch.sqrt(theta * theta + mu * mu)
+            t = (s ** self.q).sum() ** (1 / self.q) - (theta.shape[0] ** (1 / self.q) * mu
+                                                       if mu else 0.0)
         else:
             t = mu * (torch.logsumexp(torch.cat([theta, -theta]) / mu, 0)
                       - math.log(2 * theta.shape[0]))
