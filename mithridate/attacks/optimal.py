@@ -188,7 +188,9 @@ class Defence:
     cost ``norm`` (2 exact; 1 and inf need ``smoothing`` mu > 0), paper coefficients from
     ``data_bounds`` (X, Y) or, when None, the clean training set's (poisoning points do not
     move them: pass the support's bounds to cover them, e.g. X = ||box hi||_p), or the
-    figures' weights ``c1``, ``c2`` (then rho scales c1 t^2 + c2 t)."""
+    figures' weights ``c1``, ``c2`` (then rho scales c1 t^2 + c2 t). The default rho_init
+    1e-3 is about the L2 warm start's strength (exp(log 5) / 2n ||w||^2) at paper 002's MNIST
+    size (logistic b = Y + X + 2 ~ 18, ||theta|| ~ 5)."""
     regularizer: str = "wasserstein"
     rho: object = "learned"
     rho_init: float = 1e-3
