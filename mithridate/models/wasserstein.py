@@ -7,24 +7,27 @@ The component (eq. 8 with the closed forms (11), (13), (15))::
 
 N the dual norm ||theta||_q of the transport cost's p-norm (q = p / (p - 1); theta = [w; b],
 intercept included, as ops.lipschitz's bound="paper"), (a, b) the paper's coefficients from
-the data bounds X = max ||x||_p, Y = max |y| (defenses.solvers.paper_coefficients: squared
+the data bounds ``X = max ||x||_p``, ``Y = max |y|`` (defenses.solvers.paper_coefficients: squared
 (X + e, Y), absolute (0, 1), logistic (0, Y + X + 1 + e)) or the figures' weights (c1, c2).
 The bounds are fixed when the component is built (the support's, or the clean training
 set's): poisoning rows do not move them, so R does not depend on X.
 
 Norms (``smoothing`` mu):
+
 - q = 2 exact (mu None): t = ||theta||_2, C-infinity away from theta = 0; at 0 the
   subgradient 0 and a zero Hessian (the unrolled loop from theta_0 = 0 takes that step).
   Any 2 <= q < inf (data norm 1 < p <= 2) likewise exact: t = ||theta||_q is C^2 away from 0
-  (curvature (q - 1) |theta_i|^(q-2) / t^(q-1) on the diagonal, finite at zero coordinates).
+  (curvature (q - 1) abs(theta_i)^(q-2) / t^(q-1) on the diagonal, finite at zero coordinates).
 - 1 < q < 2 (p > 2): that curvature is unbounded at every zero coordinate; q in {1, inf}
   are kinked at every zero coordinate (q = 1) or tie (q = inf): they need mu > 0 (mu None
-  there is refused):
+  there is refused)::
+
     q = 1    t = sum_i sqrt(theta_i^2 + mu^2) - mu,     ||theta||_1 - p mu <= t <= ||theta||_1
     q = inf  t = mu (logsumexp([theta; -theta] / mu) - log 2p),
                                              ||theta||_inf - mu log 2p <= t <= ||theta||_inf
     q = 2    t = sqrt(||theta||^2 + mu^2) - mu (optional),  ||theta||_2 - mu <= t <= ||theta||_2
     other q  t = (sum_i (theta_i^2 + mu^2)^(q/2))^(1/q) - p^(1/q) mu (optional for q > 2)
+
   each C-infinity with curvature <= 1/mu: the engine differentiates the smoothed objective
   exactly. SMOOTHING is a default to pass.
 
