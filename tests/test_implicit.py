@@ -303,15 +303,8 @@ def test_network_at_a_minimum_matches_finite_differences_and_long_rmd():
             theta -= np.linalg.solve(model.hessian(theta, Xn, y, lm), g)
         return model.data_loss(theta, Xv, yv)
 
-    h = 1e-6
-    fd = np.zeros((2, 3))
-    for i in range(2):
-        for j in range(3):
-            E = np.zeros((2, 3))
-            E[i, j] = h
-            fd[i, j] = (outer(X[rows] + E) - outer(X[rows] - E)) / (2 * h)
+    fd, fd_lam = _central_differences(outer, X[rows], lam)
     np.testing.assert_allclose(hg.grad_Xp, fd, rtol=1e-5, atol=1e-9)
-    fd_lam = [(outer(lm=lam + h * e) - outer(lm=lam - h * e)) / (2 * h) for e in np.eye(2)]
     np.testing.assert_allclose(hg.grad_lam, fd_lam, rtol=1e-5, atol=1e-9)
     rmd = hypergrad(*args, lam=lam, **kw, mode="trajectory")
     np.testing.assert_allclose(hg.grad_Xp, rmd.grad_Xp, rtol=1e-7, atol=1e-10)
@@ -359,13 +352,18 @@ def test_network_at_a_saddle_point_matches_finite_differences():
             Xn[idx] = Xk
         return model.data_loss(newton(saddle, Xn, lm), Xv, yv)
 
-    h = 1e-6
-    fd = np.zeros((3, 3))
-    for i in range(3):
-        for j in range(3):
-            E = np.zeros((3, 3))
-            E[i, j] = h
-            fd[i, j] = (outer(X[idx] + E) - outer(X[idx] - E)) / (2 * h)
+    fd, fd_lam = _central_differences(outer, X[idx], lam)
     np.testing.assert_allclose(hg.grad_Xp, fd, rtol=1e-5, atol=1e-8)
-    fd_lam = [(outer(lm=lam + h * e) - outer(lm=lam - h * e)) / (2 * h) for e in np.eye(2)]
     np.testing.assert_allclose(hg.grad_lam, fd_lam, rtol=1e-5, atol=1e-8)
+
+
+def _central_differences(outer, Xr, lam, h=1e-6):
+    """Central differences of outer(Xk) wrt every entry of the rows Xr, and of
+    outer(lm=...) wrt every entry of lam."""
+    fd = np.zeros(Xr.shape)
+    for i, j in np.ndindex(Xr.shape):
+        E = np.zeros(Xr.shape)
+        E[i, j] = h
+        fd[i, j] = (outer(Xr + E) - outer(Xr - E)) / (2 * h)
+    fd_lam = [(outer(lm=lam + h * e) - outer(lm=lam - h * e)) / (2 * h) for e in np.eye(len(lam))]
+    return fd, fd_lam

@@ -17,14 +17,8 @@ class L2:
 
     def check_lam(self, lam):
         """lam as a float64 array (..., n_lam), or ValueError naming the expected length."""
-        lam = np.asarray(lam, dtype=np.float64)
-        n = self.layout.n_lam
-        if lam.ndim == 0 or lam.shape[-1] != n:
-            raise ValueError(f"lam has shape {lam.shape}; this model has {n} hyperparameter(s) "
-                             f"(groups {list(self.layout.penalised)}): pass shape ({n},) or (B, {n}).")
-        if not np.isfinite(lam).all():
-            raise ValueError("lam contains nan or inf; it is log(L2 strength), pass finite values.")
-        return lam
+        return checked_lam(lam, self.layout.n_lam, f"(groups {list(self.layout.penalised)})",
+                           "it is log(L2 strength), pass finite values.")
 
     def value(self, theta, lam):
         s = np.exp(lam)
@@ -73,3 +67,15 @@ class L2:
         for i, sl in enumerate(self.slices):
             out[..., sl] = theta[..., sl] / (1 + step * s[..., i, None])
         return out
+
+
+def checked_lam(lam, n, names, finite_hint):
+    """lam as a float64 array (..., n): ValueError naming the n hyperparameters (``names``)
+    for a wrong length, ``finite_hint`` for nan or inf."""
+    lam = np.asarray(lam, dtype=np.float64)
+    if lam.ndim == 0 or lam.shape[-1] != n:
+        raise ValueError(f"lam has shape {lam.shape}; this model has {n} hyperparameter(s) "
+                         f"{names}: pass shape ({n},) or (B, {n}).")
+    if not np.isfinite(lam).all():
+        raise ValueError(f"lam contains nan or inf; {finite_hint}")
+    return lam

@@ -43,7 +43,7 @@ import numpy as np
 
 from .base import Model
 from .layout import Layout
-from .regularizers import L2
+from .regularizers import L2, checked_lam
 
 SMOOTHING = 1e-3  # a default mu for the kinked norms (theta entries are O(0.1-10) in the papers)
 
@@ -257,16 +257,10 @@ class Components:
         self.l2 = next((c for c in self.parts if isinstance(c, L2)), None)
 
     def check_lam(self, lam):
-        lam = np.asarray(lam, dtype=np.float64)
-        n = self.layout.n_lam
-        if lam.ndim == 0 or lam.shape[-1] != n:
-            raise ValueError(f"lam has shape {lam.shape}; this model has {n} hyperparameter(s) "
-                             f"{list(self.layout.names)}: pass shape ({n},) or (B, {n}).")
-        if not np.isfinite(lam).all():
-            raise ValueError(f"lam contains nan or inf; its entries {list(self.layout.names)} "
-                             "are log-scale strengths (log rho for the Wasserstein term): pass "
-                             "finite values.")
-        return lam
+        names = list(self.layout.names)
+        return checked_lam(lam, self.layout.n_lam, names,
+                           f"its entries {names} are log-scale strengths (log rho for the "
+                           "Wasserstein term): pass finite values.")
 
     def _sum(self, name, *args, lam):
         parts = [getattr(c, name)(*args, lam[..., cut]) for c, cut in zip(self.parts, self.cuts)]
