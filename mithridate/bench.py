@@ -338,7 +338,9 @@ def mlp_measure(spec):
     peak extra memory = VmHWM after the first timed call minus VmRSS before it,
     VmHWM reset just before (/proc/self/clear_refs; where that is refused,
     getrusage's ru_maxrss, which then includes the warm-up's peak: said in
-    memory_method); time = best of spec["repeats"] calls; for our modes, with
+    memory_method); time = best of spec["repeats"] calls (wall; cpu_s: the process's CPU
+    seconds, every thread, time.process_time, least over the calls: the load's share of the
+    wall time is not in it); for our modes, with
     spec["tracemalloc"], one more call under tracemalloc (numpy's allocations
     and Python's heap)."""
     import gc
@@ -351,17 +353,18 @@ def mlp_measure(spec):
         gc.collect()
         rss0 = _rss_kib("VmRSS")
         method = "VmHWM-VmRSS" if _reset_peak() else "ru_maxrss-VmRSS"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = call()
-        times = [time.perf_counter() - t0]
+        times, cpu = [time.perf_counter() - t0], [time.process_time() - c0]
         peak = _rss_kib("VmHWM") if method.startswith("VmHWM") else \
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         info = {} if mode == "reference" else out.info
         del out
         for _ in range(spec["repeats"] - 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             call()
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         traced = None
         if spec["tracemalloc"] and mode != "reference":
             gc.collect()
@@ -375,7 +378,7 @@ def mlp_measure(spec):
     seen = {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
     if "torch" in sys.modules:
         seen["torch"] = sys.modules["torch"].get_num_threads()
-    return dict(best_s=min(times), times_s=times, load=os.getloadavg()[0],
+    return dict(best_s=min(times), times_s=times, cpu_s=min(cpu), load=os.getloadavg()[0],
                 peak_extra_bytes=max(peak - rss0, 0) * 1024, threads_seen=seen,
                 memory_method=method, tracemalloc_peak_bytes=traced,
                 recomputed=info.get("recomputed"), grad_norm=info.get("grad_norm"))
@@ -473,6 +476,7 @@ def _mlp_thread_records(cfg, backend, dtypes, modes, on_result, threads):
                         MLP_MODES[mode].get("checkpoints")), T=T, gamma=MLP_GAMMA,
                     max_states=cfg["binomial_states"] if mode == "binomial" else None,
                     best_s=r["best_s"], reference_best_s=ref["best_s"],
+                    cpu_s=r["cpu_s"], reference_cpu_s=ref["cpu_s"],
                     speedup=ref["best_s"] / r["best_s"], repeats=len(r["times_s"]),
                     peak_extra_bytes=r["peak_extra_bytes"],
                     reference_peak_extra_bytes=ref["peak_extra_bytes"],

@@ -17,14 +17,14 @@ KEYS = {"op", "backend", "shape", "dtype", "median_s", "reference_median_s",
 MLP_KEYS = {"op", "backend", "shape", "layers", "dtype", "mode", "schedule", "T", "best_s",
             "reference_best_s", "speedup", "peak_extra_bytes", "reference_peak_extra_bytes",
             "memory_ratio", "memory_method", "time_per_step_s", "memory_per_step_bytes",
-            "threads"}
+            "threads", "cpu_s", "reference_cpu_s"}
 
 
 def check_mlp_record(r):
     assert MLP_KEYS <= set(r), f"missing keys {MLP_KEYS - set(r)} in {r}"
     assert r["path"] == "mlp" and (r["path"], r["backend"]) in backends.REGISTRY
     assert r["reference"] == "torch" and r["reference_mode"] == "unrolled"
-    for k in ("best_s", "reference_best_s", "speedup"):
+    for k in ("best_s", "reference_best_s", "speedup", "cpu_s", "reference_cpu_s"):
         assert math.isfinite(r[k]) and r[k] > 0, (k, r)
     assert r["speedup"] == pytest.approx(r["reference_best_s"] / r["best_s"])
     assert r["peak_extra_bytes"] >= 0 and r["reference_peak_extra_bytes"] >= 0

@@ -32,7 +32,8 @@ tangent HVPs and reversible's reverse step use the state of the same step's
 gradient.
 
 Model calls take theta (and u) in X's dtype, as the fused loops' row passes;
-the state, adjoints and sums are float64. Divergence: the growth watch of
+the state, adjoints and sums are float64, except reversible's adjoints, kept in
+X's dtype for memory (_reversible says why). Divergence: the growth watch of
 kernels/cpu/hypergrad.py on each first-pass step, returned as
 info["diverged_at"] for mithridate.hypergrad.divergence to report.
 """
