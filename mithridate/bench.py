@@ -396,15 +396,31 @@ PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def mlp_subprocess(spec, timeout_s):
-    """mlp_measure(spec) in a fresh Python process (result dict, or error), with
-    glibc's mmap threshold fixed (MLP_MMAP_THRESHOLD): arrays above it are mapped
-    and unmapped, so memory freed by the warm-up is not reused unseen (glibc's
-    dynamic threshold would move them to the heap, kept there after a free), and
-    spec["threads"] BLAS and torch threads where given (MLP_THREAD_VARS)."""
+    """mlp_measure(spec) in fresh Python processes (result dict, or error): the
+    memory in one with glibc's mmap threshold fixed (MLP_MMAP_THRESHOLD: arrays
+    above it are mapped and unmapped, so memory freed by the warm-up is not reused
+    unseen, which glibc's dynamic threshold would do), the times in another with
+    glibc's defaults (a fixed threshold maps every tensor of torch's graph fresh:
+    3x the reference's time at T = 100); spec["threads"] BLAS and torch threads in
+    both where given (MLP_THREAD_VARS)."""
+    memory = _mlp_child_run(dict(spec, repeats=1), timeout_s, fixed_threshold=True)
+    if "error" in memory:
+        return memory
+    timed = _mlp_child_run(dict(spec, tracemalloc=False), timeout_s, fixed_threshold=False)
+    if "error" in timed:
+        return timed
+    return dict(memory, **{k: timed[k] for k in ("best_s", "times_s", "cpu_s", "load")},
+                mmap_threshold_bytes=MLP_MMAP_THRESHOLD)
+
+
+def _mlp_child_run(spec, timeout_s, fixed_threshold):
     import json
     import subprocess
     code = "from mithridate.bench import _mlp_child; _mlp_child()"
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MLP_MMAP_THRESHOLD))
+    env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if fixed_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MLP_MMAP_THRESHOLD)
     if spec.get("threads"):
         env.update({var: str(spec["threads"]) for var in MLP_THREAD_VARS})
     try:
@@ -415,8 +431,7 @@ def mlp_subprocess(spec, timeout_s):
         return dict(error=f"timed out after {timeout_s} s")
     if out.returncode != 0:
         return dict(error=f"exit {out.returncode}: {out.stderr.strip()[-400:]}")
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]),
-                mmap_threshold_bytes=MLP_MMAP_THRESHOLD)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _fit(Ts, ys):
@@ -646,8 +661,9 @@ def run(op_names=OPS, backend_names=CANDIDATES, quick=False, progress=True):
     records, data, key = [], {}, None
     for shape, dt, op, b in tqdm(jobs, desc="mithridate bench", file=sys.stderr,
                                  disable=not progress, leave=False):
-        if op == MLP:  # its own timing and memory, one subprocess per record
-            notes.append("mlp: one subprocess per record; time = best of the repeats; peak "
+        if op == MLP:  # its own timing and memory, fresh subprocesses per record
+            notes.append("mlp: two subprocesses per record (memory with glibc's mmap threshold "
+                         "fixed, times with its defaults); time = best of the repeats; peak "
                          "extra memory = peak RSS during the first timed call above the RSS "
                          "before it (memory_method); tracemalloc: numpy's peak, ours only")
             recs, mlp_notes = mlp_records(cfg["mlp"], b)
