@@ -158,14 +158,21 @@ def test_bench_mlp_quick(capsys):
 
 
 def test_peak_memory_probe():
-    """The per-record memory measure sees a 64 MiB allocation made after the reset."""
+    """The per-record memory measure sees a 64 MiB allocation made after the reset. The
+    pages come from their own anonymous mapping, touched one by one: a numpy array could
+    land on heap pages an earlier test left resident (glibc raises its mmap threshold
+    after large frees), which RSS had counted already."""
+    import mmap
     import numpy as np
     rss0 = bench._rss_kib("VmRSS")
     if not bench._reset_peak():
         pytest.skip("/proc/self/clear_refs not writable here (bench falls back to ru_maxrss)")
-    a = np.ones(8 << 20)  # 64 MiB, touched
+    buf = mmap.mmap(-1, 64 << 20)
+    a = np.frombuffer(buf, dtype=np.uint8)
+    a[::mmap.PAGESIZE] = 1  # every page resident
     extra = (bench._rss_kib("VmHWM") - rss0) * 1024
     del a
+    buf.close()
     assert 60 << 20 <= extra <= 200 << 20
 
 
