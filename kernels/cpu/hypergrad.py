@@ -51,6 +51,7 @@ BLOCK_BYTES = 1 << 17     # rows per block: re-read from cache for X^T c; long e
                           # for the vectorised loss terms (8-row blocks cost 3x)
 GROUP_ELEMS = 1 << 17     # about this many elements of X per reduction group
 MAX_GROUPS = 64
+FLUSH_ROWS = 1024          # rows summed in X's dtype before a float64 flush
 GROWTH = 1e6              # divergence bound (see the module docstring); = kGrowth in csrc/include/hypergrad.h
 # typed flags (numpy scalars, not Python literals): numba compiles a callee once per literal argument value
 _T, _F, _0, _1 = np.bool_(True), np.bool_(False), np.int64(0), np.int64(1)
@@ -96,6 +97,10 @@ def _groups(X, y, code, fit_b, th, u, want_g, want_h, groups, g0, g1, block, ws,
     for grp in range(g0, g1):
         i1 = groups[grp + 1]
         total = 0.0
+        since = 0
+        for j in range(d + 1):
+            part[grp, 0, j] = 0.0
+            part[grp, 1, j] = 0.0
         for r0 in range(groups[grp], i1, block):
             m = min(block, i1 - r0)
             # squared HVP needs X u only, except on the poisoning rows
@@ -122,15 +127,21 @@ def _groups(X, y, code, fit_b, th, u, want_g, want_h, groups, g0, g1, block, ws,
                     _axpy_rows(X, r0, m, c1, gb, fit_b)
                 if want_h:
                     _axpy_rows(X, r0, m, c2, hb, fit_b)
+            # sums in X's dtype over at most FLUSH_ROWS rows (or one block), then float64:
+            # the float32 accumulation does not grow with the group's size
+            since += m
+            if since < FLUSH_ROWS and r0 + block < i1:
+                continue
+            since = 0
+            if want_g:
+                for j in range(d + 1):
+                    part[grp, 0, j] += gb[j]
+                    gb[j] = 0
+            if want_h:
+                for j in range(d + 1):
+                    part[grp, 1, j] += hb[j]
+                    hb[j] = 0
         part_loss[grp] = total
-        if want_g:
-            for j in range(d + 1):
-                part[grp, 0, j] = gb[j]
-                gb[j] = 0
-        if want_h:
-            for j in range(d + 1):
-                part[grp, 1, j] = hb[j]
-                hb[j] = 0
 
 
 @njit(**JIT)

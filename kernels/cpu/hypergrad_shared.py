@@ -20,7 +20,8 @@ from numba import njit, prange
 
 from . import heavy_ball
 from ._math import JIT
-from .hypergrad import _adjoint_step, _cast, _objective, _validation, _watch, layout, new_watch
+from .hypergrad import (FLUSH_ROWS, _adjoint_step, _cast, _objective, _validation, _watch,
+                        layout, new_watch)
 from .linear import _axpy_rows, _dot2_rows, _dot_rows, _terms
 
 # Batches with at least SHARED_MIN_GROUP consecutive problems sharing Xc, yc
@@ -176,6 +177,10 @@ def _work(Xc, yc, Xp, yp, code, fit_b, want_g, want_h, curv, keep, groups, g0, g
     R = ng + (G if want_h else 0)
     for grp in range(g0, g1):
         i1 = groups[grp + 1]
+        since = 0
+        for q in range(R):
+            for j in range(d + 1):
+                part[grp, q, j] = 0.0
         for r0 in range(groups[grp], i1, block):
             m = min(block, i1 - r0)
             ys = yc[r0:r0 + m]
@@ -201,10 +206,14 @@ def _work(Xc, yc, Xp, yp, code, fit_b, want_g, want_h, curv, keep, groups, g0, g
                         for i in range(m):
                             ch[i] = zu[i]
             _axpys(Xc, r0, m, C, R, acc, fit_b)
-        for q in range(R):
-            for j in range(d + 1):
-                part[grp, q, j] = acc[q, j]
-                acc[q, j] = 0
+            since += m  # sums in X's dtype over at most FLUSH_ROWS rows, then float64
+            if since < FLUSH_ROWS and r0 + block < i1:
+                continue
+            since = 0
+            for q in range(R):
+                for j in range(d + 1):
+                    part[grp, q, j] += acc[q, j]
+                    acc[q, j] = 0
     gb, hb = acc[2 * G], acc[2 * G + 1]
     nc = Xc.shape[0]
     for b in range(p0, p1):
