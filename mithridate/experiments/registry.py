@@ -11,7 +11,8 @@ from .spec import SpecError
 
 BUILTIN = ("mithridate.experiments.toy", "mithridate.experiments.quickstart",
            "mithridate.experiments.paper000", "mithridate.experiments.paper002",
-           "mithridate.experiments.paper000_sensitivity")
+           "mithridate.experiments.paper000_sensitivity", "mithridate.experiments.cross",
+           "mithridate.experiments.paper000_optimal")
 
 
 @dataclass(frozen=True)
