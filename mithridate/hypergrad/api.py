@@ -12,7 +12,7 @@ __all__ = ["hypergrad", "HyperGrad"]
 def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss="logistic",
               fit_intercept=True, model=None, mode="trajectory", backend="auto", tol=1e-6,
               checkpoints="sqrt", max_states=None, frac_bits=None, max_buffer_bytes=None,
-              on_divergence="raise", device=None):
+              on_divergence="raise", device=None, form="auto"):
     """Hypergradients of A(theta_T) = mean validation loss wrt Xp and lam.
 
     Inner: T steps of heavy-ball GD (``gamma``; 0 = plain GD) with step
@@ -41,6 +41,10 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
     extension, where built). The network (``model=MLP(...)``): "numba" (auto on
     host data: the generic engine), "torch" or "triton" (mithridate.hypergrad.mlp_torch
     on ``device``, see ``Engine``).
+    ``form`` (numba, linear model): "primal" reads X each step; "gram" multiplies by
+    K = X X^T instead (mithridate.hypergrad.dual: from w0 = 0, modes trajectory and
+    forward, shared Xc and Xv; the same results up to rounding); "auto" takes the
+    Gram form where it is cheaper (dual.pays: n threads < 2 d, n training rows).
     Arrays: numpy, one float dtype, C-contiguous; results in that dtype.
 
     Divergence: every mode and backend watches the training gradient at each
@@ -67,5 +71,5 @@ def hypergrad(Xc, yc, Xp, yp, Xv, yv, *, lam, w0=None, T, alpha, gamma=0.0, loss
                     backend=backend, checkpoints=checkpoints, max_states=max_states,
                     frac_bits=frac_bits,
                     max_buffer_bytes=max_buffer_bytes, tol=tol, on_divergence=on_divergence,
-                    device=device)
+                    device=device, form=form)
     return engine.run(Xp, yp, lam, w0)

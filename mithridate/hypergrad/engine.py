@@ -9,7 +9,7 @@ import numpy as np
 from .. import fixed_point
 from .._validation import as_number, check_choice, check_memory
 from ..errors import DivergenceError
-from . import divergence, fused
+from . import divergence, dual, fused
 from .implicit import CHOLESKY_MAX
 from .problem import (LOSSES, backend_modes, check_call, check_fixed, check_mode, check_settings,
                       problems)
@@ -48,7 +48,9 @@ class Engine:
 
     def __init__(self, Xc, yc, Xv, yv, *, model=None, T, alpha, gamma=0.0, mode="trajectory",
                  backend="auto", checkpoints="sqrt", max_states=None, frac_bits=None,
-                 max_buffer_bytes=None, tol=1e-6, on_divergence="raise", device=None):
+                 max_buffer_bytes=None, tol=1e-6, on_divergence="raise", device=None,
+                 form="auto"):
+        check_choice("form", form, dual.FORMS)
         if model is None:
             from ..models import LinearModel
             model = LinearModel()
@@ -113,6 +115,9 @@ class Engine:
                           getattr(model, "fit_intercept", None), model)
         self._packs, self._groups, self._memory_checked = {}, {}, set()
         self._on_device = {}  # the torch route's device copies of the fixed rows
+        self.form, self._gram = form, None
+        if form == "gram":
+            _check_gram(self)
 
     def run(self, Xp, yp, lam, w0=None, *, need="all"):
         """HyperGrad of the poisoning rows Xp (k, d) or (B, k, d), labels yp,
@@ -176,9 +181,27 @@ class Engine:
         if name == "torch":
             from . import reference
             return reference.value(pbs, info) if mode == "value" else reference.run(pbs, mode, info)
+        if self._gram_pays(pbs, mode):
+            if self._gram is None:  # K's fixed blocks, once per engine
+                self._gram = dual.Gram(self._fixed.Xc, self._fixed.Xv)
+            return dual.run(pbs, mode, self._gram, info)
         if mode == "value":
             return fused.value(pbs, info)
         return fused.run(pbs, mode, self._schedule, info, self._shared_groups(len(pbs)), rows)
+
+    def _gram_pays(self, pbs, mode):
+        """Whether this call takes the Gram form (dual.py): form="gram" (checked at
+        construction; theta_0 = 0 here) or form="auto" where dual.pays."""
+        if self.form == "primal" or self.backend != "numba" or self.model.fused != "linear":
+            return False
+        w0_zero = not any(pb.theta0.any() for pb in pbs)
+        if self.form == "gram":
+            if not w0_zero:
+                raise ValueError("form='gram' trains from w0 = 0 (the weights then stay in the "
+                                 "span of the training rows); drop w0 or pass form='primal'.")
+            return True
+        import numba
+        return dual.pays(self._fixed, pbs[0].Xp.shape[0], w0_zero, mode, numba.get_num_threads())
 
     def _generic(self, pbs, mode):
         from . import generic
@@ -244,6 +267,19 @@ class Engine:
         else:
             check_memory(need, what, fix)
         self._memory_checked.add(key)
+
+
+def _check_gram(engine):
+    """form='gram' asked: refuse what the Gram form does not run, before any work."""
+    if engine.backend != "numba" or engine.model.fused != "linear":
+        raise ValueError(f"form='gram' runs the linear model's numba loops; backend "
+                         f"{engine.backend!r} with {engine.model!r} has none: pass form='auto'.")
+    if engine.mode not in dual.MODES:
+        raise ValueError(f"form='gram' runs modes {', '.join(dual.MODES[:2])} (and "
+                         f"need='value'), not mode={engine.mode!r}: pass form='auto' or 'primal'.")
+    if engine._fixed.B is not None:
+        raise ValueError("form='gram' needs clean and validation rows shared by every problem "
+                         "(2-D Xc, Xv), not a leading batch axis: pass form='auto' or 'primal'.")
 
 
 def _is_network(model):
