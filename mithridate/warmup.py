@@ -47,12 +47,21 @@ def _problem(dt, d=4, B=None, shared_clean=False):
     return Xc, yc, Xp, yp, Xv, yv
 
 
-def _hypergrad(dt, mode, **shape):
+def _hypergrad(dt, mode, form="primal", **shape):
     from .hypergrad import hypergrad
     B = shape.get("B")
     lam = -2.0 if B is None else np.full(B, -2.0)
     hypergrad(*_problem(dt, **shape), lam=lam, T=T, alpha=0.1, gamma=0.5, mode=mode,
-              backend="numba")
+              backend="numba", form=form)
+
+
+def _gram(dt):
+    """The Gram form (hypergrad/dual.py) of modes trajectory, forward and value."""
+    from .hypergrad import Engine
+    for mode in ("trajectory", "forward"):
+        _hypergrad(dt, mode, form="gram", B=5, shared_clean=True)
+    Xc, yc, Xp, yp, Xv, yv = _problem(dt)
+    Engine(Xc, yc, Xv, yv, T=T, alpha=0.1, form="gram").run(Xp, yp, -2.0, need="value")
 
 
 def _batched(dt):
@@ -134,6 +143,7 @@ JOBS = {
     "hypergrad.forward": lambda dt: _hypergrad(dt, "forward"),
     "hypergrad.batched": _batched,
     "hypergrad.shared": _shared,
+    "hypergrad.gram": _gram,
     "hypergrad.checkpoint": lambda dt: _hypergrad(dt, "checkpoint"),
     "hypergrad.implicit": lambda dt: _hypergrad(dt, "implicit"),
     "ops.hvp": _hvp,
