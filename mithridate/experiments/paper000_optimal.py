@@ -192,7 +192,7 @@ def summary(df):
         lines.append(f"At beta={bmax:g} (paired over seeds: optimal - {rand}):")
         for m in models:
             g, z = _paired(df, m, bmax, rand, OPTIMAL)
-            verdict = ("stronger" if g > 0 else "weaker") + (
+            verdict = ("stronger" if g > 0 else "weaker" if g < 0 else "as strong") + (
                 f" ({z:+.1f} s.e.)" if math.isfinite(z) else " (one seed: no s.e.)")
             lines.append(f"- {m}: {mean[rand, m, bmax]:.4f} -> {mean[OPTIMAL, m, bmax]:.4f}; "
                          f"the optimal attack is {verdict}.")
