@@ -31,7 +31,8 @@ from numba import njit
 
 from ._math import JIT
 from .hypergrad import _watch, new_watch
-from .linear import _dot2_rows, _dot_rows, _terms
+from .hypergrad_shared import _dots
+from .linear import _terms
 
 VALUE, FORWARD, REVERSE = 0, 1, 2  # what `run` computes
 
@@ -46,74 +47,39 @@ def _dot(row, v, n):
 
 
 @njit(**JIT)
-def _tile(K, V, c, out):
-    """out[c:c+4, i] = K[i] . V[c:c+4] for every row i of K: four rows times four
-    vectors per read (16 accumulators), the rows left over one at a time."""
-    nr, n = K.shape
-    zero = K.dtype.type(0)
-    v0, v1, v2, v3 = V[c], V[c + 1], V[c + 2], V[c + 3]
-    o0, o1, o2, o3 = out[c], out[c + 1], out[c + 2], out[c + 3]
-    i = 0
-    while i + 4 <= nr:
-        r0, r1, r2, r3 = K[i], K[i + 1], K[i + 2], K[i + 3]
-        a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
-        a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
-        for j in range(n):
-            x0, x1, x2, x3 = r0[j], r1[j], r2[j], r3[j]
-            w0, w1, w2, w3 = v0[j], v1[j], v2[j], v3[j]
-            a00 += x0 * w0
-            a01 += x0 * w1
-            a02 += x0 * w2
-            a03 += x0 * w3
-            a10 += x1 * w0
-            a11 += x1 * w1
-            a12 += x1 * w2
-            a13 += x1 * w3
-            a20 += x2 * w0
-            a21 += x2 * w1
-            a22 += x2 * w2
-            a23 += x2 * w3
-            a30 += x3 * w0
-            a31 += x3 * w1
-            a32 += x3 * w2
-            a33 += x3 * w3
-        o0[i], o1[i], o2[i], o3[i] = a00, a01, a02, a03
-        o0[i + 1], o1[i + 1], o2[i + 1], o3[i + 1] = a10, a11, a12, a13
-        o0[i + 2], o1[i + 2], o2[i + 2], o3[i + 2] = a20, a21, a22, a23
-        o0[i + 3], o1[i + 3], o2[i + 3], o3[i + 3] = a30, a31, a32, a33
-        i += 4
-    for r in range(i, nr):
-        for q in range(4):
-            out[c + q, r] = _dot(K[r], V[c + q], n)
-
-
-@njit(**JIT)
 def _kmv(Kcc, Kpc, Kpp, V, out):
-    """out[c] = K_b V[c] for every vector c (problem b = c % G), K_b = [[Kcc, Kpc_b^T],
-    [Kpc_b, Kpp_b]] (clean rows first); V (M, n) in K's dtype, out (M, n) float64.
-    The clean block four vectors per read of Kcc (_tile), the rest by linear's
-    row-dot kernels (two vectors, then one)."""
+    """out[c, :n] = K_b v_c for every vector c (problem b = c % G), K_b = [[Kcc, Kpc_b^T],
+    [Kpc_b, Kpp_b]] (clean rows first). V (M, n + 1) in K's dtype holds
+    [v_clean, 0, v_poisoning] (the 0 where hypergrad_shared._dots reads a bias); out
+    (M, n) float64. The clean block four vectors per read of Kcc (_dots)."""
     M = V.shape[0]
     G, k, nc = Kpc.shape
-    c = 0
-    while c + 4 <= M:
-        _tile(Kcc, V, c, out)
-        c += 4
-    if c + 2 <= M:
-        _dot2_rows(Kcc, 0, nc, V[c], 0.0, V[c + 1], 0.0, out[c], out[c + 1])
-        c += 2
-    if c < M:
-        _dot_rows(Kcc, 0, nc, V[c], 0.0, out[c])
+    _dots(Kcc, 0, nc, V, 0, M, out)
     for q in range(M):
         b = q % G
         o = out[q]
         vq = V[q]
         for r in range(k):
             prow = Kpc[b, r]
-            vr = np.float64(vq[nc + r])
+            vr = np.float64(vq[nc + 1 + r])
             for i in range(nc):
                 o[i] += vr * prow[i]
-            o[nc + r] = _dot(prow, vq, nc) + _dot(Kpp[b, r], vq[nc:], k)
+            o[nc + r] = _dot(prow, vq, nc) + _dot(Kpp[b, r], vq[nc + 1:], k)
+
+
+@njit(**JIT)
+def _step(b, p, a, Kp, z, vb, bt, q, Kq, qb, alpha, gamma):
+    """Problem b's heavy-ball step in coefficients (module docstring): p, a, K p, z
+    and the intercept's vb, bt from q, K q and the intercept's gradient qb. The
+    tangents of forward mode take the same step."""
+    s1 = 1.0 - gamma
+    vb[b] = gamma * vb[b] - s1 * qb
+    bt[b] += alpha * vb[b]
+    for i in range(p.shape[1]):
+        p[b, i] = gamma * p[b, i] - s1 * q[b, i]
+        a[b, i] += alpha * p[b, i]
+        Kp[b, i] = gamma * Kp[b, i] - s1 * Kq[i]
+        z[b, i] += alpha * (Kp[b, i] + vb[b])
 
 
 @njit(**JIT)
@@ -156,10 +122,9 @@ def run(what, Kcc, Kpc, Kpp, Kvc, Kvp, yc, yp, yv, code, fit_b, alpha, gamma, e,
     nc = Kcc.shape[0]
     n = nc + k
     nv = yv.shape[0]
-    s1 = 1.0 - gamma
     dt = Kcc.dtype
     m = 2 if what == FORWARD else 1
-    Vx = np.empty((2, G, n), dtype=dt)      # the vectors K multiplies, in K's dtype
+    Vx = np.zeros((2, G, n + 1), dtype=dt)  # the vectors K multiplies (_kmv's layout)
     KV = np.empty((2, G, n))
     a = np.zeros((G, n))
     p = np.zeros((G, n))
@@ -202,16 +167,16 @@ def run(what, Kcc, Kpc, Kpp, Kvc, Kvp, yc, yp, yv, code, fit_b, alpha, gamma, e,
             dsb = 0.0
             for i in range(n):
                 q[b, i] = c1[i] / n + e[b] * a[b, i]
-                Vx[0, b, i] = q[b, i]
+                Vx[0, b, i + (i >= nc)] = q[b, i]
                 sb += c1[i]
                 if what == FORWARD:  # the tangent of q: l'' z' / n + e (a' + a)
                     h = c2[i] * dz[b, i] / n
                     dq[b, i] = h + e[b] * (da[b, i] + a[b, i])
-                    Vx[1, b, i] = dq[b, i]
+                    Vx[1, b, i + (i >= nc)] = dq[b, i]
                     dsb += h
             qb[b] = sb / n if fit_b else 0.0
             dqb[b] = dsb if fit_b else 0.0
-        _kmv(Kcc, Kpc, Kpp, Vx[:m].reshape(m * G, n), KV[:m].reshape(m * G, n))
+        _kmv(Kcc, Kpc, Kpp, Vx[:m].reshape(m * G, n + 1), KV[:m].reshape(m * G, n))
         for b in range(G):
             gg = qb[b] * qb[b]
             for i in range(n):
@@ -219,21 +184,9 @@ def run(what, Kcc, Kpc, Kpp, Kvc, Kvp, yc, yp, yv, code, fit_b, alpha, gamma, e,
             _watch(gg, gamma, t, watch[b])
             if t == T:
                 continue
-            vb[b] = gamma * vb[b] - s1 * qb[b]
-            bt[b] += alpha * vb[b]
-            for i in range(n):
-                p[b, i] = gamma * p[b, i] - s1 * q[b, i]
-                a[b, i] += alpha * p[b, i]
-                Kp[b, i] = gamma * Kp[b, i] - s1 * KV[0, b, i]
-                z[b, i] += alpha * (Kp[b, i] + vb[b])
+            _step(b, p, a, Kp, z, vb, bt, q, KV[0, b], qb[b], alpha, gamma)
             if what == FORWARD:
-                dvb[b] = gamma * dvb[b] - s1 * dqb[b]
-                dbt[b] += alpha * dvb[b]
-                for i in range(n):
-                    dp[b, i] = gamma * dp[b, i] - s1 * dq[b, i]
-                    da[b, i] += alpha * dp[b, i]
-                    dKp[b, i] = gamma * dKp[b, i] - s1 * KV[1, b, i]
-                    dz[b, i] += alpha * (dKp[b, i] + dvb[b])
+                _step(b, dp, da, dKp, dz, dvb, dbt, dq, KV[1, b], dqb[b], alpha, gamma)
     zv = np.empty(nv)
     for b in range(G):
         out[b, 0] = _val(Kvc, Kvp[b], yv, code, a[b], bt[b], zv, c1, tt, bits)
@@ -293,7 +246,7 @@ def _reverse(Kcc, Kpc, Kpp, Kvc, Kvp, yc, yp, code, fit_b, alpha, gamma, e, T, k
             u_b[b] = vb_b[b] + alpha * tb_b[b]
             for i in range(n):
                 bu[b, i] = bv[b, i] + alpha * beta[b, i]
-                Vx[0, b, i] = bu[b, i]
+                Vx[0, b, i + (i >= nc)] = bu[b, i]
         _kmv(Kcc, Kpc, Kpp, Vx[0], KV[0])
         for b in range(G):
             y[nc:] = yp[b]
